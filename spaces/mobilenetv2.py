@@ -1,0 +1,261 @@
+"""MobileNetV2-style space for small inputs: inverted residual blocks of 1x1 expansion,
+depthwise KxK and 1x1 projection convs.
+
+Searchable: a width multiplier for the stem, each stage and the head; a bit-width for every
+conv and linear layer (weights and input activations); a sparsity for every layer that can
+lose it. With granularity "channel" that is the hidden (expanded) channels of each block,
+removed by filter norm so the network physically shrinks; with "weight" it is every layer,
+by weight magnitude, and shapes stay dense.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .candidate import Candidate, Layer
+from .prune import magnitude_mask, strongest_filters
+from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear
+
+GRANULARITIES = ("channel", "weight")
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    cin: int
+    hidden: int
+    cout: int
+    stride: int
+    ratio: int  # expansion ratio of the stage; 1 means no expansion conv
+
+    @property
+    def expand(self) -> bool:
+        return self.ratio != 1
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Concrete channel counts of one network of the space."""
+
+    stem: int
+    blocks: tuple[Block, ...]
+    head: int
+
+
+class ConvBN(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, depthwise: bool = False, relu: bool = True):
+        super().__init__()
+        self.conv = SlimConv2d(cin, cout, kernel, stride, depthwise)
+        self.bn = SlimBatchNorm2d(cout)
+        self.relu = nn.ReLU6(inplace=True) if relu else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, b: Block, kernel: int):
+        super().__init__()
+        self.expand = ConvBN(b.cin, b.hidden, 1) if b.expand else None
+        self.dw = ConvBN(b.hidden, b.hidden, kernel, b.stride, depthwise=True)
+        self.project = ConvBN(b.hidden, b.cout, 1, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.dw(self.expand(x) if self.expand else x))
+        # Decided at run time: a slimmed supernet may have a block whose widths differ.
+        return x + y if y.shape == x.shape else y
+
+
+class Net(nn.Module):
+    def __init__(self, arch: Arch, in_channels: int, num_classes: int, kernel: int, stem_stride: int):
+        super().__init__()
+        self.stem = ConvBN(in_channels, arch.stem, kernel, stem_stride)
+        self.blocks = nn.ModuleList(InvertedResidual(b, kernel) for b in arch.blocks)
+        self.head = ConvBN(arch.blocks[-1].cout, arch.head, 1)
+        self.classifier = SlimLinear(arch.head, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.classifier(self.head(x).mean((2, 3)))
+
+    def units(self) -> dict[str, nn.Module]:
+        """Every conv (with its batch norm) and the classifier, by layer name, in order."""
+        out: dict[str, nn.Module] = {"stem": self.stem}
+        for i, block in enumerate(self.blocks):
+            for part in ("expand", "dw", "project"):
+                if getattr(block, part) is not None:
+                    out[f"b{i}.{part}"] = getattr(block, part)
+        return out | {"head": self.head, "classifier": self.classifier}
+
+
+def _channels(c: float) -> int:
+    """Round to a multiple of 4 (vector-friendly on phone CPUs), at least 4."""
+    return max(4, int(round(c / 4)) * 4)
+
+
+class MobileNetV2Space:
+    name = "mobilenetv2"
+
+    def __init__(self, *, input_shape: Sequence[int], num_classes: int, stem: dict, stages: Sequence[Sequence[int]],
+                 head: int, kernel: int, widths: Sequence[float], bits: Sequence[int], sparsity: Sequence[float],
+                 granularity: str, **_: Any):
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.stem_channels, self.stem_stride = stem["channels"], stem["stride"]
+        self.stages = [tuple(s) for s in stages]
+        self.head_channels, self.kernel = head, kernel
+        self.widths, self.bits, self.sparsities = list(widths), list(bits), list(sparsity)
+        self.granularity = granularity
+        self._check()
+        self.width_names = ["width.stem", *(f"width.s{i}" for i in range(len(self.stages))), "width.head"]
+        self.layer_names = list(self._units(self.arch(self.extreme_widths()[1])))
+        self.prunable = [n for n in self.layer_names
+                         if self.granularity == "weight" or n.endswith(".expand")]
+
+    def _check(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}")
+        if max(self.widths) != 1.0 or min(self.widths) <= 0:
+            raise ValueError(f"widths must be in (0, 1] and include 1.0, got {self.widths}")
+        if 32 not in self.bits or any(b not in (2, 3, 4, 5, 6, 7, 8, 16, 32) for b in self.bits):
+            raise ValueError(f"bits must be among 2..8, 16, 32 and include 32, got {self.bits}")
+        if 0.0 not in self.sparsities or any(not 0.0 <= s < 1.0 for s in self.sparsities):
+            raise ValueError(f"sparsity must be in [0, 1) and include 0.0, got {self.sparsities}")
+
+    # --- candidates ---------------------------------------------------------------------------
+    def sample(self, trial: Any) -> Candidate:
+        """Works with any Optuna BaseTrial, so FixedTrial(params) rebuilds a stored candidate."""
+        params: dict[str, Any] = {}
+        for name in self.width_names:
+            params[name] = trial.suggest_categorical(name, self.widths)
+        for name in self.layer_names:
+            params[f"bits.{name}"] = trial.suggest_categorical(f"bits.{name}", self.bits)
+        for name in self.prunable:
+            params[f"sparsity.{name}"] = trial.suggest_categorical(f"sparsity.{name}", self.sparsities)
+        return Candidate.of(self.name, params)
+
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        """The float full-width network and the uniform 8-bit one, as trial parameters."""
+        def uniform(bits: int) -> dict[str, Any]:
+            return ({n: 1.0 for n in self.width_names}
+                    | {f"bits.{n}": bits for n in self.layer_names}
+                    | {f"sparsity.{n}": 0.0 for n in self.prunable})
+        return {"float": uniform(32), "int8": uniform(8)}
+
+    def arch(self, candidate: Candidate) -> Arch:
+        p = candidate.as_dict()
+        stem = _channels(self.stem_channels * p["width.stem"])
+        blocks, cin = [], stem
+        for s, (expand, channels, repeats, stride) in enumerate(self.stages):
+            cout = _channels(channels * p[f"width.s{s}"])
+            for r in range(repeats):
+                name = f"b{len(blocks)}"
+                hidden = cin * expand
+                if expand != 1 and self.granularity == "channel":
+                    hidden = min(hidden, _channels(hidden * (1 - p.get(f"sparsity.{name}.expand", 0.0))))
+                blocks.append(Block(name, cin, hidden, cout, stride if r == 0 else 1, expand))
+                cin = cout
+        return Arch(stem, tuple(blocks), _channels(self.head_channels * p["width.head"]))
+
+    # --- layers ---------------------------------------------------------------------------------
+    def _units(self, arch: Arch) -> dict[str, tuple[int, int, int, int, int]]:
+        """name -> (cin, cout, kernel, stride, groups) for every conv and linear layer, in order."""
+        k = self.kernel
+        units = {"stem": (self.input_shape[0], arch.stem, k, self.stem_stride, 1)}
+        for b in arch.blocks:
+            if b.expand:
+                units[f"{b.name}.expand"] = (b.cin, b.hidden, 1, 1, 1)
+            units[f"{b.name}.dw"] = (b.hidden, b.hidden, k, b.stride, b.hidden)
+            units[f"{b.name}.project"] = (b.hidden, b.cout, 1, 1, 1)
+        units["head"] = (arch.blocks[-1].cout, arch.head, 1, 1, 1)
+        units["classifier"] = (arch.head, self.num_classes, 1, 1, 1)
+        return units
+
+    def layers(self, candidate: Candidate) -> list[Layer]:
+        """Every conv and linear layer of the candidate as the predictor's plain descriptor."""
+        p = candidate.as_dict()
+        arch = self.arch(candidate)
+        blocks = {b.name: b for b in arch.blocks}
+        _, h, w = self.input_shape
+        out = []
+        for name, (cin, cout, k, stride, groups) in self._units(arch).items():
+            kind = "linear" if name == "classifier" else "conv"
+            if kind == "linear":
+                h = w = 1
+            oh, ow = (h + 2 * (k // 2) - k) // stride + 1, (w + 2 * (k // 2) - k) // stride + 1
+            sparsity = p.get(f"sparsity.{name}", 0.0)
+            if self.granularity == "channel" and name.endswith(".expand"):
+                block = blocks[name.split(".")[0]]
+                sparsity = 1 - block.hidden / (block.cin * block.ratio)  # what rounding actually removed
+            out.append(Layer(name, kind, (cin, h, w), (cout, oh, ow), k, stride, groups, p[f"bits.{name}"],
+                             float(sparsity), self.granularity))
+            h, w = oh, ow
+        return out
+
+    # --- networks -------------------------------------------------------------------------------
+    def build(self, arch: Arch) -> Net:
+        return Net(arch, self.input_shape[0], self.num_classes, self.kernel, self.stem_stride)
+
+    def supernet(self) -> Net:
+        """The largest network: every sub-network shares (slices) its weights."""
+        return self.build(self.arch(Candidate.of(self.name, self.baselines()["float"])))
+
+    def set_widths(self, supernet: Net, candidate: Candidate) -> None:
+        """Make the supernet run at a candidate's widths (used while training it)."""
+        units = supernet.units()
+        for name, (_, cout, *_) in self._units(self.arch(candidate)).items():
+            if name != "classifier":
+                units[name].conv.out_active = cout
+
+    def random_widths(self, generator: torch.Generator) -> Candidate:
+        pick = torch.randint(len(self.widths), (len(self.width_names),), generator=generator)
+        return self._widths_only([self.widths[i] for i in pick.tolist()])
+
+    def extreme_widths(self) -> tuple[Candidate, Candidate]:
+        """The smallest and the largest networks: the two ends of the sandwich rule."""
+        return self._widths_only([min(self.widths)] * len(self.width_names)), self._widths_only([1.0] * len(self.width_names))
+
+    def _widths_only(self, values: list[float]) -> Candidate:
+        return Candidate.of(self.name, dict(zip(self.width_names, values)))
+
+    def subnet(self, supernet: Net, candidate: Candidate) -> Net:
+        """A physically sized copy of the candidate: weights sliced from the supernet, hidden
+        channels kept by filter norm (granularity "channel"), magnitude masks (granularity
+        "weight"), and each layer's bit-width set. Gradients never reach the supernet."""
+        p = candidate.as_dict()
+        arch = self.arch(candidate)
+        blocks = {b.name: b for b in arch.blocks}
+        net = self.build(arch)
+        source, target = supernet.units(), net.units()
+        keep = torch.arange(self.input_shape[0])
+        with torch.no_grad():
+            for name, (cin, cout, *_) in self._units(arch).items():
+                src, dst = source[name], target[name]
+                if name == "classifier":
+                    dst.weight.copy_(src.weight[:, keep])
+                    dst.bias.copy_(src.bias)
+                    layer = dst
+                else:
+                    w = src.conv.weight
+                    if name.endswith(".dw"):
+                        out = keep
+                        dst.conv.weight.copy_(w[out])
+                    elif name.endswith(".expand"):
+                        active = blocks[name.split(".")[0]].ratio * len(keep)  # the slimmed width
+                        out = strongest_filters(w[:active, keep], cout)
+                        dst.conv.weight.copy_(w[out][:, keep])
+                    else:
+                        out = torch.arange(cout)
+                        dst.conv.weight.copy_(w[out][:, keep])
+                    for attr in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(dst.bn, attr).copy_(getattr(src.bn, attr)[out])
+                    keep, layer = out, dst.conv
+                layer.set_bits(p[f"bits.{name}"])
+                if self.granularity == "weight":
+                    layer.mask = magnitude_mask(layer.weight, p.get(f"sparsity.{name}", 0.0))
+        return net

