@@ -140,12 +140,12 @@ class MobileNetV2Space:
         return Candidate.of(self.name, params)
 
     def baselines(self) -> dict[str, dict[str, Any]]:
-        """The float full-width network and the uniform 8-bit one, as trial parameters."""
+        """The float full-width network and, where 8 bits is a choice, the uniform 8-bit one."""
         def uniform(bits: int) -> dict[str, Any]:
             return ({n: 1.0 for n in self.width_names}
                     | {f"bits.{n}": bits for n in self.layer_names}
                     | {f"sparsity.{n}": 0.0 for n in self.prunable})
-        return {"float": uniform(32), "int8": uniform(8)}
+        return {"float": uniform(32)} | ({"int8": uniform(8)} if 8 in self.bits else {})
 
     def arch(self, candidate: Candidate) -> Arch:
         p = candidate.as_dict()

@@ -1,5 +1,6 @@
-"""Fake quantization with a straight-through estimator: the forward pass sees the rounded
-values a runtime would compute with, the backward pass treats rounding as identity."""
+"""Fake quantization with a straight-through estimator, through torch's fused kernels: the
+forward pass sees the rounded values a runtime would compute with, the backward pass treats
+rounding as identity inside the range."""
 from __future__ import annotations
 
 import torch
@@ -8,28 +9,22 @@ from torch import nn
 FLOAT_BITS = 32
 
 
-def _straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    return x + (q - x).detach()
-
-
 def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric, per output channel: the scheme int8 conv kernels (and ONNX QDQ) use."""
     if bits >= FLOAT_BITS:
         return w
     qmax = 2 ** (bits - 1) - 1
-    reduce = tuple(range(1, w.dim()))
-    scale = w.detach().abs().amax(dim=reduce, keepdim=True).clamp_min(1e-12) / qmax
-    q = torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
-    return _straight_through(w, q)
+    scale = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1e-12) / qmax
+    zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax, qmax)
 
 
 def quantize_activation(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
-    """Asymmetric, per tensor, over the observed range [lo, hi] (which always contains 0)."""
+    """Asymmetric, per tensor, unsigned, over the observed range [lo, hi] (which contains 0)."""
     levels = 2**bits - 1
-    scale = ((hi - lo) / levels).clamp_min(1e-12)
-    zero_point = torch.round(-lo / scale)
-    q = (torch.clamp(torch.round(x / scale) + zero_point, 0, levels) - zero_point) * scale
-    return _straight_through(x, q)
+    scale = ((hi - lo) / levels).clamp_min(1e-12).float()
+    zero = torch.round(-lo / scale).clamp(0, levels).to(torch.int32)
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, levels)
 
 
 class ActivationQuantizer(nn.Module):

@@ -1,0 +1,155 @@
+"""The composed config: Hydra composition for the command line, then one check of every value
+before any compute starts. A bad value becomes one line naming the key and what is allowed."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import spaces
+
+from .errors import UserError
+from .latency import KERNELS
+from .objectives import BUDGETS, DIRECTIONS
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_NAME = "search"
+GROUPS = ("target", "space", "data", "sampler")
+
+
+class ConfigError(UserError):
+    pass
+
+
+def options(group: str) -> list[str]:
+    """The files of a config group: the values `group=...` accepts."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose the config as `python -m search` would, for checks and tests."""
+    for override in overrides:
+        group, _, value = override.partition("=")
+        if group in GROUPS and value not in options(group):
+            raise ConfigError(f"{group}: unknown option {value!r}; allowed: {', '.join(options(group))}")
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(CONFIG_NAME, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_first_line(e)) from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(e).__name__
+    return re.sub(r"\s+", " ", text)
+
+
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """Plain data (no Hydra section), interpolations resolved; a missing value names its key."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{key}: a value is required here" if key else _first_line(e)) from None
+
+
+def _int(cfg: Mapping, key: str, minimum: int, allow_none: bool = False) -> None:
+    value = _get(cfg, key)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}: must be an integer >= {minimum}{' or null' if allow_none else ''}, got {value!r}")
+
+
+def _number(cfg: Mapping, key: str, minimum: float = 0.0, allow_none: bool = False, strict: bool = True) -> None:
+    value = _get(cfg, key)
+    if value is None and allow_none:
+        return
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if bad or (value <= minimum if strict else value < minimum):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ConfigError(f"{key}: must be a number {bound}{' or null' if allow_none else ''}, got {value!r}")
+
+
+def _get(cfg: Mapping, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(f"{key}: missing")
+        node = node[part]
+    return node
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Every value the search reads, checked before any compute. `cfg` is resolved plain data."""
+    _int(cfg, "seed", 0)
+    _int(cfg, "n_trials", 1)
+    name = _get(cfg, "study.name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"study.name: letters, digits and . _ - only, got {name!r}")
+    objectives = _get(cfg, "objectives")
+    if not isinstance(objectives, list) or not objectives or len(set(objectives)) != len(objectives) \
+            or any(o not in DIRECTIONS for o in objectives):
+        raise ConfigError(f"objectives: a list of distinct names from {', '.join(DIRECTIONS)}, got {objectives!r}")
+    budget = _get(cfg, "budget")
+    for key in budget:
+        if key not in BUDGETS:
+            raise ConfigError(f"budget.{key}: unknown budget; allowed: {', '.join(BUDGETS)}")
+        _number(cfg, f"budget.{key}", allow_none=True)
+    for key in ("epochs", "batch_size"):
+        _int(cfg, f"supernet.{key}", 1)
+    _int(cfg, "supernet.random_subnets", 0)
+    _number(cfg, "supernet.lr")
+    for key, minimum in (("steps", 0), ("batch_size", 1), ("bn_batches", 1)):
+        _int(cfg, f"finetune.{key}", minimum)
+    _number(cfg, "finetune.lr", strict=False)
+    _number(cfg, "finetune.temperature")
+    uri = _get(cfg, "tracking.uri")
+    if not isinstance(uri, str) or not uri:
+        raise ConfigError(f"tracking.uri: must be an MLflow tracking URI, got {uri!r}")
+    address = _get(cfg, "ray.address")
+    if address is not None and not isinstance(address, str):
+        raise ConfigError(f"ray.address: must be HOST:PORT, auto or null, got {address!r}")
+    _int(cfg, "ray.num_cpus", 1, allow_none=True)
+    _int(cfg, "ray.cpus_per_trial", 1)
+    _number(cfg, "ray.gpus_per_trial", strict=False)
+    _validate_space(cfg)
+    _validate_target(cfg)
+
+
+def _validate_space(cfg: Mapping[str, Any]) -> None:
+    space = _get(cfg, "space")
+    if space.get("name") not in spaces.SPACES:
+        raise ConfigError(f"space.name: unknown space {space.get('name')!r}; allowed: {', '.join(spaces.SPACES)}")
+    try:
+        spaces.create(**space, input_shape=(1, 32, 32), num_classes=10)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"space: {e}") from None
+
+
+def _validate_target(cfg: Mapping[str, Any]) -> None:
+    target = _get(cfg, "target")
+    kernels = {int(k): v for k, v in _get(cfg, "target.kernels").items()}
+    for bits in _get(cfg, "space.bits"):
+        if bits not in kernels:
+            raise ConfigError(f"target.kernels: no entry for {bits}-bit layers (space.bits); "
+                              f"{target['name']} declares {sorted(kernels)}")
+    for bits, kernel in kernels.items():
+        if kernel not in KERNELS:
+            raise ConfigError(f"target.kernels.{bits}: unknown kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
+    if not isinstance(_get(cfg, "target.sparse_kernels"), bool):
+        raise ConfigError("target.sparse_kernels: must be true or false")
+    if _get(cfg, "target.predictor.kind") != "analytic":
+        raise ConfigError(f"target.predictor.kind: unknown predictor {target['predictor']['kind']!r}; allowed: analytic")
+    for key in ("depthwise_efficiency", "bandwidth_gbs", "layer_overhead_us"):
+        _number(cfg, f"target.predictor.{key}", strict=key != "layer_overhead_us")
+    for kind in ("fp32", "int8"):
+        _number(cfg, f"target.predictor.gmacs.{kind}")

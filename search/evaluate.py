@@ -1,0 +1,49 @@
+"""One trial's accuracy, measured on a worker: slice the candidate out of the supernet with its
+pruning and bit-widths, fine-tune it briefly by distillation, recalibrate batch norm, and score
+it on the validation split. Plain inputs in, plain numbers out."""
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+import spaces
+
+from .data import Dataset
+from .supernet import Supernet
+from .train import accuracy, batches, device, distill_loss, recalibrate_bn, to_input
+
+
+def evaluate(space_settings: Mapping[str, Any], candidate: spaces.Candidate, data: Dataset, supernet: Supernet,
+             settings: Mapping[str, Any], seed: int) -> dict[str, float]:
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    space = spaces.create(**space_settings)
+    dev = device()
+    shared = space.supernet()
+    shared.load_state_dict({k: torch.tensor(v) for k, v in supernet.state.items()})
+    net = space.subnet(shared, candidate).to(dev, memory_format=torch.channels_last)
+    finetune(net, data, supernet, settings, generator)
+    recalibrate_bn(net, data.train, data.mean, data.std, settings["batch_size"], settings["bn_batches"], generator)
+    return {"accuracy": accuracy(net, data.val, data.mean, data.std), "evaluate_s": time.perf_counter() - start}
+
+
+def finetune(net: torch.nn.Module, data: Dataset, supernet: Supernet, settings: Mapping[str, Any],
+             generator: torch.Generator) -> None:
+    """Distil from the full-width float supernet's logits, with a little hard-label loss."""
+    dev = next(net.parameters()).device
+    optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=0.9)
+    net.train()
+    steps = batches(data.train, min(settings["batch_size"], len(data.train.y)), generator)
+    for _, idx in zip(range(settings["steps"]), steps):
+        x = to_input(data.train.x[idx], data.mean, data.std, dev)
+        out = net(x)
+        teacher = torch.from_numpy(supernet.teacher[idx]).to(dev)
+        y = torch.from_numpy(data.train.y[idx]).to(dev)
+        loss = distill_loss(out, teacher, settings["temperature"]) + 0.5 * F.cross_entropy(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()

@@ -1,0 +1,150 @@
+"""The driver: the one place that talks to Optuna and MLflow. It asks Optuna for trials, turns
+them into candidates, predicts their latency, sends their evaluation to Ray workers, and tells
+Optuna and MLflow what came back."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+import yaml
+from hydra.utils import instantiate
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+import spaces
+
+from . import data as datasets
+from . import latency, objectives, supernet
+from .config import ConfigError, validate
+from .evaluate import evaluate
+from .tracking import Tracker
+from .workers import TrialFailed, Workers
+
+
+def storage(cfg: Mapping[str, Any]) -> optuna.storages.BaseStorage | str:
+    """The configured URL, or an append-only journal in the study's folder (safe to resume,
+    and cheap: a few ms per trial)."""
+    if cfg["study"]["storage"]:
+        return cfg["study"]["storage"]
+    folder = Path(cfg["study"]["dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
+
+
+@dataclass
+class Progress:
+    """Counts shown while the study runs and reported at its end."""
+
+    complete: int
+    failed: int = 0
+    running: dict = field(default_factory=dict)
+
+
+def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
+    """Run (or resume) the study described by a resolved config until it holds n_trials
+    complete trials."""
+    validate(cfg)
+    data = datasets.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
+    space_settings = {**cfg["space"], "input_shape": data.input_shape, "num_classes": data.num_classes}
+    space = spaces.create(**space_settings)
+    predictor = latency.from_target(cfg["target"])
+    budgets = {k: v for k, v in cfg["budget"].items() if v is not None}
+    directions = [objectives.DIRECTIONS[o] for o in cfg["objectives"]]
+    ray_cfg = cfg["ray"]
+    with Workers(ray_cfg["address"], ray_cfg["num_cpus"], ray_cfg["cpus_per_trial"], ray_cfg["gpus_per_trial"]) as workers:
+        data_ref = workers.share(data)
+        key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"], cfg["supernet"])
+        print(f"supernet {key}: ", end="", flush=True)
+        started = time.perf_counter()
+        trained, cached = supernet.load_or_train(key, cfg["cache_dir"], lambda: workers.run(
+            supernet.train, space_settings, data_ref, cfg["supernet"], cfg["seed"], cpus=workers.cpus))
+        print(f"{'from cache' if cached else 'trained'} in {time.perf_counter() - started:.0f} s, "
+              f"full-width validation accuracy {trained.val_accuracy:.2f}%", flush=True)
+        supernet_ref = workers.share(trained)
+
+        study = optuna.create_study(study_name=cfg["study"]["name"], storage=storage(cfg),
+                                    directions=directions, load_if_exists=True)
+        if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
+            raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "
+                              "use another study.name")
+        sampler_args = {"seed": cfg["seed"] + len(study.trials)}  # a resumed study draws new points
+        if budgets and cfg["sampler"]["_target_"] != "optuna.samplers.RandomSampler":
+            sampler_args["constraints_func"] = _constraints
+        study.sampler = instantiate(cfg["sampler"], **sampler_args)
+        if not study.trials:
+            for name, params in space.baselines().items():
+                study.enqueue_trial(params, user_attrs={"baseline": name})
+
+        tracker = Tracker(cfg["tracking"]["uri"], cfg["study"]["name"])
+        tracker.start_study(cfg, list(overrides), yaml.safe_dump(cfg, sort_keys=False), _target_tags(cfg, predictor))
+        tracker.log_study({"supernet_val_accuracy": trained.val_accuracy}, {"supernet.key": key})
+        common_tags = {"target": cfg["target"]["name"], "space": space.name, **predictor.describe()}
+
+        progress = Progress(complete=len(study.get_trials(states=(TrialState.COMPLETE,))))
+        bar = tqdm(total=cfg["n_trials"], initial=progress.complete, unit="trial", dynamic_ncols=True)
+        try:
+            while progress.complete < cfg["n_trials"]:
+                while len(progress.running) < workers.slots and \
+                        progress.complete + len(progress.running) < cfg["n_trials"]:
+                    trial = study.ask()
+                    candidate = space.sample(trial)
+                    layers = space.layers(candidate)
+                    predicted = objectives.metrics(layers, predictor.predict(layers))
+                    trial.set_user_attr("constraints", [predicted[k] - v for k, v in budgets.items()])
+                    tags = common_tags | {"baseline": trial.user_attrs.get("baseline", "")}
+                    run_id = tracker.start_trial(trial.number, candidate.as_dict(), tags)
+                    ref = workers.submit(evaluate, space_settings, candidate, data_ref, supernet_ref, cfg["finetune"],
+                                         cfg["seed"] * 100_003 + trial.number)
+                    progress.running[ref] = (trial, predicted, run_id)
+                for ref in workers.wait(list(progress.running)):
+                    _finish(study, tracker, progress, ref, cfg["objectives"])
+                bar.n = progress.complete
+                bar.set_postfix(running=len(progress.running), failed=progress.failed)
+                if progress.failed >= cfg["n_trials"]:
+                    raise RuntimeError(f"stopping: {progress.failed} trials failed; see the FAILED runs in MLflow")
+        finally:
+            bar.close()
+        tracker.end_study({"complete_trials": progress.complete, "pareto_size": len(study.best_trials)})
+    _summary(study, cfg)
+    return study
+
+
+def _finish(study: optuna.Study, tracker: Tracker, progress: Progress, ref: Any, names: list[str]) -> None:
+    trial, predicted, run_id = progress.running.pop(ref)
+    try:
+        measured, node = Workers.result(ref)
+    except TrialFailed as e:
+        study.tell(trial, state=TrialState.FAIL)
+        tracker.end_trial(run_id, "FAIL", predicted, {"error": str(e)[:5000]})
+        progress.failed += 1
+        return
+    values = predicted | measured
+    for key, value in values.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, [values[n] for n in names])
+    tracker.end_trial(run_id, "COMPLETE", values, {"node": node})
+    progress.complete += 1
+
+
+def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return trial.user_attrs["constraints"]
+
+
+def _target_tags(cfg: Mapping[str, Any], predictor: latency.Predictor) -> dict[str, str]:
+    return {"target": cfg["target"]["name"], "target.description": cfg["target"]["description"],
+            "space": cfg["space"]["name"], "data": cfg["data"]["name"], **predictor.describe()}
+
+
+def _summary(study: optuna.Study, cfg: Mapping[str, Any]) -> None:
+    front = sorted(study.best_trials, key=lambda t: t.user_attrs.get("latency_ms", 0))
+    print(f"\nstudy {study.study_name}: {len(study.get_trials(states=(TrialState.COMPLETE,)))} complete trials, "
+          f"{len(front)} on the Pareto front of {' / '.join(cfg['objectives'])}:")
+    print(f"{'trial':>6} {'accuracy %':>10} {'latency ms':>10} {'size KB':>9}  baseline")
+    for t in front:
+        a = t.user_attrs
+        print(f"{t.number:>6} {a['accuracy']:>10.2f} {a['latency_ms']:>10.2f} {a['size_kb']:>9.1f}  {a.get('baseline', '')}")
+    print(f"browse: mlflow ui --backend-store-uri {cfg['tracking']['uri']}   (experiment {study.study_name!r})")

@@ -1,0 +1,95 @@
+"""The weight-sharing supernet: trained once per (space, data, seed, training settings) with
+the sandwich rule, then cached on disk as a data file under a key derived from all of those."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import spaces
+
+from .data import Dataset
+from .train import accuracy, batches, device, distill_loss, logits, recalibrate_bn, to_input
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Supernet:
+    """What every trial starts from: the supernet's weights and its full-width float logits on
+    the training split (the distillation teacher, computed once instead of once per step)."""
+
+    state: dict[str, np.ndarray]
+    teacher: np.ndarray
+    val_accuracy: float
+    key: str
+
+
+def cache_key(space: Mapping[str, Any], data: Mapping[str, Any], seed: int, settings: Mapping[str, Any]) -> str:
+    shaped_by = {"version": FORMAT_VERSION, "space": space, "data": data, "seed": seed, "train": settings}
+    return hashlib.sha256(json.dumps(shaped_by, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """Sandwich rule (Yu & Huang, 2019): each step trains the largest network on labels and the
+    smallest plus a few random widths on the largest one's outputs, so every width works."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    space = spaces.create(**space_settings)
+    dev = device()
+    net = space.supernet().to(dev, memory_format=torch.channels_last)
+    steps = settings["epochs"] * (len(data.train.y) // settings["batch_size"])
+    optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=0.9, nesterov=True, weight_decay=4e-5)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings["lr"], total_steps=max(steps, 1))
+    smallest, largest = space.extreme_widths()
+    net.train()
+    for _, idx in zip(range(steps), batches(data.train, settings["batch_size"], generator)):
+        x = to_input(data.train.x[idx], data.mean, data.std, dev)
+        y = torch.from_numpy(data.train.y[idx]).to(dev)
+        optimizer.zero_grad(set_to_none=True)
+        space.set_widths(net, largest)
+        out = net(x)
+        F.cross_entropy(out, y).backward()
+        for widths in [smallest, *(space.random_widths(generator) for _ in range(settings["random_subnets"]))]:
+            space.set_widths(net, widths)
+            distill_loss(net(x), out.detach(), 1.0).backward()
+        optimizer.step()
+        schedule.step()
+    space.set_widths(net, largest)
+    recalibrate_bn(net, data.train, data.mean, data.std, 256, 20, generator)
+    return {"state": {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()},
+            "teacher": logits(net, data.train, data.mean, data.std).numpy(),
+            "val_accuracy": accuracy(net, data.val, data.mean, data.std)}
+
+
+def load_or_train(key: str, cache_dir: str | Path, run: Callable[[], dict[str, Any]]) -> tuple[Supernet, bool]:
+    """The cached supernet for `key`, or a new one from `run()` saved atomically. Returns it and
+    whether it came from the cache."""
+    path = Path(cache_dir) / "supernets" / f"{key}.npz"
+    if path.exists():
+        return _read(path, key), True
+    result = run()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps({"version": FORMAT_VERSION, "key": key, "val_accuracy": result["val_accuracy"]})
+    arrays = {f"state/{k}": v for k, v in result["state"].items()}
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+        np.savez(tmp, meta=np.array(meta), teacher=result["teacher"], **arrays)
+    os.replace(tmp.name, path)  # a killed process leaves no half-written cache entry
+    return Supernet(result["state"], result["teacher"], result["val_accuracy"], key), False
+
+
+def _read(path: Path, key: str) -> Supernet:
+    with np.load(path, allow_pickle=False) as f:  # a data file: loading it runs no code
+        meta = json.loads(str(f["meta"]))
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: supernet format version {meta.get('version')}, expected {FORMAT_VERSION}")
+        state = {k.removeprefix("state/"): f[k] for k in f.files if k.startswith("state/")}
+        return Supernet(state, f["teacher"], float(meta["val_accuracy"]), key)

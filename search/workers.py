@@ -1,0 +1,92 @@
+"""Ray enters here and nowhere else: start a local Ray or join a cluster, share read-only state
+once through the object store, and run plain functions as tasks."""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+import torch
+
+import spaces
+
+import search
+
+
+class TrialFailed(Exception):
+    """A task did not return: it raised, or its worker process died."""
+
+
+@ray.remote(max_retries=0)
+def _task(threads: int, fn: Callable[..., Any], *args: Any) -> tuple[Any, str]:
+    torch.set_num_threads(threads)
+    return fn(*args), ray.get_runtime_context().get_node_id()
+
+
+class Workers:
+    """A context manager around a Ray session. Trials each take `cpus_per_trial` CPUs (and
+    `gpus_per_trial` GPUs), so concurrency follows the cluster's resources."""
+
+    def __init__(self, address: str | None, num_cpus: int | None, cpus_per_trial: int, gpus_per_trial: float):
+        self.address, self.num_cpus = address, num_cpus
+        self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
+
+    def __enter__(self) -> Workers:
+        if self.address is None and not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+            # Ray's token auth would otherwise generate a token file in the home folder.
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        runtime_env = None
+        if self.address is not None:  # the cluster's workers get this project's code from here
+            runtime_env = {"py_modules": [str(Path(search.__file__).parent), str(Path(spaces.__file__).parent)]}
+        self._started = not ray.is_initialized()
+        if self._started:
+            ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
+                     include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                     runtime_env=runtime_env)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._started:
+            ray.shutdown()
+
+    @property
+    def slots(self) -> int:
+        """How many trials can run at once on the cluster's resources."""
+        resources = ray.cluster_resources()
+        slots = int(resources.get("CPU", 1) // self.cpus_per_trial)
+        if self.gpus_per_trial:
+            slots = min(slots, int(resources.get("GPU", 0) // self.gpus_per_trial))
+        return max(slots, 1)
+
+    @property
+    def cpus(self) -> int:
+        return int(ray.cluster_resources().get("CPU", 1))
+
+    def share(self, value: Any) -> ray.ObjectRef:
+        """Put read-only state in the object store once; tasks receive it without copies."""
+        return ray.put(value)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, cpus: int | None = None) -> ray.ObjectRef:
+        cpus = cpus or self.cpus_per_trial
+        return _task.options(num_cpus=cpus, num_gpus=self.gpus_per_trial).remote(cpus, fn, *args)
+
+    def run(self, fn: Callable[..., Any], *args: Any, cpus: int | None = None) -> Any:
+        return self.result(self.submit(fn, *args, cpus=cpus))[0]
+
+    @staticmethod
+    def wait(refs: list[ray.ObjectRef], timeout: float | None = None) -> list[ray.ObjectRef]:
+        """The finished ones among `refs` (at least one unless the timeout passes)."""
+        return ray.wait(refs, num_returns=1, timeout=timeout)[0] if refs else []
+
+    @staticmethod
+    def result(ref: ray.ObjectRef) -> tuple[Any, str]:
+        """(value, node id) of a finished task, or TrialFailed with the cause."""
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            raise TrialFailed(f"{type(e.cause).__name__}: {e.cause}") from e
+        except ray.exceptions.RayError as e:  # the worker process died, the node was lost, ...
+            raise TrialFailed(f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
