@@ -1,0 +1,64 @@
+"""Every option of every config group composes and validates; bad values name their key."""
+import pytest
+
+from search.config import GROUPS, ConfigError, compose, options, resolve, validate
+
+NEEDS_ROOT = {"cifar10", "imagefolder"}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes_and_validates(group, option, tmp_path):
+    overrides = [f"{group}={option}"] + ([f"data.root={tmp_path}"] if option in NEEDS_ROOT else [])
+    cfg = resolve(compose(overrides))
+    validate(cfg)
+    assert cfg[group]["name" if group != "sampler" else "_target_"]
+
+
+def test_defaults_are_the_documented_ones():
+    cfg = resolve(compose([]))
+    assert (cfg["target"]["name"], cfg["space"]["name"], cfg["data"]["name"]) == ("snapdragon665", "mobilenetv2", "mnist")
+    assert cfg["sampler"]["_target_"] == "optuna.samplers.NSGAIISampler"
+    assert cfg["tracking"]["uri"] == "sqlite:///mlflow.db"
+    assert cfg["study"]["name"] == "mobilenetv2-mnist-snapdragon665"
+
+
+BAD = [
+    (["target=nope"], "target: unknown option 'nope'; allowed: host, snapdragon665"),
+    (["sampler=cmaes"], "sampler: unknown option"),
+    (["data=svhn"], "data: unknown option"),
+    (["space=resnet"], "space: unknown option"),
+    (["n_trials=0"], "n_trials: must be an integer >= 1"),
+    (["n_trials=abc"], "n_trials"),
+    (["seed=-1"], "seed"),
+    (["study.name=a b"], "study.name"),
+    (["objectives=[accuracy,energy]"], "objectives"),
+    (["objectives=[]"], "objectives"),
+    (["budget.latency_ms=-3"], "budget.latency_ms"),
+    (["+budget.energy=3"], "budget.energy"),
+    (["finetune.steps=-1"], "finetune.steps"),
+    (["finetune.temperature=0"], "finetune.temperature"),
+    (["supernet.epochs=0"], "supernet.epochs"),
+    (["ray.cpus_per_trial=0"], "ray.cpus_per_trial"),
+    (["ray.address=5"], "ray.address"),
+    (["space.sparsity=[0.0,1.0]"], "sparsity"),
+    (["space.widths=[0.5]"], "widths"),
+    (["space.granularity=block"], "granularity"),
+    (["target.kernels.8=int4"], "target.kernels.8"),
+    (["data=cifar10"], "data.root"),
+    (["nonsense=1"], "nonsense"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_values_fail_with_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        validate(resolve(compose(overrides)))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_target_must_say_how_every_searched_bit_width_runs():
+    cfg = resolve(compose(["target=host"]))
+    del cfg["target"]["kernels"][4]
+    with pytest.raises(ConfigError, match="target.kernels: no entry for 4-bit layers"):
+        validate(cfg)
