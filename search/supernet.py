@@ -19,7 +19,7 @@ import spaces
 from .data import Dataset
 from .train import accuracy, batches, device, distill_loss, logits, recalibrate_bn, to_input
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when a change to the code changes what training produces
 
 
 @dataclass(frozen=True)

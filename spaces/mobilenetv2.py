@@ -30,6 +30,7 @@ class Block:
     cout: int
     stride: int
     ratio: int  # expansion ratio of the stage; 1 means no expansion conv
+    residual: bool  # the full-width network has a skip connection here
 
     @property
     def expand(self) -> bool:
@@ -62,11 +63,12 @@ class InvertedResidual(nn.Module):
         self.expand = ConvBN(b.cin, b.hidden, 1) if b.expand else None
         self.dw = ConvBN(b.hidden, b.hidden, kernel, b.stride, depthwise=True)
         self.project = ConvBN(b.hidden, b.cout, 1, relu=False)
+        self.residual = b.residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.dw(self.expand(x) if self.expand else x))
-        # Decided at run time: a slimmed supernet may have a block whose widths differ.
-        return x + y if y.shape == x.shape else y
+        # A skip of the full network is dropped where independent widths make the shapes differ.
+        return x + y if self.residual and y.shape == x.shape else y
 
 
 class Net(nn.Module):
@@ -95,7 +97,7 @@ class Net(nn.Module):
 
 def _channels(c: float) -> int:
     """Round to a multiple of 4 (vector-friendly on phone CPUs), at least 4."""
-    return max(4, int(round(c / 4)) * 4)
+    return max(4, int(c / 4 + 0.5) * 4)
 
 
 class MobileNetV2Space:
@@ -150,15 +152,17 @@ class MobileNetV2Space:
     def arch(self, candidate: Candidate) -> Arch:
         p = candidate.as_dict()
         stem = _channels(self.stem_channels * p["width.stem"])
-        blocks, cin = [], stem
+        blocks, cin, widest_in = [], stem, self.stem_channels
         for s, (expand, channels, repeats, stride) in enumerate(self.stages):
             cout = _channels(channels * p[f"width.s{s}"])
             for r in range(repeats):
+                residual = (stride == 1 or r > 0) and widest_in == channels
+                widest_in = channels
                 name = f"b{len(blocks)}"
                 hidden = cin * expand
                 if expand != 1 and self.granularity == "channel":
                     hidden = min(hidden, _channels(hidden * (1 - p.get(f"sparsity.{name}.expand", 0.0))))
-                blocks.append(Block(name, cin, hidden, cout, stride if r == 0 else 1, expand))
+                blocks.append(Block(name, cin, hidden, cout, stride if r == 0 else 1, expand, residual))
                 cin = cout
         return Arch(stem, tuple(blocks), _channels(self.head_channels * p["width.head"]))
 
