@@ -13,7 +13,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 STUDY = "e2e"
 FAST = ["data=digits", "supernet.epochs=3", "finetune.steps=5", "finetune.bn_batches=2", "ray.num_cpus=2",
         f"study.name={STUDY}"]
-METRICS = {"accuracy", "latency_ms", "size_kb", "peak_memory_kb", "macs", "params"}
+METRICS = {"accuracy", "test_accuracy", "evaluate_s", "latency_ms", "size_kb", "peak_memory_kb", "macs", "params"}
 
 
 def search(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
