@@ -19,9 +19,13 @@ from .errors import UserError
 from .latency import KERNELS
 from .objectives import BUDGETS, DIRECTIONS
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
 CONFIG_NAME = "search"
 GROUPS = ("target", "space", "data", "sampler")
+
+# `${project:conf/...}`: a file shipped with the project, wherever the command runs from.
+OmegaConf.register_new_resolver("project", lambda path: str(ROOT / path), replace=True)
 
 
 class ConfigError(UserError):
@@ -33,15 +37,15 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """Compose the config as `python -m search` would, for checks and tests."""
+def compose(overrides: list[str], config_name: str = CONFIG_NAME) -> DictConfig:
+    """Compose the config as `python -m search` (or another entry point) would."""
     for override in overrides:
         group, _, value = override.partition("=")
-        if group in GROUPS and value not in options(group):
+        if (CONF_DIR / group).is_dir() and value not in options(group):
             raise ConfigError(f"{group}: unknown option {value!r}; allowed: {', '.join(options(group))}")
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(CONFIG_NAME, overrides=overrides)
+            return hydra_compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_first_line(e)) from None
 
@@ -129,27 +133,44 @@ def _validate_space(cfg: Mapping[str, Any]) -> None:
     space = _get(cfg, "space")
     if space.get("name") not in spaces.SPACES:
         raise ConfigError(f"space.name: unknown space {space.get('name')!r}; allowed: {', '.join(spaces.SPACES)}")
+    if not hasattr(spaces.SPACES[space["name"]], "supernet"):
+        raise ConfigError(f"space: {space['name']} has no weight-sharing supernet, so it cannot be searched; "
+                          f"it is for latency calibration (python -m search.calibrate space={space['name']})")
     try:
-        spaces.create(**space, input_shape=(1, 32, 32), num_classes=10)
+        spaces.create(**{"input_shape": (1, 32, 32), "num_classes": 10, **space})
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"space: {e}") from None
 
 
 def _validate_target(cfg: Mapping[str, Any]) -> None:
-    target = _get(cfg, "target")
+    validate_target(_get(cfg, "target"), _get(cfg, "space.bits"))
+
+
+def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
+    """A target declares how each bit-width runs, where its measurements and predictor live,
+    and, for a proxy, which device was measured and how latencies are scaled."""
+    cfg = {"target": target}
     kernels = {int(k): v for k, v in _get(cfg, "target.kernels").items()}
-    for bits in _get(cfg, "space.bits"):
-        if bits not in kernels:
-            raise ConfigError(f"target.kernels: no entry for {bits}-bit layers (space.bits); "
+    for b in bits:
+        if b not in kernels:
+            raise ConfigError(f"target.kernels: no entry for {b}-bit layers (space.bits); "
                               f"{target['name']} declares {sorted(kernels)}")
-    for bits, kernel in kernels.items():
+    for b, kernel in kernels.items():
         if kernel not in KERNELS:
-            raise ConfigError(f"target.kernels.{bits}: unknown kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
+            raise ConfigError(f"target.kernels.{b}: unknown kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
     if not isinstance(_get(cfg, "target.sparse_kernels"), bool):
         raise ConfigError("target.sparse_kernels: must be true or false")
-    if _get(cfg, "target.predictor.kind") != "analytic":
-        raise ConfigError(f"target.predictor.kind: unknown predictor {target['predictor']['kind']!r}; allowed: analytic")
-    for key in ("depthwise_efficiency", "bandwidth_gbs", "layer_overhead_us"):
-        _number(cfg, f"target.predictor.{key}", strict=key != "layer_overhead_us")
-    for kind in ("fp32", "int8"):
-        _number(cfg, f"target.predictor.gmacs.{kind}")
+    for kernel in _get(cfg, "target.speedups"):
+        if kernel not in KERNELS:
+            raise ConfigError(f"target.speedups.{kernel}: unknown kernel; allowed: {', '.join(KERNELS)}")
+        _number(cfg, f"target.speedups.{kernel}")
+    if _get(cfg, "target.measurements.space") not in spaces.SPACES:
+        raise ConfigError(f"target.measurements.space: unknown space; allowed: {', '.join(spaces.SPACES)}")
+    for key in ("measurements.file", "predictor"):
+        if not isinstance(_get(cfg, f"target.{key}"), str):
+            raise ConfigError(f"target.{key}: must be a file path")
+    if target.get("proxy") is not None:
+        _number(cfg, "target.proxy.scale")
+        for key in ("device", "assumption"):
+            if not isinstance(_get(cfg, f"target.proxy.{key}"), str):
+                raise ConfigError(f"target.proxy.{key}: a proxy target must say which device was measured and why it stands in")

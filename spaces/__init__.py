@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .candidate import Candidate, Layer
+from .fbnet import FBNetSpace
 from .mobilenetv2 import MobileNetV2Space
 
-SPACES = {MobileNetV2Space.name: MobileNetV2Space}
+SPACES = {MobileNetV2Space.name: MobileNetV2Space, FBNetSpace.name: FBNetSpace}
 
 
 def create(name: str, **settings: Any):

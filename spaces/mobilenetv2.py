@@ -102,6 +102,7 @@ def _channels(c: float) -> int:
 
 class MobileNetV2Space:
     name = "mobilenetv2"
+    encoding = "arch"  # the measurement-file column that holds a network's encoding
 
     def __init__(self, *, input_shape: Sequence[int], num_classes: int, stem: dict, stages: Sequence[Sequence[int]],
                  head: int, kernel: int, widths: Sequence[float], bits: Sequence[int], sparsity: Sequence[float],
@@ -139,6 +140,28 @@ class MobileNetV2Space:
             params[f"bits.{name}"] = trial.suggest_categorical(f"bits.{name}", self.bits)
         for name in self.prunable:
             params[f"sparsity.{name}"] = trial.suggest_categorical(f"sparsity.{name}", self.sparsities)
+        return Candidate.of(self.name, params)
+
+    def encode(self, candidate: Candidate) -> str:
+        """One line: `name=value` pairs, space-separated (a measurement file's `arch` cell)."""
+        return " ".join(f"{k}={v}" for k, v in candidate.params)
+
+    def decode(self, text: str) -> Candidate:
+        """Parse `encode`'s output; ValueError names the parameter that is wrong."""
+        choices = ({n: self.widths for n in self.width_names} | {f"bits.{n}": self.bits for n in self.layer_names}
+                   | {f"sparsity.{n}": self.sparsities for n in self.prunable})
+        params: dict[str, Any] = {}
+        for item in text.split():
+            name, _, value = item.partition("=")
+            if name not in choices:
+                raise ValueError(f"unknown parameter {name!r}")
+            number = float(value) if value.replace(".", "", 1).isdigit() else None
+            if number not in choices[name]:
+                raise ValueError(f"{name}: {value!r} is not one of {choices[name]}")
+            params[name] = type(choices[name][0])(number)
+        missing = sorted(set(choices) - set(params))
+        if missing:
+            raise ValueError(f"missing parameters: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
         return Candidate.of(self.name, params)
 
     def baselines(self) -> dict[str, dict[str, Any]]:
@@ -202,12 +225,16 @@ class MobileNetV2Space:
         return out
 
     # --- networks -------------------------------------------------------------------------------
-    def build(self, arch: Arch) -> Net:
+    def _net(self, arch: Arch) -> Net:
         return Net(arch, self.input_shape[0], self.num_classes, self.kernel, self.stem_stride)
+
+    def build(self, candidate: Candidate) -> Net:
+        """The candidate with fresh weights (for latency measurement)."""
+        return self.subnet(self.supernet(), candidate)
 
     def supernet(self) -> Net:
         """The largest network: every sub-network shares (slices) its weights."""
-        return self.build(self.arch(Candidate.of(self.name, self.baselines()["float"])))
+        return self._net(self.arch(Candidate.of(self.name, self.baselines()["float"])))
 
     def set_widths(self, supernet: Net, candidate: Candidate) -> None:
         """Make the supernet run at a candidate's widths (used while training it)."""
@@ -234,7 +261,7 @@ class MobileNetV2Space:
         p = candidate.as_dict()
         arch = self.arch(candidate)
         blocks = {b.name: b for b in arch.blocks}
-        net = self.build(arch)
+        net = self._net(arch)
         source, target = supernet.units(), net.units()
         keep = torch.arange(self.input_shape[0])
         with torch.no_grad():

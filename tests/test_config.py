@@ -1,17 +1,34 @@
 """Every option of every config group composes and validates; bad values name their key."""
 import pytest
 
-from search.config import GROUPS, ConfigError, compose, options, resolve, validate
+import spaces
+from search.config import GROUPS, ConfigError, compose, options, resolve, validate, validate_target
 
 NEEDS_ROOT = {"cifar10", "imagefolder"}
+NOT_SEARCHABLE = {n for n, cls in spaces.SPACES.items() if not hasattr(cls, "supernet")}
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)
+                                          if (g, o) not in {("space", n) for n in NOT_SEARCHABLE}])
 def test_every_group_option_composes_and_validates(group, option, tmp_path):
     overrides = [f"{group}={option}"] + ([f"data.root={tmp_path}"] if option in NEEDS_ROOT else [])
     cfg = resolve(compose(overrides))
     validate(cfg)
     assert cfg[group]["name" if group != "sampler" else "_target_"]
+
+
+@pytest.mark.parametrize("space", sorted(NOT_SEARCHABLE))
+def test_a_space_without_supernet_is_refused_for_search_and_pointed_to_calibration(space):
+    with pytest.raises(ConfigError, match="cannot be searched.*search.calibrate"):
+        validate(resolve(compose([f"space={space}"])))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("target", "space", "runner") for o in options(g)])
+def test_every_calibration_option_composes(group, option):
+    extra = ["runner.serial=S1", "runner.binary=/bin/true"] if option == "adb" else []
+    cfg = resolve(compose([f"{group}={option}", *extra], "calibrate"))
+    validate_target(cfg["target"], cfg["space"].get("bits", []))
+    assert cfg["runner"]["kind"] in ("auto", "file", "host", "adb")
 
 
 def test_defaults_are_the_documented_ones():

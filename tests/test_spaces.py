@@ -48,7 +48,10 @@ def make(name: str, granularity: str, **overrides: Any):
     return spaces.create(**settings(name, granularity=granularity, **overrides))
 
 
-CASES = [(n, g) for n in SPACES for g in GRANULARITIES]
+# Only spaces with a weight-sharing supernet (widths, bits, sparsity): fbnet has none and is
+# tested in test_fbnet.py.
+SUPERNET_SPACES = [n for n, cls in SPACES.items() if hasattr(cls, "supernet")]
+CASES = [(n, g) for n in SUPERNET_SPACES for g in GRANULARITIES]
 
 
 @pytest.fixture(params=CASES, ids=[f"{n}-{g}" for n, g in CASES])
@@ -104,7 +107,7 @@ def conv_of(unit: nn.Module) -> nn.Module:
 
 def test_registry_and_create():
     assert SPACES and all(cls.name == key for key, cls in SPACES.items())
-    for name in SPACES:
+    for name in SUPERNET_SPACES:
         assert (CONF / f"{name}.yaml").exists(), f"no default config for space {name}"
         s = make(name, "channel")
         assert isinstance(s, SPACES[name]) and s.name == name
@@ -370,7 +373,7 @@ def pruned_candidates(space, seed: int) -> list[Candidate]:
     return cands
 
 
-@pytest.mark.parametrize("name", list(SPACES))
+@pytest.mark.parametrize("name", SUPERNET_SPACES)
 def test_weight_sparsity_exact_zero_fraction(name):
     space = make(name, "weight")
     sup = supernet(space, seed=8)
@@ -398,7 +401,7 @@ def test_weight_sparsity_exact_zero_fraction(name):
                 assert pruned.max() <= kept.min()
 
 
-@pytest.mark.parametrize("name", list(SPACES))
+@pytest.mark.parametrize("name", SUPERNET_SPACES)
 def test_weight_sparsity_mask_applied_in_forward(name):
     space = make(name, "weight")
     sup = supernet(space, seed=9)
@@ -417,7 +420,7 @@ def test_weight_sparsity_mask_applied_in_forward(name):
 
 
 @pytest.mark.parametrize("sparsity", [None, [0.0, 0.3, 0.9]], ids=["default", "uneven"])
-@pytest.mark.parametrize("name", list(SPACES))
+@pytest.mark.parametrize("name", SUPERNET_SPACES)
 def test_channel_pruning_shapes_and_strongest_filters(name, sparsity):
     # "uneven": fractions that do not land on a multiple of 4 channels, so the achieved
     # sparsity differs from the requested one
@@ -476,7 +479,7 @@ def test_channel_pruning_shapes_and_strongest_filters(name, sparsity):
     assert checked > 0  # some block really lost channels
 
 
-@pytest.mark.parametrize("name", list(SPACES))
+@pytest.mark.parametrize("name", SUPERNET_SPACES)
 def test_channel_pruning_equals_masking_hidden_channels(name):
     """The pruned subnet computes what the full-width float network computes with the dropped
     hidden channels zeroed (their batch norm output set to 0 after ReLU6 is a zero input to
@@ -520,14 +523,14 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("name", list(SPACES))
+@pytest.mark.parametrize("name", SUPERNET_SPACES)
 @pytest.mark.parametrize("override,word", BAD, ids=[f"{k}={v}" for (d, _) in BAD for k, v in d.items()])
 def test_bad_settings_raise_value_error(name, override, word):
     with pytest.raises(ValueError, match=word):
         spaces.create(**(settings(name) | override))
 
 
-@pytest.mark.parametrize("name", list(SPACES))
+@pytest.mark.parametrize("name", SUPERNET_SPACES)
 def test_allowed_bits_settings_accepted(name):
     s = make(name, "weight", bits=[2, 3, 4, 8, 16, 32], sparsity=[0.0, 0.9], widths=[0.3, 1.0])
     c = random_candidates(s, n=1)[0]

@@ -1,0 +1,211 @@
+"""`python -m search.calibrate`: measure networks of a space on a target (or import measurements
+made elsewhere), fit the target's latency predictor, score it on measurements it was not fitted
+on, and save it as a versioned data file. The last line printed is the report as JSON."""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+import spaces
+
+from . import latency, measurements
+from .config import CONF_DIR, ROOT, ConfigError, compose, resolve, validate_target
+from .errors import UserError
+from .measurements import Measurement
+
+CONFIG_NAME = "calibrate"
+
+
+class LevelTrial:
+    """A stand-in for an Optuna trial that draws every choice near one level per network, so the
+    calibration set spans the space from its smallest networks to its largest (independent
+    per-layer draws would average out into look-alike middle-sized networks)."""
+
+    def __init__(self, rng: random.Random, spread: float = 0.3):
+        self.rng, self.level, self.spread = rng, rng.random(), spread
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        if self.rng.random() < self.spread:
+            return self.rng.choice(list(choices))
+        ordered = sorted(choices, key=lambda c: (isinstance(c, str), c))
+        return ordered[min(int(self.level * len(ordered)), len(ordered) - 1)]
+
+
+def calibration_set(space: Any, n: int, seed: int) -> list[spaces.Candidate]:
+    rng = random.Random(seed)
+    found: dict[spaces.Candidate, None] = {}
+    while len(found) < n:
+        found[space.sample(LevelTrial(rng))] = None
+    return list(found)
+
+
+def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int) -> tuple[list[Measurement], dict, float]:
+    """Export each candidate to ONNX at its real per-layer precision and shapes, time it with the
+    runner, and return measurements, the runner's settings and the reference's drift."""
+    from .export import export
+    from .runners.adb import AdbRunner
+    from .runners.host import HostRunner
+
+    settings = {k: v for k, v in runner_cfg.items() if k != "kind"}
+    runner = HostRunner(seed=seed, **settings) if runner_cfg["kind"] == "host" else AdbRunner(**settings)
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for i, candidate in enumerate(candidates):
+            net = space.build(candidate).eval()
+            bits = {layer.name: layer.bits for layer in space.layers(candidate) if layer.kind in ("conv", "linear")}
+            calibration = rng.standard_normal((8, *space.input_shape)).astype(np.float32)
+            paths[str(i)] = export(net, bits, space.input_shape, Path(tmp) / f"net{i}.onnx", calibration)
+        timings, reference = runner.measure(paths, paths["0"])
+        rows = [Measurement(str(i), c, timings[str(i)].median_ms, timings[str(i)].iqr_ms, timings[str(i)].runs)
+                for i, c in enumerate(candidates)]
+    ref = [t.median_ms for t in reference]
+    drift = (max(ref) - min(ref)) / float(np.median(ref)) if ref else 0.0
+    return rows, runner.settings(), drift
+
+
+def noise_floor(rows: Sequence[Measurement]) -> float | None:
+    """Median relative spread (IQR / median) of the repeated runs behind each measurement."""
+    spreads = [r.iqr_ms / r.latency_ms for r in rows if r.iqr_ms is not None]
+    return float(np.median(spreads)) if spreads else None
+
+
+def calibrate(cfg: Mapping[str, Any]) -> latency.Report:
+    target = cfg["target"]
+    validate_target(target, [])
+    space_settings = _space_settings(cfg)
+    if cfg["space"]["name"] != target["measurements"]["space"] and not cfg["benchmarks"]:
+        raise ConfigError(f"space: target {target['name']} is measured on space {target['measurements']['space']!r}; "
+                          f"pass space={target['measurements']['space']}")
+    try:
+        space = spaces.create(**space_settings)
+    except ValueError as e:
+        raise ConfigError(f"space: {e}") from None
+    runner = cfg["runner"]["kind"]
+    if runner == "auto":
+        runner = "host" if target["runner"]["kind"] == "host" else "file"
+    drift, settings = None, {"runner": "file"}
+    if cfg["benchmarks"]:
+        source = Path(cfg["benchmarks"])
+        rows = measurements.read(source, space)
+    elif runner == "file":
+        source = Path(target["measurements"]["file"])
+        if not source.exists():
+            raise UserError(f"target.measurements.file: {source} does not exist; measure with runner=host or runner=adb")
+        rows = measurements.read(source, space)
+    else:
+        print(f"measuring {cfg['networks']} {space.name} networks with the {runner} runner ...", file=sys.stderr)
+        rows, settings, drift = measure(space, calibration_set(space, cfg["networks"], cfg["seed"]),
+                                        {**cfg["runner"], "kind": runner}, cfg["seed"])
+        source = Path(target["measurements"]["file"])
+        source.parent.mkdir(parents=True, exist_ok=True)
+        measurements.write(source, space, rows)
+    fit_rows, held_out = split(rows, cfg)
+    networks = [space.layers(r.candidate) for r in fit_rows]
+    coefficients = latency.fit(networks, [r.latency_ms for r in fit_rows], _kernels(target), target["sparse_kernels"])
+    proxy = target.get("proxy")
+    predictor = latency.Predictor(target["name"], _kernels(target), target["sparse_kernels"], coefficients,
+                                  dict(target["speedups"]), proxy["scale"] if proxy else 1.0)
+    # Scored unscaled: the held-out rows are measurements of the measured device itself.
+    measured_device = latency.Predictor(**{**asdict(predictor), "scale": 1.0})
+    report = latency.Report.of([measured_device.predict(space.layers(r.candidate)) for r in held_out],
+                               [r.latency_ms for r in held_out], noise_floor(rows))
+    provenance = {"file": _shown(target["predictor"]), "measurements": _shown(source), "digest": measurements.digest(rows),
+                  "fit_rows": len(fit_rows), "heldout_rows": len(held_out), "space": space.name,
+                  "runner": settings, "reference_drift": drift, "report": asdict(report),
+                  "proxy": f"{proxy['device']}; {proxy['assumption']}" if proxy else "none"}
+    predictor = latency.Predictor(**{**asdict(predictor), "provenance": provenance})
+    predictor.save(target["predictor"])
+    _log(cfg, predictor, report, source)
+    return report
+
+
+def split(rows: list[Measurement], cfg: Mapping[str, Any]) -> tuple[list[Measurement], list[Measurement]]:
+    """Rows to fit on and rows to score on: `evaluate=FILE`, or a seeded held-out share."""
+    order = list(rows)
+    random.Random(cfg["seed"]).shuffle(order)
+    if cfg["evaluate"]:
+        held_out = measurements.read(cfg["evaluate"], spaces.create(**_space_settings(cfg)))
+        fit_rows = order
+    else:
+        cut = max(1, round(len(order) * cfg["holdout"]))
+        held_out, fit_rows = order[:cut], order[cut:]
+    if cfg["fit_rows"]:
+        fit_rows = fit_rows[:cfg["fit_rows"]]
+    if len(fit_rows) < 2 or not held_out:
+        raise UserError(f"calibration needs at least 2 rows to fit and 1 to score; got {len(fit_rows)} and {len(held_out)}")
+    return fit_rows, held_out
+
+
+def _shown(path: str | Path) -> str:
+    """A project file by its path in the project (the same on every machine), others as given."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _space_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A space that fixes its input (fbnet) keeps it; others are measured at the configured one."""
+    return {"input_shape": cfg["input_shape"], "num_classes": cfg["num_classes"], **cfg["space"]}
+
+
+def _kernels(target: Mapping[str, Any]) -> dict[int, str]:
+    return {int(k): v for k, v in target["kernels"].items()}
+
+
+def _log(cfg: Mapping[str, Any], predictor: latency.Predictor, report: latency.Report, source: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=cfg["tracking"]["uri"])
+    name = cfg["tracking"]["experiment"]
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    run = client.create_run(experiment_id, run_name=f"{predictor.target}-{cfg['space']['name']}",
+                            tags={"target": predictor.target, "latency.proxy": predictor.provenance["proxy"]})
+    rid = run.info.run_id
+    for key, value in {"target": predictor.target, "space": cfg["space"]["name"], "measurements": str(source),
+                       "digest": predictor.provenance["digest"], "fit_rows": predictor.provenance["fit_rows"],
+                       "runner": json.dumps(predictor.provenance["runner"])}.items():
+        client.log_param(rid, key, str(value))
+    for key, value in asdict(report).items():
+        if value is not None:
+            client.log_metric(rid, key, float(value))
+    client.log_artifact(rid, cfg["target"]["predictor"])
+    client.set_terminated(rid)
+
+
+def _fail(e: UserError) -> None:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    try:
+        report = calibrate(resolve(cfg))
+    except UserError as e:
+        _fail(e)
+    print(json.dumps(asdict(report)))
+
+
+def main() -> None:
+    overrides = sys.argv[1:]
+    if not any(arg.startswith("-") for arg in overrides):
+        try:
+            cfg = resolve(compose(overrides, CONFIG_NAME))
+            validate_target(cfg["target"], [])
+        except UserError as e:
+            _fail(e)
+    _main()
+
+
+if __name__ == "__main__":
+    main()
