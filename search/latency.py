@@ -100,7 +100,9 @@ class Predictor:
 
     def describe(self) -> dict[str, str]:
         p = self.provenance
-        return {"latency.predictor": p.get("file", "(in memory)"), "latency.predictor_version": str(FORMAT_VERSION),
+        proxy = f"; proxy for {self.target}: {p['proxy']}" if p.get("proxy", "none") != "none" else ""
+        return {"latency.source": f"predicted from {p.get('measurements', '?')} ({p.get('fit_rows', '?')} measurements){proxy}",
+                "latency.predictor": p.get("file", "(in memory)"), "latency.predictor_version": str(FORMAT_VERSION),
                 "latency.measurements": p.get("measurements", ""), "latency.measurements_sha256": p.get("digest", ""),
                 "latency.proxy": p.get("proxy", "none"), "latency.heldout_within_10pct": str(p.get("report", {}).get("within_10pct", ""))}
 
