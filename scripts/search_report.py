@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import optuna
+from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
@@ -53,6 +54,9 @@ def report(folder: Path) -> str:
     float_, int8 = by_baseline["float"], by_baseline.get("int8")
     close = [t for t in study.best_trials if t.user_attrs["accuracy"] >= float_.user_attrs["accuracy"] - 1.0]
     pick = min(close, key=lambda t: t.user_attrs["size_kb"])
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(STUDY).experiment_id
+    tags = client.search_runs([experiment], "tags.`search.role` = 'study'")[0].data.tags
 
     def row(label: str, t: optuna.trial.FrozenTrial) -> str:
         a = t.user_attrs
@@ -73,8 +77,8 @@ def report(folder: Path) -> str:
         "",
         f"Pareto front: {len(study.best_trials)} trials. The picked point is "
         f"{float_.user_attrs['accuracy'] - pick.user_attrs['accuracy']:.2f} points below the float baseline on "
-        f"validation and {float_.user_attrs['size_kb'] / pick.user_attrs['size_kb']:.1f}x smaller. Latency is the "
-        "target's uncalibrated analytic estimate (see `conf/target/snapdragon665.yaml`).",
+        f"validation and {float_.user_attrs['size_kb'] / pick.user_attrs['size_kb']:.1f}x smaller. Latency is predicted by "
+        f"`{tags['latency.predictor']}`, {tags['latency.source']}.",
     ]
     return "\n".join(lines)
 

@@ -118,10 +118,12 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
         body = json.loads(Path(path).read_text())
-        if body.pop("version", None) != FORMAT_VERSION:
-            raise ValueError(f"{path}: predictor format version is not {FORMAT_VERSION}")
-        body["kernels"] = {int(k): v for k, v in body["kernels"].items()}
-        return cls(**body)
+        if not isinstance(body, dict) or body.pop("version", None) != FORMAT_VERSION:
+            raise ValueError(f"{path}: not a predictor file of format version {FORMAT_VERSION}")
+        try:
+            return cls(**(body | {"kernels": {int(k): v for k, v in body["kernels"].items()}}))
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: not a predictor file ({e})") from None
 
 
 def fit(networks: Sequence[Sequence[Layer]], latency_ms: Sequence[float], kernels: Mapping[int, str],
