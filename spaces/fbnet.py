@@ -69,6 +69,22 @@ class FBNetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x) if self.residual else self.body(x)
 
+    def units(self, name: str) -> dict[str, nn.Module]:
+        """This block's conv layers under their descriptor names."""
+        convs = [m for m in self.body.modules() if isinstance(m, nn.Conv2d)]
+        parts = ["skip"] if len(convs) == 1 else ["expand", "dw", "project"]
+        return {f"{name}.{part}": conv for part, conv in zip(parts, convs)}
+
+
+class FBNet(nn.Sequential):
+    def units(self) -> dict[str, nn.Module]:
+        """Every conv and linear layer under the name its descriptor has (for export)."""
+        blocks = [m for m in self if isinstance(m, FBNetBlock)]
+        out = {"stem": self[0]}
+        for i, block in enumerate(blocks):
+            out |= block.units(f"b{i}")
+        return out | {"head": self[-4], "classifier": self[-1]}
+
 
 class FBNetSpace:
     name = "fbnet"
@@ -129,5 +145,5 @@ class FBNetSpace:
     def build(self, candidate: Candidate) -> nn.Module:
         """The network with fresh weights: enough to measure its latency."""
         blocks = [FBNetBlock(op, cin, cout, s) for op, (cin, cout, s) in zip(self.ops_of(candidate), _plan())]
-        return nn.Sequential(_conv_bn(self.input_shape[0], STEM, 3), *blocks, _conv_bn(CHANNELS[-1], HEAD, 1),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(HEAD, self.num_classes))
+        return FBNet(_conv_bn(self.input_shape[0], STEM, 3), *blocks, _conv_bn(CHANNELS[-1], HEAD, 1),
+                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(HEAD, self.num_classes))

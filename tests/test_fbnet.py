@@ -282,3 +282,17 @@ def test_decode_errors(space):
         space.decode(" ".join(ops + ["skip"]))
     with pytest.raises(ValueError, match=r"expected 22 blocks, got 0"):
         space.decode("")
+
+
+def test_built_network_names_its_layers_as_the_descriptors_do():
+    from search.export import layer_modules
+
+    space = spaces.create("fbnet")
+    for ops in (["skip"] * 22, ["k5_e1_g2"] * 22, ["k3_e6", "skip"] * 11):
+        candidate = space.decode(" ".join(ops))
+        modules = layer_modules(space.build(candidate))
+        layers = space.layers(candidate)
+        assert list(modules) == [layer.name for layer in layers]
+        for layer in layers:
+            weight = modules[layer.name].weight
+            assert weight.shape[0] == layer.out_shape[0] and weight.numel() == layer.weights

@@ -1,0 +1,368 @@
+"""search.export: a trained subnet -> one self-contained ONNX file, float or per-layer quantized.
+
+A tiny MobileNetV2 space on 1 x 8 x 8 inputs (scikit-learn's bundled digits, so the network can be trained in a
+few seconds) keeps every export to a couple of seconds; the exports are shared by the tests through module-scoped
+fixtures. Agreement with the fake-quantized torch network is measured on a trained network: a random one is so
+sensitive to its input that any rounding difference flips its argmax, and agreeing would prove nothing."""
+from __future__ import annotations
+
+import collections
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import optuna
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from onnx import numpy_helper
+from torch import nn
+
+import spaces
+from search.export import export, onnx_layers
+from spaces import Candidate
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "space" / "mobilenetv2.yaml"
+INPUT = (1, 8, 8)
+CLASSES = 10
+MIXED = [8, 32, 4, 16, 6, 3]  # cycled over the layers of the mixed-precision export
+T = onnx.TensorProto
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_space(granularity: str):
+    conf = yaml.safe_load(CONF.read_text())
+    return spaces.create(**(conf | {"input_shape": INPUT, "num_classes": CLASSES, "granularity": granularity}))
+
+
+def randomize_bn(net: nn.Module, seed: int) -> None:
+    """Non-trivial batch-norm affine parameters and statistics, so that a wrong fold shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+
+
+def sampled(space, seed: int, **params) -> Candidate:
+    """A candidate drawn by optuna's RandomSampler, with `params` overriding some of its choices."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return Candidate.of(space.name, space.sample(study.ask()).as_dict() | params)
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, np.ndarray]:
+    """scikit-learn's 8 x 8 digits, normalised float32 (N, 1, 8, 8): a train and a test split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    x = (x - x.mean()) / x.std()
+    return {"x": x[:1400], "y": d.target[:1400], "x_test": x[1400:], "y_test": d.target[1400:]}
+
+
+def train(space, digits, steps: int = 100, seed: int = 0) -> nn.Module:
+    """The space's supernet (full width, float) trained briefly on the digits."""
+    torch.manual_seed(seed)
+    net = space.supernet()
+    optimizer = torch.optim.Adam(net.parameters(), lr=5e-3)
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(digits["y"]), (32,), generator=g).numpy()
+        loss = F.cross_entropy(net(torch.from_numpy(digits["x"][idx])), torch.from_numpy(digits["y"][idx]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return net.eval()
+
+
+def build(space, candidate: Candidate, supernet: nn.Module, digits) -> nn.Module:
+    """The candidate's subnet with batch-norm statistics recomputed on training images, as
+    `search.train.recalibrate_bn` does; that forward pass also sets the quantized layers' input ranges."""
+    net = space.subnet(supernet, candidate).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+    torch_logits(net, digits["x"][:256])
+    return net.eval()
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    return torch.randn(n, *INPUT, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def random_batch(digits, n: int = 128, seed: int = 0) -> np.ndarray:
+    idx = np.random.default_rng(seed).choice(len(digits["x_test"]), n, replace=False)
+    return digits["x_test"][idx]
+
+
+def layer_bits(space, candidate: Candidate) -> dict[str, int]:
+    return {layer.name: layer.bits for layer in space.layers(candidate)}
+
+
+def run(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(["logits"], {"input": x})[0]
+
+
+def torch_logits(net: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy()
+
+
+class Graph:
+    def __init__(self, path: Path):
+        self.model = onnx.load(str(path))
+        self.init = {i.name: i for i in self.model.graph.initializer}
+        self.producer = {t: n for n in self.model.graph.node for t in n.output}
+        self.nodes = {n.name: n for n in self.model.graph.node}
+
+    def op(self, tensor: str) -> str | None:
+        p = self.producer.get(tensor)
+        return p.op_type if p is not None else None
+
+    def stored_weight(self, node) -> onnx.TensorProto:
+        """The initializer a Conv/Gemm's weights come from (through its DequantizeLinear, if any)."""
+        w = node.input[1]
+        if w in self.init:
+            return self.init[w]
+        dq = self.producer[w]
+        assert dq.op_type == "DequantizeLinear"
+        return self.init[dq.input[0]]
+
+
+# --- the exports ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def channel_space():
+    return make_space("channel")
+
+
+@pytest.fixture(scope="module")
+def trained(channel_space, digits):
+    return train(channel_space, digits)
+
+
+@pytest.fixture(scope="module")
+def pruned(channel_space):
+    """A sampled float candidate, channel-pruned: every expand layer at 50 % sparsity."""
+    s = channel_space
+    return sampled(s, seed=3, **{f"sparsity.{n}": 0.5 for n in s.prunable}, **{f"bits.{n}": 32 for n in s.layer_names})
+
+
+@pytest.fixture(scope="module")
+def float_export(channel_space, pruned, digits, tmp_path_factory):
+    torch.manual_seed(0)
+    supernet = channel_space.supernet()
+    randomize_bn(supernet, seed=0)
+    net = build(channel_space, pruned, supernet, digits)
+    path = export(net, layer_bits(channel_space, pruned), INPUT, tmp_path_factory.mktemp("float") / "net.onnx")
+    return net, path
+
+
+@pytest.fixture(scope="module")
+def baselines(channel_space, trained, digits, tmp_path_factory):
+    """The space's own two baselines, one trained network: full-width float and uniform 8 bits (calibrated)."""
+    out = {}
+    for kind, params in channel_space.baselines().items():
+        c = Candidate.of(channel_space.name, params)
+        net = build(channel_space, c, trained, digits)
+        calibration = digits["x"][-64:] if kind == "int8" else None
+        path = export(net, layer_bits(channel_space, c), INPUT, tmp_path_factory.mktemp(kind) / "net.onnx",
+                      calibration=calibration)
+        out[kind] = (net, path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_export(baselines):
+    return baselines["int8"]
+
+
+@pytest.fixture(scope="module")
+def mixed_export(channel_space, trained, digits, tmp_path_factory):
+    """A sampled candidate (full widths: the trained weights stay meaningful; sampled pruning) with the layers'
+    bits cycling through 8, 32, 4, 16, 6 and 3."""
+    s = channel_space
+    c = sampled(s, seed=5, **{n: 1.0 for n in s.width_names},
+                **{f"bits.{n}": MIXED[i % len(MIXED)] for i, n in enumerate(s.layer_names)})
+    net = build(s, c, trained, digits)
+    path = export(net, layer_bits(s, c), INPUT, tmp_path_factory.mktemp("mixed") / "net.onnx",
+                  calibration=digits["x"][-64:])
+    return s, c, net, path
+
+
+@pytest.fixture(scope="module")
+def sparse_export(digits, tmp_path_factory):
+    s = make_space("weight")
+    c = sampled(s, seed=7, **{f"sparsity.{n}": 0.5 for n in s.prunable}, **{f"bits.{n}": 32 for n in s.layer_names})
+    torch.manual_seed(2)
+    supernet = s.supernet()
+    randomize_bn(supernet, seed=2)
+    net = build(s, c, supernet, digits)
+    return s, c, net, export(net, layer_bits(s, c), INPUT, tmp_path_factory.mktemp("sparse") / "net.onnx")
+
+
+# --- float ---------------------------------------------------------------------------------------------------------
+
+
+def test_float_export_matches_torch(float_export):
+    net, path = float_export
+    x = images(16, seed=1)
+    want = torch_logits(net, x)
+    got = run(path, x)
+    assert got.shape == (16, CLASSES)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+    np.testing.assert_allclose(run(path, x[:1]), want[:1], rtol=0, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+
+
+def test_file_is_one_self_contained_plain_graph(float_export):
+    _, path = float_export
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no side .data file, no temporary left
+    model = onnx.load(str(path), load_external_data=False)
+    onnx.checker.check_model(model)
+    assert all(i.data_location == T.DEFAULT and not i.external_data for i in model.graph.initializer)
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.HasField("dim_value")  # dynamic batch axis
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["Conv"] == len(onnx_layers(path)) - 1 and ops["Gemm"] == 1
+    # batch norm folded, no slicing and no fake quantization left in the graph
+    assert not set(ops) & {"BatchNormalization", "Slice", "Gather", "QuantizeLinear", "DequantizeLinear", "Round"}
+
+
+def test_channel_pruned_layers_are_physically_smaller(channel_space, pruned, float_export):
+    _, path = float_export
+    g = Graph(path)
+    layers = onnx_layers(path)
+    descriptors = channel_space.layers(pruned)
+    assert [d.name for d in descriptors] == list(layers)
+    assert any(d.sparsity > 0 for d in descriptors)  # the candidate really lost channels
+    for d in descriptors:
+        w = g.init[layers[d.name].weight]
+        cin = d.in_shape[0] // d.groups
+        want = [d.out_shape[0], cin, d.kernel, d.kernel] if d.kind == "conv" else [d.out_shape[0], cin]
+        assert list(w.dims) == want
+        node = g.nodes[layers[d.name].node]
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        assert groups == d.groups
+
+
+def test_weight_sparsity_keeps_exact_zeros(sparse_export):
+    s, c, net, path = sparse_export
+    g = Graph(path)
+    layers = onnx_layers(path)
+    units = net.units()
+    checked = 0
+    for d in s.layers(c):
+        w = numpy_helper.to_array(g.init[layers[d.name].weight])
+        mask = (units[d.name] if d.kind == "linear" else units[d.name].conv).mask
+        assert w.dtype == np.float32 and w.size == d.weights
+        zeros = 0 if mask is None else int((mask == 0).sum())
+        assert zeros == round(d.weights * d.sparsity)
+        assert int((w == 0).sum()) == zeros and np.array_equal(w == 0, mask.numpy() == 0 if zeros else w == 0)
+        checked += zeros > 0
+    assert checked >= len(s.prunable) // 2
+
+
+def test_unknown_layer_is_a_value_error(float_export, tmp_path):
+    net, _ = float_export
+    with pytest.raises(ValueError, match="b99.dw"):
+        export(net, {"b99.dw": 8}, INPUT, tmp_path / "x.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+# --- quantized -----------------------------------------------------------------------------------------------------
+
+
+def test_int8_layers_are_integer_kernels(int8_export, tmp_path):
+    _, path = int8_export
+    g = Graph(path)
+    for layer in onnx_layers(path).values():
+        node = g.nodes[layer.node]
+        assert g.op(node.input[0]) == "DequantizeLinear" and g.op(node.input[1]) == "DequantizeLinear"
+        assert g.stored_weight(node).data_type == T.INT8
+        assert g.init[g.producer[node.input[0]].input[2]].data_type == T.UINT8  # uint8 activations
+    # onnxruntime fuses the QDQ groups into integer kernels
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert ops["QLinearConv"] == len(onnx_layers(path)) - 1 and "Conv" not in ops
+
+
+def test_int8_agrees_with_fake_quantized_torch(int8_export, digits):
+    net, path = int8_export
+    x = random_batch(digits)
+    want, got = torch_logits(net, x), run(path, x)
+    assert (want.argmax(1) == got.argmax(1)).mean() >= 0.9
+    spread = float(want.max() - want.min())
+    assert float(np.abs(got - want).mean()) < 0.02 * spread and float(np.abs(got - want).max()) < 0.1 * spread
+
+
+def test_file_size_tracks_bits(baselines):
+    (_, float_path), (_, int8_path) = baselines["float"], baselines["int8"]
+    assert float_path.stat().st_size > 2.5 * int8_path.stat().st_size
+    assert [p.name for p in int8_path.parent.iterdir()] == [int8_path.name]
+
+
+def test_mixed_precision_per_layer(mixed_export):
+    s, c, _, path = mixed_export
+    g = Graph(path)
+    layers = onnx_layers(path)
+    seen = collections.Counter()
+    for d in s.layers(c):
+        node = g.nodes[layers[d.name].node]
+        w = g.stored_weight(node)
+        q = numpy_helper.to_array(w)
+        if d.bits == 32:  # plain float layer: float weights straight in, float input, nothing quantized around it
+            assert node.input[1] in g.init and w.data_type == T.FLOAT
+            assert g.op(node.input[0]) not in ("DequantizeLinear", "QuantizeLinear")
+            assert node.op_type in ("Conv", "Gemm")
+        else:
+            assert g.op(node.input[0]) == "DequantizeLinear" and g.op(node.input[1]) == "DequantizeLinear"
+            want = {8: T.INT8, 6: T.INT8, 4: T.INT4, 3: T.INT4, 16: T.INT16}[d.bits]
+            assert w.data_type == want, (d.name, d.bits, T.DataType.Name(w.data_type))
+            qmax = 2 ** (d.bits - 1) - 1  # 3- and 6-bit layers keep their own grid inside the wider type
+            assert int(np.abs(q.astype(np.int64)).max()) == qmax
+            act = g.init[g.producer[node.input[0]].input[2]]  # the input's zero point: its storage type
+            assert act.data_type == (T.UINT16 if d.bits == 16 else T.UINT8)
+        seen[d.bits] += 1
+    assert set(seen) == set(MIXED)
+
+
+def test_mixed_precision_runs_and_agrees(mixed_export, digits):
+    _, _, net, path = mixed_export
+    x = random_batch(digits, seed=1)
+    want, got = torch_logits(net, x), run(path, x)
+    as_float = copy.deepcopy(net)
+    for m in as_float.modules():
+        if hasattr(m, "set_bits"):
+            m.set_bits(32)
+    unquantized = torch_logits(as_float, x)
+    assert got.shape == want.shape and np.isfinite(got).all()
+    # 3- and 4-bit layers round coarsely, so a float rounding tie flips a whole step: agreement is lower than at
+    # 8 bits, but the file must compute the fake-quantized network, not the float one
+    assert (want.argmax(1) == got.argmax(1)).mean() >= 0.85
+    assert np.abs(got - want).mean() < 0.5 * np.abs(unquantized - want).mean()
