@@ -41,14 +41,21 @@ def kernel_class(layer: Layer) -> str:
 
 
 def features(layers: Sequence[Layer], kernels: Mapping[int, str], sparse_kernels: bool) -> dict[str, float]:
-    """The model's inputs: per (kernel class, precision) sums of each quantity, plus 1."""
+    """The model's inputs: per (kernel class, precision) sums of each quantity, the number and size
+    of precision changes between consecutive layers (each one a quantize or dequantize step), and 1."""
     out: dict[str, float] = {INTERCEPT: 1.0}
+    previous = None
     for layer in layers:
+        kernel = kernels[layer.bits]
+        if previous is not None and kernel != previous:  # the runtime converts the tensor in between
+            out["transition.any.count"] = out.get("transition.any.count", 0.0) + 1
+            out["transition.any.activations"] = out.get("transition.any.activations", 0.0) + math.prod(layer.in_shape) / 1e6
+        previous = kernel
         density = 1 - layer.sparsity if sparse_kernels and layer.granularity == "weight" else 1.0
         values = {"macs": layer.macs * density / 1e6,
                   "activations": (math.prod(layer.in_shape) + math.prod(layer.out_shape)) / 1e6,
                   "weights": layer.weights * density / 1e6, "layers": 1.0}
-        prefix = f"{kernel_class(layer)}.{kernels[layer.bits]}"
+        prefix = f"{kernel_class(layer)}.{kernel}"
         for quantity, value in values.items():
             out[f"{prefix}.{quantity}"] = out.get(f"{prefix}.{quantity}", 0.0) + value
     return out

@@ -104,6 +104,8 @@ def test_features_are_the_hand_computed_sums():
         "depthwise3.int8.weights": 288 / 1e6, "depthwise3.int8.layers": 1.0,
         "grouped.int8.macs": 16384 / 1e6, "grouped.int8.activations": 1536 / 1e6,
         "grouped.int8.weights": 1024 / 1e6, "grouped.int8.layers": 1.0,
+        # precision changes: fp32 pw -> int8 dw (input 32*8*8) and int8 gr -> fp32 fc (input 64)
+        "transition.any.count": 2.0, "transition.any.activations": (2048 + 64) / 1e6,
     }
     assert f.keys() == expected.keys()
     for key, value in expected.items():
