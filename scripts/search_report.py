@@ -83,11 +83,11 @@ def report(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def write_readme(section: str, readme: Path) -> None:
+def write_readme(section: str, readme: Path, mark: str = MARK) -> None:
     text = readme.read_text()
-    pattern = re.compile(rf"(<!-- results:{MARK} -->\n).*?(\n<!-- /results:{MARK} -->)", re.S)
+    pattern = re.compile(rf"(<!-- results:{mark} -->\n).*?(\n<!-- /results:{mark} -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"{readme}: no <!-- results:{MARK} --> section to rewrite")
+        raise SystemExit(f"{readme}: no <!-- results:{mark} --> section to rewrite")
     readme.write_text(pattern.sub(lambda m: m.group(1) + section + m.group(2), text))
 
 

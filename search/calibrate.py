@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import hydra
+import yaml
 import numpy as np
 from omegaconf import DictConfig
 
 import spaces
 
 from . import latency, measurements
-from .config import CONF_DIR, ROOT, ConfigError, compose, resolve, validate_target
+from .config import CONF_DIR, ROOT, ConfigError, command, fail, resolve, validate_target
 from .errors import UserError
 from .measurements import Measurement
 
@@ -50,7 +51,8 @@ def calibration_set(space: Any, n: int, seed: int) -> list[spaces.Candidate]:
 
 def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int) -> tuple[list[Measurement], dict, float]:
     """Export each candidate to ONNX at its real per-layer precision and shapes, time it with the
-    runner, and return measurements, the runner's settings and the reference's drift."""
+    runner, and return measurements, the runner's settings and the noise floor: the relative spread
+    (IQR / median) of the reference network's repeated measurements through the run."""
     from .export import export
     from .runners.adb import AdbRunner
     from .runners.host import HostRunner
@@ -68,13 +70,16 @@ def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[
         timings, reference = runner.measure(paths, paths["0"])
         rows = [Measurement(str(i), c, timings[str(i)].median_ms, timings[str(i)].iqr_ms, timings[str(i)].runs)
                 for i, c in enumerate(candidates)]
-    ref = [t.median_ms for t in reference]
-    drift = (max(ref) - min(ref)) / float(np.median(ref)) if ref else 0.0
-    return rows, runner.settings(), drift
+    ref = np.array([t.median_ms for t in reference])
+    floor = float(np.subtract(*np.percentile(ref, [75, 25])) / np.median(ref)) if len(ref) > 1 else None
+    if floor is not None and floor > 0.05:
+        print(f"warning: the reference network's latency varied by {floor:.0%} (IQR/median) during the run: "
+              "this machine was busy or changed speed; measure again on a quiet machine", file=sys.stderr)
+    return rows, runner.settings(), floor
 
 
 def noise_floor(rows: Sequence[Measurement]) -> float | None:
-    """Median relative spread (IQR / median) of the repeated runs behind each measurement."""
+    """For imported files: the median relative spread (IQR / median) of each row's repeated runs."""
     spreads = [r.iqr_ms / r.latency_ms for r in rows if r.iqr_ms is not None]
     return float(np.median(spreads)) if spreads else None
 
@@ -93,7 +98,7 @@ def calibrate(cfg: Mapping[str, Any]) -> latency.Report:
     runner = cfg["runner"]["kind"]
     if runner == "auto":
         runner = "host" if target["runner"]["kind"] == "host" else "file"
-    drift, settings = None, {"runner": "file"}
+    floor, settings = None, {"runner": "file"}
     if cfg["benchmarks"]:
         source = Path(cfg["benchmarks"])
         rows = measurements.read(source, space)
@@ -104,8 +109,9 @@ def calibrate(cfg: Mapping[str, Any]) -> latency.Report:
         rows = measurements.read(source, space)
     else:
         print(f"measuring {cfg['networks']} {space.name} networks with the {runner} runner ...", file=sys.stderr)
-        rows, settings, drift = measure(space, calibration_set(space, cfg["networks"], cfg["seed"]),
-                                        {**cfg["runner"], "kind": runner}, cfg["seed"])
+        runner_cfg = cfg["runner"] if cfg["runner"]["kind"] == runner else _runner_defaults(runner)
+        rows, settings, floor = measure(space, calibration_set(space, cfg["networks"], cfg["seed"]), runner_cfg,
+                                        cfg["seed"])
         source = Path(target["measurements"]["file"])
         source.parent.mkdir(parents=True, exist_ok=True)
         measurements.write(source, space, rows)
@@ -118,10 +124,10 @@ def calibrate(cfg: Mapping[str, Any]) -> latency.Report:
     # Scored unscaled: the held-out rows are measurements of the measured device itself.
     measured_device = latency.Predictor(**{**asdict(predictor), "scale": 1.0})
     report = latency.Report.of([measured_device.predict(space.layers(r.candidate)) for r in held_out],
-                               [r.latency_ms for r in held_out], noise_floor(rows))
+                               [r.latency_ms for r in held_out], floor if floor is not None else noise_floor(rows))
     provenance = {"file": _shown(target["predictor"]), "measurements": _shown(source), "digest": measurements.digest(rows),
                   "fit_rows": len(fit_rows), "heldout_rows": len(held_out), "space": space.name,
-                  "runner": settings, "reference_drift": drift, "report": asdict(report),
+                  "runner": settings, "report": asdict(report),
                   "proxy": f"{proxy['device']}; {proxy['assumption']}" if proxy else "none"}
     predictor = latency.Predictor(**{**asdict(predictor), "provenance": provenance})
     predictor.save(target["predictor"])
@@ -144,6 +150,11 @@ def split(rows: list[Measurement], cfg: Mapping[str, Any]) -> tuple[list[Measure
     if len(fit_rows) < 2 or not held_out:
         raise UserError(f"calibration needs at least 2 rows to fit and 1 to score; got {len(fit_rows)} and {len(held_out)}")
     return fit_rows, held_out
+
+
+def _runner_defaults(kind: str) -> dict[str, Any]:
+    """A runner's settings as its config file gives them (for runner=auto)."""
+    return yaml.safe_load((CONF_DIR / "runner" / f"{kind}.yaml").read_text())
 
 
 def _shown(path: str | Path) -> str:
@@ -182,29 +193,17 @@ def _log(cfg: Mapping[str, Any], predictor: latency.Predictor, report: latency.R
     client.set_terminated(rid)
 
 
-def _fail(e: UserError) -> None:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     try:
         report = calibrate(resolve(cfg))
     except UserError as e:
-        _fail(e)
+        fail(e)
     print(json.dumps(asdict(report)))
 
 
 def main() -> None:
-    overrides = sys.argv[1:]
-    if not any(arg.startswith("-") for arg in overrides):
-        try:
-            cfg = resolve(compose(overrides, CONFIG_NAME))
-            validate_target(cfg["target"], [])
-        except UserError as e:
-            _fail(e)
-    _main()
+    command(CONFIG_NAME, lambda cfg: validate_target(cfg["target"], []), _main)
 
 
 if __name__ == "__main__":
