@@ -41,10 +41,6 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE_TAG}` = 'study'", max_results=1)
         return runs[0].info.run_id if runs else None
 
-    @property
-    def resumed(self) -> bool:
-        return bool(self.parent_id)
-
     def start_study(self, config: Mapping[str, Any], overrides: list[str], config_yaml: str, tags: Mapping[str, str]) -> None:
         """Create the parent run (config as params) or reopen it when the study resumes."""
         if not self.parent_id:
