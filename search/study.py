@@ -3,6 +3,7 @@ them into candidates, predicts their latency, sends their evaluation to Ray work
 Optuna and MLflow what came back."""
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Mapping
 
 import optuna
 import yaml
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -72,17 +73,17 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
             raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "
                               "use another study.name")
         sampler_args = {"seed": cfg["seed"] + len(study.trials)}  # a resumed study draws new points
-        if budgets and cfg["sampler"]["_target_"] != "optuna.samplers.RandomSampler":
-            sampler_args["constraints_func"] = _constraints
+        if budgets and "constraints_func" in inspect.signature(get_class(cfg["sampler"]["_target_"])).parameters:
+            sampler_args["constraints_func"] = _constraints  # samplers without it still record the values
         study.sampler = instantiate(cfg["sampler"], **sampler_args)
         if not study.trials:
             for name, params in space.baselines().items():
                 study.enqueue_trial(params, user_attrs={"baseline": name})
 
         tracker = Tracker(cfg["tracking"]["uri"], cfg["study"]["name"])
-        tracker.start_study(cfg, list(overrides), yaml.safe_dump(cfg, sort_keys=False), _target_tags(cfg, predictor))
+        common_tags = _target_tags(cfg, predictor)
+        tracker.start_study(cfg, list(overrides), yaml.safe_dump(cfg, sort_keys=False), common_tags)
         tracker.log_study({"supernet_val_accuracy": trained.val_accuracy}, {"supernet.key": key})
-        common_tags = {"target": cfg["target"]["name"], "space": space.name, **predictor.describe()}
 
         progress = Progress(complete=len(study.get_trials(states=(TrialState.COMPLETE,))))
         bar = tqdm(total=cfg["n_trials"], initial=progress.complete, unit="trial", dynamic_ncols=True)

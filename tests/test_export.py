@@ -24,6 +24,7 @@ from torch import nn
 import spaces
 from search.export import export, onnx_layers
 from spaces import Candidate
+from tests.nets import randomize_bn
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -45,19 +46,6 @@ def one_thread():
 def make_space(granularity: str):
     conf = yaml.safe_load(CONF.read_text())
     return spaces.create(**(conf | {"input_shape": INPUT, "num_classes": CLASSES, "granularity": granularity}))
-
-
-def randomize_bn(net: nn.Module, seed: int) -> None:
-    """Non-trivial batch-norm affine parameters and statistics, so that a wrong fold shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
 
 
 def sampled(space, seed: int, **params) -> Candidate:

@@ -19,6 +19,7 @@ import spaces
 from spaces import SPACES, Candidate, Layer
 from spaces.prune import strongest_filters
 from spaces.slim import SlimLinear
+from tests.nets import randomize_bn
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -69,22 +70,6 @@ def full(space, widths: Candidate | dict, **params: Any) -> Candidate:
     """A complete float, unpruned candidate at the given widths (plus any param overrides)."""
     w = widths.as_dict() if isinstance(widths, Candidate) else widths
     return Candidate.of(space.name, space.baselines()["float"] | w | params)
-
-
-def randomize_bn(net: nn.Module, seed: int = 0) -> None:
-    """Non-trivial batch norm statistics and affine parameters (and classifier bias), so that a
-    wrong channel slice of any of them changes the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            elif isinstance(m, nn.Linear):
-                m.bias.copy_(torch.randn(m.out_features, generator=g))
 
 
 def supernet(space, seed: int = 0):
