@@ -127,6 +127,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
         if key not in BUDGETS:
             raise ConfigError(f"budget.{key}: unknown budget; allowed: {', '.join(BUDGETS)}")
         _number(cfg, f"budget.{key}", allow_none=True)
+    _int(cfg, "pareto.every", 1)
+    for key in objectives:
+        _number(cfg, f"pareto.reference.{key}", strict=False)
     for key in ("epochs", "batch_size"):
         _int(cfg, f"supernet.{key}", 1)
     _int(cfg, "supernet.random_subnets", 0)

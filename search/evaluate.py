@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -17,7 +18,9 @@ from .train import accuracy, batches, device, distill_loss, recalibrate_bn, to_i
 
 
 def evaluate(space_settings: Mapping[str, Any], candidate: spaces.Candidate, data: Dataset, supernet: Supernet,
-             settings: Mapping[str, Any], seed: int) -> dict[str, float]:
+             settings: Mapping[str, Any], seed: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The trial's metrics, and its fine-tuned state (what `space.build(candidate)` loads to be
+    this exact network again: promote exports it)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -29,9 +32,10 @@ def evaluate(space_settings: Mapping[str, Any], candidate: spaces.Candidate, dat
     finetune(net, data, supernet, settings, generator)
     recalibrate_bn(net, data.train, data.mean, data.std, settings["batch_size"], settings["bn_batches"], generator)
     # The search scores on validation; test accuracy is recorded for final reporting only.
-    return {"accuracy": accuracy(net, data.val, data.mean, data.std),
-            "test_accuracy": accuracy(net, data.test, data.mean, data.std),
-            "evaluate_s": time.perf_counter() - start}
+    metrics = {"accuracy": accuracy(net, data.val, data.mean, data.std),
+               "test_accuracy": accuracy(net, data.test, data.mean, data.std),
+               "evaluate_s": time.perf_counter() - start}
+    return metrics, {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
 
 
 def finetune(net: torch.nn.Module, data: Dataset, supernet: Supernet, settings: Mapping[str, Any],

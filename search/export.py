@@ -119,8 +119,8 @@ def layer_modules(net: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, dict]:
-    """Run `model` once, recording each conv, linear and batch-norm module's input and output tensors."""
+def trace(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, dict]:
+    """Run `model` once on `x`, recording each conv, linear and batch-norm module's input and output tensors."""
     kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
     records: dict[nn.Module, dict] = {}
     handles = []
@@ -138,7 +138,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, di
             handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(x)
     finally:
         for h in handles:
             h.remove()
@@ -216,7 +216,7 @@ def plain(net: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
             m.set_bits(FLOAT_BITS)
         if getattr(m, "inplace", None) is True:  # same values; in-place ops only slow torch.export down
             m.inplace = False
-    records = _trace(model, tuple(input_shape))
+    records = trace(model, torch.zeros(1, *input_shape))
     producer = {id(r["output"]): m for m, r in records.items() if isinstance(m, nn.Conv2d)}
     folded: dict[nn.Module, nn.BatchNorm2d] = {}
     replace: dict[nn.Module, nn.Module] = {}
@@ -601,6 +601,27 @@ def _describe(model, layers: Mapping[str, OnnxLayer]) -> dict[str, OnnxLayer]:
     return out
 
 
+def _rename(model, layers: Mapping[str, OnnxLayer]) -> dict[str, OnnxLayer]:
+    """Short names: each layer's node takes the layer's name and its weight "<layer>.weight", every other node
+    is unnamed and every other tensor "t<i>". The exporters' long generated names were a third of a small
+    model's file; the graph computes exactly the same."""
+    keep = {i.name for i in model.graph.input} | {o.name for o in model.graph.output} | {""}
+    names = {layer.weight: f"{layer.name}.weight" for layer in layers.values()}
+
+    def short(t: str) -> str:
+        return t if t in keep else names.setdefault(t, f"t{len(names)}")
+
+    by_node = {layer.node: layer.name for layer in layers.values()}
+    for n in model.graph.node:
+        n.name = by_node.get(n.name, "")
+        n.input[:] = [short(t) for t in n.input]
+        n.output[:] = [short(t) for t in n.output]
+    for i in model.graph.initializer:
+        i.name = short(i.name)
+    return {k: OnnxLayer(k, k, v.op_type, short(v.weight), short(v.input), v.bits, v.weight_type)
+            for k, v in layers.items()}
+
+
 def onnx_layers(model_or_path) -> dict[str, OnnxLayer]:
     """Layer name -> where it is in a file written by `export` (read from the file's metadata)."""
     import onnx
@@ -694,9 +715,10 @@ def export(net: nn.Module, layer_bits: Mapping[str, int], input_shape: tuple[int
         else:
             final = onnx.load(str(float_path))
     _compact(final)
-    described = _describe(final, layers)
+    described = _rename(final, _describe(final, layers))
     del final.metadata_props[:]
-    final.metadata_props.add(key=METADATA_KEY, value=json.dumps({k: asdict(v) for k, v in described.items()}))
+    final.metadata_props.add(key=METADATA_KEY, value=json.dumps({k: asdict(v) for k, v in described.items()},
+                                                                separators=(",", ":")))
     onnx.checker.check_model(final)
     _save(final, path)
     _check_runs(path, input_shape)

@@ -6,18 +6,24 @@ import math
 from typing import Sequence
 
 from spaces import Layer
+from spaces.quantize import FLOAT_BITS
 
 DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "size_kb": "minimize", "peak_memory_kb": "minimize"}
 BUDGETS = ("latency_ms", "size_kb", "peak_memory_kb")
 BIAS_BITS = 32  # biases (with batch norm folded in) stay 32-bit, as in int8 runtimes
+SCALE_BITS = 32  # a quantization scale
 
 
 def size_kb(layers: Sequence[Layer]) -> float:
     """Stored size: non-zero weights at their bit-width, plus a 1-bit-per-weight mask where
-    unstructured sparsity needs one to say which weights are zero, plus 32-bit biases."""
+    unstructured sparsity needs one to say which weights are zero, plus 32-bit biases, plus for a
+    quantized layer the 32-bit scales per output channel of its weights and of its bias (what the
+    exported file stores for them: on a small network they are a tenth of it)."""
     bits = 0
     for layer in layers:
         bits += layer.nonzero_weights * layer.bits + layer.out_shape[0] * BIAS_BITS
+        if layer.bits < FLOAT_BITS:
+            bits += layer.out_shape[0] * SCALE_BITS * 2
         if layer.granularity == "weight" and layer.sparsity > 0:
             bits += layer.weights
     return bits / 8 / 1024

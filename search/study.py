@@ -4,6 +4,7 @@ Optuna and MLflow what came back."""
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from tqdm import tqdm
 import spaces
 
 from . import data as datasets
-from . import latency, objectives, supernet
+from . import latency, objectives, pareto, plots, supernet
 from .config import ConfigError, validate
 from .evaluate import evaluate
 from .tracking import Tracker
@@ -49,6 +50,7 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
     """Run (or resume) the study described by a resolved config until it holds n_trials
     complete trials."""
     validate(cfg)
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(cfg["cache_dir"]) / "matplotlib"))  # its font cache, not in HOME
     data = datasets.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
     space_settings = {**cfg["space"], "input_shape": data.input_shape, "num_classes": data.num_classes}
     space = spaces.create(**space_settings)
@@ -102,33 +104,57 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
                                          cfg["seed"] * 100_003 + trial.number)
                     progress.running[ref] = (trial, predicted, run_id)
                 for ref in workers.wait(list(progress.running)):
-                    _finish(study, tracker, progress, ref, cfg["objectives"])
+                    if _finish(study, tracker, progress, ref, cfg["objectives"]) and \
+                            progress.complete % cfg["pareto"]["every"] == 0:
+                        publish_front(study, tracker, cfg, progress.complete)
                 bar.n = progress.complete
                 bar.set_postfix(running=len(progress.running), failed=progress.failed)
                 if progress.failed >= cfg["n_trials"]:
                     raise RuntimeError(f"stopping: {progress.failed} trials failed; see the FAILED runs in MLflow")
         finally:
             bar.close()
-        tracker.end_study({"complete_trials": progress.complete, "pareto_size": len(study.best_trials)})
-    _summary(study, cfg)
+        pts = publish_front(study, tracker, cfg, progress.complete)
+        tracker.end_study({"complete_trials": progress.complete})
+    _summary(pts, cfg)
     return study
 
 
-def _finish(study: optuna.Study, tracker: Tracker, progress: Progress, ref: Any, names: list[str]) -> None:
+def _finish(study: optuna.Study, tracker: Tracker, progress: Progress, ref: Any, names: list[str]) -> bool:
+    """Tell Optuna and MLflow how a trial ended; True if it completed."""
     trial, predicted, run_id = progress.running.pop(ref)
     try:
-        measured, node = Workers.result(ref)
+        (measured, weights), node = Workers.result(ref)
     except TrialFailed as e:
         study.tell(trial, state=TrialState.FAIL)
         tracker.end_trial(run_id, "FAIL", predicted, {"error": str(e)[:5000]})
         progress.failed += 1
-        return
+        return False
     values = predicted | measured
     for key, value in values.items():
         trial.set_user_attr(key, value)
+    tracker.log_weights(run_id, weights)  # before Optuna hears of it: a complete trial always has its weights
     study.tell(trial, [values[n] for n in names])
     tracker.end_trial(run_id, "COMPLETE", values, {"node": node})
     progress.complete += 1
+    return True
+
+
+def publish_front(study: optuna.Study, tracker: Tracker, cfg: Mapping[str, Any], step: int) -> list[pareto.Point]:
+    """The front as it stands: files in the study folder (pareto.csv, .html, .png), the same files on the
+    study's MLflow run with its size and hypervolume, and each trial run tagged pareto=true|false and its rank."""
+    names = cfg["objectives"]
+    pts = pareto.points(study.trials, names)
+    folder = Path(cfg["study"]["dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / "pareto.csv", folder / "pareto.html", folder / "pareto.png"]
+    title = f"{study.study_name}: {len(pts)} complete trials, {len(pareto.front(pts))} on the front"
+    pareto.write_csv(pts, files[0])
+    plots.write_html(pts, names, files[1], title)
+    plots.write_png(pts, names, files[2], title)
+    metrics = {"pareto_size": len(pareto.front(pts)),
+               "hypervolume": pareto.hypervolume(pts, names, cfg["pareto"]["reference"])}
+    tracker.log_front(pts, files, metrics, step)
+    return pts
 
 
 def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -140,12 +166,15 @@ def _target_tags(cfg: Mapping[str, Any], predictor: latency.Predictor) -> dict[s
             "space": cfg["space"]["name"], "data": cfg["data"]["name"], **predictor.describe()}
 
 
-def _summary(study: optuna.Study, cfg: Mapping[str, Any]) -> None:
-    front = sorted(study.best_trials, key=lambda t: t.user_attrs.get("latency_ms", 0))
-    print(f"\nstudy {study.study_name}: {len(study.get_trials(states=(TrialState.COMPLETE,)))} complete trials, "
+def _summary(pts: list[pareto.Point], cfg: Mapping[str, Any]) -> None:
+    front = sorted(pareto.front(pts), key=lambda p: p.values["latency_ms"])
+    name = cfg["study"]["name"]
+    print(f"\nstudy {name}: {len(pts)} complete trials, "
           f"{len(front)} on the Pareto front of {' / '.join(cfg['objectives'])}:")
     print(f"{'trial':>6} {'accuracy %':>10} {'latency ms':>10} {'size KB':>9}  baseline")
-    for t in front:
-        a = t.user_attrs
-        print(f"{t.number:>6} {a['accuracy']:>10.2f} {a['latency_ms']:>10.2f} {a['size_kb']:>9.1f}  {a.get('baseline', '')}")
-    print(f"browse: mlflow ui --backend-store-uri {cfg['tracking']['uri']}   (experiment {study.study_name!r})")
+    for p in front:
+        v = p.values
+        print(f"{p.trial:>6} {v['accuracy']:>10.2f} {v['latency_ms']:>10.2f} {v['size_kb']:>9.1f}  {p.baseline}")
+    print(f"front: {cfg['study']['dir']}/pareto.html (and on the study's MLflow run)")
+    print(f"browse: mlflow ui --backend-store-uri {cfg['tracking']['uri']}   (experiment {name!r})")
+    print(f"promote: python -m search.promote study.name={name} pick=knee")

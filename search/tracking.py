@@ -1,16 +1,27 @@
-"""MLflow, from the driver only: one experiment per study, one parent run for the study and one
-child run per trial, found again when a study resumes."""
+"""MLflow: one experiment per study, one parent run for the study and one child run per trial,
+found again when a study resumes; the front on them; and the registry entries promote makes."""
 from __future__ import annotations
 
 import json
+import tempfile
 import time
-from typing import Any, Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from .errors import UserError
+from .pareto import Point
 
 STUDY_TAG = "search.study"
 ROLE_TAG = "search.role"
+WEIGHTS = "weights.npz"  # a trial run's fine-tuned weights: what promote exports
 BATCH = 100  # MLflow accepts at most 100 params or tags per request
 
 
@@ -30,9 +41,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    def __init__(self, uri: str, study: str):
+    def __init__(self, uri: str, study: str, create: bool = True):
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(study)
+        if experiment is None and not create:
+            raise UserError(f"study.name: no MLflow experiment {study!r} at tracking.uri {uri}")
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(study)
         self.study = study
         self.parent_id = self._find_parent() or ""
@@ -40,6 +53,17 @@ class Tracker:
     def _find_parent(self) -> str | None:
         runs = self.client.search_runs([self.experiment_id], f"tags.`{ROLE_TAG}` = 'study'", max_results=1)
         return runs[0].info.run_id if runs else None
+
+    def trial_runs(self) -> dict[int, Run]:
+        """Trial number -> its run (the newest, should a trial number ever have two)."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], f"tags.`{ROLE_TAG}` = 'trial'",
+                                           max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
+            runs += page
+            token = page.token
+            if not token:
+                return {int(r.data.tags["trial"]): r for r in runs}
 
     def start_study(self, config: Mapping[str, Any], overrides: list[str], config_yaml: str, tags: Mapping[str, str]) -> None:
         """Create the parent run (config as params) or reopen it when the study resumes."""
@@ -65,6 +89,85 @@ class Tracker:
         self._log(run_id, metrics=metrics, tags={"trial_state": state, **tags})
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if state == "COMPLETE" else RunStatus.FAILED))
 
+    def study_config(self) -> dict[str, Any]:
+        """The resolved config the study ran with (its run's config.yaml)."""
+        if not self.parent_id:
+            raise UserError(f"study.name: experiment {self.study!r} has no study run")
+        with tempfile.TemporaryDirectory() as tmp:
+            return yaml.safe_load(Path(self.client.download_artifacts(self.parent_id, "config.yaml", tmp)).read_text())
+
+    def weights(self, run_id: str) -> dict[str, np.ndarray]:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.client.download_artifacts(run_id, WEIGHTS, tmp)
+            except Exception as e:  # MLflow raises its own types per artifact store
+                raise UserError(f"run {run_id}: no {WEIGHTS} artifact ({type(e).__name__}); trials store their "
+                                "weights since promote exists: run the study again to add trials that can be promoted")
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+
+    def registered(self, model: str, study: str, trial: int) -> ModelVersion | None:
+        """The version of `model` already made from this study's trial, if any."""
+        try:
+            versions = self.client.search_model_versions(f"name = '{model}'")
+        except MlflowException:
+            return None
+        return next((v for v in versions if v.tags.get(STUDY_TAG) == study and v.tags.get("trial") == str(trial)), None)
+
+    def set_alias(self, model: str, version: str, alias: str) -> None:
+        self.client.set_registered_model_alias(model, alias, version)
+
+    def register(self, run_id: str, path: Path, example: np.ndarray, output: np.ndarray, promotion: Any,
+                 tags: Mapping[str, str]) -> str:
+        """Log the ONNX file as the trial run's model (signature and input example included), register it
+        as a new version of `promotion.model_name` with everything a reviewer needs as tags, alias it."""
+        import mlflow
+        import onnx
+        from mlflow.models import infer_signature
+
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        model = onnx.load(str(path))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.onnx.log_model(model, name="model", signature=infer_signature(example, output),
+                                         input_example=example, save_as_external_data=False,
+                                         onnx_execution_providers=["CPUExecutionProvider"])
+        p = asdict(promotion)
+        version_tags = {STUDY_TAG: promotion.study, "study": promotion.study, "trial": str(promotion.trial),
+                        "run_id": run_id, "run_link": f"#/experiments/{self.experiment_id}/runs/{run_id}",
+                        **{k: f"{p[k]:.4f}" for k in ("test_accuracy", "onnx_test_accuracy", "predicted_latency_ms",
+                                                      "host_latency_ms", "size_kb", "onnx_kb")},
+                        **tags, "promotion": json.dumps({k: v for k, v in p.items() if k != "version"})}
+        version = mlflow.register_model(info.model_uri, promotion.model_name, tags=version_tags).version
+        self.set_alias(promotion.model_name, version, promotion.alias)
+        self._log(run_id, metrics={"promote.onnx_test_accuracy": promotion.onnx_test_accuracy,
+                                   "promote.host_latency_ms": promotion.host_latency_ms,
+                                   "promote.onnx_kb": promotion.onnx_kb},
+                  tags={"promoted": f"{promotion.model_name}/{version}"})
+        return str(version)
+
+    def log_weights(self, run_id: str, weights: Mapping[str, np.ndarray]) -> None:
+        """The trial's fine-tuned state as an npz artifact (arrays only: loading it runs no code)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / WEIGHTS
+            np.savez_compressed(path, **weights)
+            self.client.log_artifact(run_id, str(path))
+
+    def log_front(self, pts: Sequence[Point], files: Sequence[Path], metrics: Mapping[str, float], step: int) -> None:
+        """Tag each complete trial's run with its front membership and rank (only where that changed),
+        and put the front's files and metrics on the study's run."""
+        runs = self.trial_runs()
+        for p in pts:
+            run = runs.get(p.trial)
+            if run is None:
+                continue
+            want = {"pareto": str(p.pareto).lower(), "pareto.rank": str(p.rank)}
+            changed = {k: v for k, v in want.items() if run.data.tags.get(k) != v}
+            if changed:
+                self._log(run.info.run_id, tags=changed)
+        for f in files:
+            self.client.log_artifact(self.parent_id, str(f), "pareto")
+        self._log(self.parent_id, metrics=metrics, step=step)  # step: complete trials, so the UI charts progress
+
     def end_study(self, metrics: Mapping[str, float], status: str = "FINISHED") -> None:
         self._log(self.parent_id, metrics=metrics)
         self.client.set_terminated(self.parent_id, status)
@@ -73,11 +176,11 @@ class Tracker:
         self._log(self.parent_id, metrics=metrics, tags=tags)
 
     def _log(self, run_id: str, params: Mapping[str, str] = {}, metrics: Mapping[str, float] = {},
-             tags: Mapping[str, str] = {}) -> None:
+             tags: Mapping[str, str] = {}, step: int = 0) -> None:
         now = int(time.time() * 1000)
         for chunk in _chunks([Param(k, v) for k, v in params.items()]):
             self.client.log_batch(run_id, params=chunk)
         for chunk in _chunks([RunTag(k, str(v)) for k, v in tags.items()]):
             self.client.log_batch(run_id, tags=chunk)
         if metrics:
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])

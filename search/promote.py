@@ -1,0 +1,186 @@
+"""`python -m search.promote study.name=NAME [pick=knee | pick=max_accuracy latency_budget_ms=.. | trial=N]`:
+one trial of a study becomes a deployable ONNX file in the MLflow model registry, and only if the file
+behaves like the trial did.
+
+The trial's network is rebuilt from its stored params (Optuna) and the fine-tuned weights its MLflow run
+stored when it completed (`weights.npz`): nothing is re-trained, so nothing depends on training being
+bit-for-bit repeatable. The file (`search.export`) has channel-pruned layers physically smaller, unstructured
+zeros kept as zeros, each layer at its own precision through onnxruntime's static QDQ quantization calibrated
+on training images, and everything in one file. The parity gate runs it with onnxruntime on the test split;
+a difference from the trial's test accuracy above `tolerance` stops the command before anything is registered
+and names the layers where the file starts to differ.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import hydra
+import numpy as np
+import optuna
+import torch
+from omegaconf import DictConfig
+
+import spaces
+
+from . import data as datasets
+from . import pareto, parity
+from .config import CONF_DIR, ConfigError, _get, _int, _number, command, fail, resolve
+from .errors import UserError
+from .export import export
+from .runners.host import time_model
+from .study import storage
+from .tracking import Tracker
+from .train import accuracy
+
+CONFIG_NAME = "promote"
+PICKS = ("knee", "max_accuracy")
+
+
+class ParityError(UserError):
+    """The exported file does not behave like the trial."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What was promoted, printed as JSON on the command's last line."""
+
+    study: str
+    trial: int
+    model_name: str
+    version: str
+    alias: str
+    new_version: bool
+    onnx_path: str
+    test_accuracy: float  # the trial's, in torch
+    onnx_test_accuracy: float
+    predicted_latency_ms: float
+    host_latency_ms: float
+    size_kb: float  # the trial's, from its layer descriptors
+    onnx_kb: float
+
+
+def check(cfg: Mapping[str, Any]) -> None:
+    name = _get(cfg, "study.name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"study.name: the study to promote from, got {name!r}")
+    if _get(cfg, "pick") not in PICKS:
+        raise ConfigError(f"pick: one of {', '.join(PICKS)}, got {cfg['pick']!r}")
+    _int(cfg, "trial", 0, allow_none=True)
+    _number(cfg, "latency_budget_ms", allow_none=True)
+    _number(cfg, "size_budget_kb", allow_none=True)
+    _number(cfg, "tolerance", strict=False)
+    _int(cfg, "calibration_images", 1)
+    _int(cfg, "latency_threads", 1)
+    for key in ("model_name", "alias"):
+        value = _get(cfg, key)
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ConfigError(f"{key}: letters, digits and . _ - only, got {value!r}")
+
+
+def choose(pts: list[pareto.Point], cfg: Mapping[str, Any], objectives: list[str]) -> pareto.Point:
+    """The trial the config asks for: `trial=N`, else the front's knee or the most accurate one within budgets."""
+    try:
+        if cfg["trial"] is not None:
+            chosen = [p for p in pts if p.trial == cfg["trial"]]
+            if not chosen:
+                raise ValueError(f"trial: {cfg['trial']} is not a complete trial of the study")
+            return chosen[0]
+        if cfg["pick"] == "knee":
+            return pareto.knee(pts, objectives)
+        return pareto.most_accurate(pts, {"latency_ms": cfg["latency_budget_ms"], "size_kb": cfg["size_budget_kb"]})
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def restore(study_cfg: Mapping[str, Any], params: Mapping[str, Any], weights: Mapping[str, np.ndarray],
+            cache_dir: str) -> tuple[torch.nn.Module, datasets.Dataset]:
+    """The trial's network with its fine-tuned weights, and the study's data (same seed, same splits)."""
+    data = datasets.load(study_cfg["data"], study_cfg["seed"], cache_dir)
+    space = spaces.create(**{**study_cfg["space"], "input_shape": data.input_shape, "num_classes": data.num_classes})
+    net = space.build(space.sample(optuna.trial.FixedTrial(dict(params))))
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+    return net.eval(), data
+
+
+def promote(cfg: Mapping[str, Any]) -> Promotion:
+    check(cfg)
+    name = cfg["study"]["name"]
+    tracker = Tracker(cfg["tracking"]["uri"], name, create=False)
+    study_cfg = tracker.study_config()
+    where = cfg["study"]["storage"] or Path(cfg["study"]["dir"]) / "optuna.journal"
+    try:
+        if not cfg["study"]["storage"] and not Path(where).is_file():
+            raise KeyError(name)
+        study = optuna.load_study(study_name=name, storage=storage(cfg))
+    except KeyError:
+        raise UserError(f"study.name: no Optuna study {name!r} in {where} (study.dir / study.storage)") from None
+    point = choose(pareto.points(study.trials, study_cfg["objectives"]), cfg, study_cfg["objectives"])
+    run_id = tracker.trial_runs()[point.trial].info.run_id
+    kept = tracker.registered(cfg["model_name"], name, point.trial)
+    if kept is not None:  # promoting the same trial again only moves the alias
+        tracker.set_alias(cfg["model_name"], kept.version, cfg["alias"])
+        return Promotion(**{**json.loads(kept.tags["promotion"]), "version": kept.version, "alias": cfg["alias"],
+                            "new_version": False})
+
+    net, data = restore(study_cfg, study.trials[point.trial].params, tracker.weights(run_id), cfg["cache_dir"])
+    torch_accuracy = accuracy(net, data.test, data.mean, data.std)
+    rng = np.random.default_rng(study_cfg["seed"])
+    calibration = parity.inputs(datasets.Split(data.train.x[rng.permutation(len(data.train.y))[:cfg["calibration_images"]]],
+                                               data.train.y[:0]), data.mean, data.std)
+    folder = Path(cfg["study"]["dir"]) / "promoted"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export(net, {}, data.input_shape, Path(tmp) / "model.onnx", calibration)
+        onnx_accuracy = parity.onnx_accuracy(path, data.test, data.mean, data.std)
+        gap = abs(onnx_accuracy - point.values["test_accuracy"])
+        if gap > cfg["tolerance"]:
+            worst = parity.worst_layers(parity.layer_errors(net, path, parity.inputs(data.test, data.mean, data.std, 0, 64)))
+            raise ParityError(
+                f"parity: trial {point.trial}'s ONNX file scores {onnx_accuracy:.2f}% on the test split, the trial "
+                f"{point.values['test_accuracy']:.2f}% (torch, restored: {torch_accuracy:.2f}%): {gap:.2f} points > "
+                f"tolerance {cfg['tolerance']}; nothing registered. Layers where the file starts to differ: "
+                + ", ".join(f"{layer} ({error:.1%} of its output)" for layer, error in worst))
+        host = time_model(path, threads=cfg["latency_threads"])
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"trial-{point.trial}.onnx"
+        path.replace(final)
+    promotion = Promotion(
+        study=name, trial=point.trial, model_name=cfg["model_name"], version="", alias=cfg["alias"], new_version=True,
+        onnx_path=str(final), test_accuracy=point.values["test_accuracy"], onnx_test_accuracy=onnx_accuracy,
+        predicted_latency_ms=point.values["latency_ms"], host_latency_ms=host.median_ms,
+        size_kb=point.values["size_kb"], onnx_kb=final.stat().st_size / 1024)
+    example = parity.inputs(data.test, data.mean, data.std, 0, 2)
+    version = tracker.register(run_id, final, example, parity.outputs(final, example), promotion, {
+        "target": study_cfg["target"]["name"], "torch_test_accuracy": f"{torch_accuracy:.4f}",
+        "host_latency_iqr_ms": f"{host.iqr_ms:.4f}", "latency.proxy": (study_cfg["target"].get("proxy") or {}).get(
+            "assumption", "none: measured on the target itself")})
+    return Promotion(**{**asdict(promotion), "version": version})
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    try:
+        p = promote(resolve(cfg))
+    except UserError as e:
+        fail(e)
+    verb = "registered" if p.new_version else "already registered as"
+    print(f"trial {p.trial} of {p.study}: {verb} {p.model_name} version {p.version}, alias {p.alias!r}\n"
+          f"  test accuracy {p.onnx_test_accuracy:.2f}% as ONNX (trial: {p.test_accuracy:.2f}%), "
+          f"host latency {p.host_latency_ms:.3f} ms (predicted on target: {p.predicted_latency_ms:.3f} ms), "
+          f"{p.onnx_kb:.1f} KB file ({p.size_kb:.1f} KB of weights)\n  file: {p.onnx_path}\n"
+          f"  load: mlflow.pyfunc.load_model('models:/{p.model_name}@{p.alias}')")
+    print(json.dumps(asdict(p)))
+
+
+def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one artifact at a time: no bars
+    command(CONFIG_NAME, check, _main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""A short digits study end to end: the front in MLflow (tags, files, metrics, over a real MLflow
+server's REST API), then promotion of a trial to the registry as ONNX, the parity gate (including a
+deliberately broken export), and idempotent re-promotion."""
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import pytest
+from mlflow import MlflowClient
+from onnx import numpy_helper
+
+import search.promote
+from search import config, export
+from search.data import load
+from search.parity import inputs
+
+pytestmark = pytest.mark.slow
+STUDY = "promo"
+FAST = ["data=digits", "supernet.epochs=3", "finetune.steps=20", "finetune.bn_batches=2", "ray.num_cpus=2",
+        f"study.name={STUDY}", "n_trials=6", "pareto.every=2", "pareto.reference.accuracy=0"]
+
+
+def env(folder: Path) -> dict:
+    (folder / "home").mkdir(exist_ok=True)
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(folder / "home")}
+
+
+def command(folder: Path, module: str, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *overrides, f"tracking.uri={uri(folder)}", "cache_dir=cache"],
+                          cwd=folder, env=env(folder), capture_output=True, text=True, timeout=600)
+
+
+def uri(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("promote")
+    done = command(folder, "search", *FAST)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def knee(study):
+    done = command(study, "search.promote", f"study.name={STUDY}", "pick=knee")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def runs(folder: Path):
+    client = MlflowClient(uri(folder))
+    experiment = client.get_experiment_by_name(STUDY).experiment_id
+    return client, client.search_runs([experiment], max_results=1000)
+
+
+def test_front_is_tagged_and_drawn_on_the_study_run(study):
+    client, all_runs = runs(study)
+    parent = next(r for r in all_runs if r.data.tags.get("search.role") == "study")
+    trials = {int(r.data.tags["trial"]): r for r in all_runs if r.data.tags.get("search.role") == "trial"}
+    rows = list(csv.DictReader(open(study / "outputs" / STUDY / "pareto.csv")))
+    assert len(rows) == 6 == len(trials)
+    for row in rows:
+        tags = trials[int(row["trial"])].data.tags
+        assert tags["pareto"] == row["pareto"].lower() and tags["pareto.rank"] == row["rank"]
+    front = [r for r in rows if r["pareto"] == "True"]
+    assert front and parent.data.metrics["pareto_size"] == len(front)
+    assert parent.data.metrics["hypervolume"] > 0
+    # refreshed every 2 complete trials, then at the end: the history has a point per refresh
+    history = client.get_metric_history(parent.info.run_id, "pareto_size")
+    assert sorted({m.step for m in history}) == [2, 4, 6]
+    names = {f.path for f in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert names == {"pareto/pareto.csv", "pareto/pareto.html", "pareto/pareto.png"}
+    for trial in trials.values():  # every complete trial stores what promote needs
+        assert "weights.npz" in {f.path for f in client.list_artifacts(trial.info.run_id)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server_serves_the_front_over_rest(study):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", uri(study), "--workers", "1"], cwd=study, env=env(study),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(endpoint: str, **query) -> bytes:
+        with urllib.request.urlopen(f"{base}{endpoint}?{urllib.parse.urlencode(query)}", timeout=10) as response:
+            return response.read()
+
+    def post(endpoint: str, body: dict) -> dict:
+        request = urllib.request.Request(f"{base}{endpoint}", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                get("/health")
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        experiment = json.loads(get("/api/2.0/mlflow/experiments/get-by-name", experiment_name=STUDY))["experiment"]
+        ids = [experiment["experiment_id"]]
+        parent = post("/api/2.0/mlflow/runs/search",
+                      {"experiment_ids": ids, "filter": "tags.`search.role` = 'study'"})["runs"][0]
+        tagged = post("/api/2.0/mlflow/runs/search", {"experiment_ids": ids, "filter": "tags.pareto = 'true'"})["runs"]
+        run_id = parent["info"]["run_id"]
+        listed = json.loads(get("/api/2.0/mlflow/artifacts/list", run_id=run_id, path="pareto"))["files"]
+        served = get("/get-artifact", path="pareto/pareto.csv", run_uuid=run_id).decode()
+    finally:
+        server.terminate()
+        server.wait(30)
+    rows = list(csv.DictReader(io.StringIO(served)))
+    front = {r["trial"] for r in rows if r["pareto"] == "True"}
+    assert {t["value"] for r in tagged for t in r["data"]["tags"] if t["key"] == "trial"} == front
+    assert {f["path"] for f in listed} == {"pareto/pareto.csv", "pareto/pareto.html", "pareto/pareto.png"}
+    metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert metrics["pareto_size"] == len(front)
+
+
+def test_promoted_knee_loads_by_alias_and_predicts(study, knee):
+    assert knee["new_version"] and knee["alias"] == "candidate"
+    assert abs(knee["onnx_test_accuracy"] - knee["test_accuracy"]) <= 1.0  # the parity gate passed
+    mlflow.set_tracking_uri(uri(study))
+    model = mlflow.pyfunc.load_model(f"models:/{STUDY}@candidate")
+    data = load(config.resolve(config.compose(["data=digits"]))["data"], 0, str(study / "cache"))
+    x = inputs(data.test, data.mean, data.std, 0, 64)
+    logits = model.predict(x)[export.OUTPUT_NAME]
+    assert logits.shape == (64, data.num_classes)
+    assert (logits.argmax(1) == data.test.y[:64]).mean() > 0.3
+    version = MlflowClient(uri(study)).get_model_version_by_alias(STUDY, "candidate")
+    assert version.tags["trial"] == str(knee["trial"]) and version.tags["target"] == "snapdragon665"
+    assert float(version.tags["host_latency_ms"]) > 0 and "latency.proxy" in version.tags
+
+
+def test_onnx_file_is_one_file_of_the_trials_size(study, knee):
+    path = study / knee["onnx_path"]
+    model = onnx.load(str(path), load_external_data=False)
+    assert all(i.data_location == onnx.TensorProto.DEFAULT and not i.external_data for i in model.graph.initializer)
+    assert [i.name for i in model.graph.input] == [export.INPUT_NAME]
+    assert abs(path.stat().st_size / 1024 - knee["size_kb"]) <= 0.2 * knee["size_kb"], knee
+
+
+def test_promoting_the_same_trial_again_adds_no_version(study, knee):
+    client = MlflowClient(uri(study))
+    before = len(client.search_model_versions(f"name = '{STUDY}'"))
+    again = command(study, "search.promote", f"study.name={STUDY}", f"trial={knee['trial']}", "alias=champion")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["new_version"] is False
+    assert len(client.search_model_versions(f"name = '{STUDY}'")) == before
+    assert client.get_model_version_by_alias(STUDY, "champion").version == \
+        client.get_model_version_by_alias(STUDY, "candidate").version
+
+
+def test_a_broken_export_is_refused_and_nothing_is_registered(study, knee, monkeypatch):
+    real = search.promote.export
+    broken = "b3.expand"
+
+    def export_with_wrong_weights(net, layer_bits, input_shape, path, calibration):
+        real(net, layer_bits, input_shape, path, calibration)
+        model = onnx.load(str(path))
+        weight = export.onnx_layers(model)[broken].weight
+        init = next(i for i in model.graph.initializer if i.name == weight)
+        init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init)[::-1].copy(), weight))
+        onnx.save(model, str(path))
+        return path
+
+    monkeypatch.setattr(search.promote, "export", export_with_wrong_weights)
+    monkeypatch.chdir(study)
+    cfg = config.resolve(config.compose([f"study.name={STUDY}", "trial=0", f"tracking.uri={uri(study)}",
+                                         "cache_dir=cache", "model_name=broken"], "promote"))
+    with pytest.raises(search.promote.ParityError, match=f"nothing registered.*{broken}") as refused:
+        search.promote.promote(cfg)
+    assert "\n" not in str(refused.value)
+    assert MlflowClient(uri(study)).search_registered_models(f"name = 'broken'") == []
+    assert not (study / "outputs" / STUDY / "promoted" / "trial-0.onnx").exists()
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["study.name=nope"], "study.name"),
+    ([f"study.name={STUDY}", "trial=999"], "trial"),
+    ([f"study.name={STUDY}", "pick=best"], "pick"),
+    ([f"study.name={STUDY}", "pick=max_accuracy", "latency_budget_ms=0.001"], "latency_ms <= 0.001"),
+    ([f"study.name={STUDY}", "tolerance=-1"], "tolerance"),
+])
+def test_bad_promote_input_is_one_line(study, overrides, key):
+    done = command(study, "search.promote", *overrides)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in done.stderr, done.stderr[-2000:]
