@@ -46,7 +46,8 @@ class Tracker:
         experiment = self.client.get_experiment_by_name(study)
         if experiment is None and not create:
             raise UserError(f"study.name: no MLflow experiment {study!r} at tracking.uri {uri}")
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(study)
+        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            study, tags={"mlflow.experimentKind": "custom_model_development"})  # the UI opens on its runs table
         self.study = study
         self.parent_id = self._find_parent() or ""
 
