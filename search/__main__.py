@@ -1,6 +1,8 @@
 """`python -m search [key=value ...]`: compose the config with Hydra, check it, run the study."""
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -18,6 +20,8 @@ def _main(cfg: DictConfig) -> None:
         run(resolve(cfg), HydraConfig.get().overrides.task)
     except UserError as e:
         fail(e)
+    except KeyboardInterrupt:  # the study has already said how to resume
+        sys.exit(130)
 
 
 def main() -> None:

@@ -146,6 +146,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"ray.address: must be HOST:PORT, auto or null, got {address!r}")
     _int(cfg, "ray.num_cpus", 1, allow_none=True)
     _int(cfg, "ray.cpus_per_trial", 1)
+    _int(cfg, "ray.max_retries", 0)
     _number(cfg, "ray.gpus_per_trial", strict=False)
     _validate_space(cfg)
     _validate_target(cfg)

@@ -3,12 +3,15 @@ them into candidates, predicts their latency, sends their evaluation to Ray work
 Optuna and MLflow what came back."""
 from __future__ import annotations
 
+import fcntl
 import inspect
 import os
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import optuna
 import yaml
@@ -22,6 +25,7 @@ import spaces
 from . import data as datasets
 from . import latency, objectives, pareto, plots, supernet
 from .config import ConfigError, validate
+from .errors import UserError
 from .evaluate import evaluate
 from .tracking import Tracker
 from .workers import TrialFailed, Workers
@@ -46,6 +50,27 @@ class Progress:
     running: dict = field(default_factory=dict)
 
 
+@contextmanager
+def exclusive(cfg: Mapping[str, Any]) -> Iterator[None]:
+    """One driver per study at a time: an advisory lock on a file in the study's folder, which the
+    OS releases when the process ends however it ends (even SIGKILL), so a resume never waits on a
+    dead driver and a second live one stops before writing anything."""
+    folder = Path(cfg["study"]["dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "driver.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise UserError(f"study.name: study {cfg['study']['name']!r} is being run by another process "
+                            f"(pid {lock.read().strip() or '?'}, lock {folder / 'driver.lock'}); wait for it to end "
+                            "or stop it, then run the same command to resume") from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
 def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
     """Run (or resume) the study described by a resolved config until it holds n_trials
     complete trials."""
@@ -55,10 +80,9 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
     space_settings = {**cfg["space"], "input_shape": data.input_shape, "num_classes": data.num_classes}
     space = spaces.create(**space_settings)
     predictor = latency.for_target(cfg["target"])
-    budgets = {k: v for k, v in cfg["budget"].items() if v is not None}
-    directions = [objectives.DIRECTIONS[o] for o in cfg["objectives"]]
     ray_cfg = cfg["ray"]
-    with Workers(ray_cfg["address"], ray_cfg["num_cpus"], ray_cfg["cpus_per_trial"], ray_cfg["gpus_per_trial"]) as workers:
+    with exclusive(cfg), Workers(ray_cfg["address"], ray_cfg["num_cpus"], ray_cfg["cpus_per_trial"],
+                                 ray_cfg["gpus_per_trial"], ray_cfg["max_retries"]) as workers:
         data_ref = workers.share(data)
         key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"], cfg["supernet"])
         print(f"supernet {key}: ", end="", flush=True)
@@ -67,56 +91,123 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
             supernet.train, space_settings, data_ref, cfg["supernet"], cfg["seed"], cpus=workers.cpus))
         print(f"{'from cache' if cached else 'trained'} in {time.perf_counter() - started:.0f} s, "
               f"full-width validation accuracy {trained.val_accuracy:.2f}%", flush=True)
-        supernet_ref = workers.share(trained)
 
-        study = optuna.create_study(study_name=cfg["study"]["name"], storage=storage(cfg),
-                                    directions=directions, load_if_exists=True)
-        if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
-            raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "
-                              "use another study.name")
-        sampler_args = {"seed": cfg["seed"] + len(study.trials)}  # a resumed study draws new points
-        if budgets and "constraints_func" in inspect.signature(get_class(cfg["sampler"]["_target_"])).parameters:
-            sampler_args["constraints_func"] = _constraints  # samplers without it still record the values
-        study.sampler = instantiate(cfg["sampler"], **sampler_args)
-        if not study.trials:
-            for name, params in space.baselines().items():
-                study.enqueue_trial(params, user_attrs={"baseline": name})
-
+        study = _open(cfg, space)
         tracker = Tracker(cfg["tracking"]["uri"], cfg["study"]["name"])
+        recovered = recover(study, tracker)
+        if recovered:
+            print(f"resumed: {recovered} trial(s) a stopped driver left running are marked FAIL (KILLED in MLflow)")
         common_tags = _target_tags(cfg, predictor)
         tracker.start_study(cfg, list(overrides), yaml.safe_dump(cfg, sort_keys=False), common_tags)
         tracker.log_study({"supernet_val_accuracy": trained.val_accuracy}, {"supernet.key": key})
-
+        trial_args = (space_settings, data_ref, workers.share(trained), cfg["finetune"])
         progress = Progress(complete=len(study.get_trials(states=(TrialState.COMPLETE,))))
-        bar = tqdm(total=cfg["n_trials"], initial=progress.complete, unit="trial", dynamic_ncols=True)
         try:
-            while progress.complete < cfg["n_trials"]:
-                while len(progress.running) < workers.slots and \
-                        progress.complete + len(progress.running) < cfg["n_trials"]:
-                    trial = study.ask()
-                    candidate = space.sample(trial)
-                    layers = space.layers(candidate)
-                    predicted = objectives.metrics(layers, predictor.predict(layers))
-                    trial.set_user_attr("constraints", [predicted[k] - v for k, v in budgets.items()])
-                    tags = common_tags | {"baseline": trial.user_attrs.get("baseline", "")}
-                    run_id = tracker.start_trial(trial.number, candidate.as_dict(), tags)
-                    ref = workers.submit(evaluate, space_settings, candidate, data_ref, supernet_ref, cfg["finetune"],
-                                         cfg["seed"] * 100_003 + trial.number)
-                    progress.running[ref] = (trial, predicted, run_id)
-                for ref in workers.wait(list(progress.running)):
-                    if _finish(study, tracker, progress, ref, cfg["objectives"]) and \
-                            progress.complete % cfg["pareto"]["every"] == 0:
-                        publish_front(study, tracker, cfg, progress.complete)
-                bar.n = progress.complete
-                bar.set_postfix(running=len(progress.running), failed=progress.failed)
-                if progress.failed >= cfg["n_trials"]:
-                    raise RuntimeError(f"stopping: {progress.failed} trials failed; see the FAILED runs in MLflow")
-        finally:
-            bar.close()
+            with _interruptible():
+                _loop(cfg, study, tracker, workers, space, predictor, common_tags, trial_args, progress)
+        except KeyboardInterrupt:
+            _stop(study, tracker, workers, progress, overrides)
+            raise
         pts = publish_front(study, tracker, cfg, progress.complete)
         tracker.end_study({"complete_trials": progress.complete})
     _summary(pts, cfg)
     return study
+
+
+def _open(cfg: Mapping[str, Any], space: Any) -> optuna.Study:
+    """Create or load the study; a new one starts with the baselines, a resumed one draws new points."""
+    directions = [objectives.DIRECTIONS[o] for o in cfg["objectives"]]
+    study = optuna.create_study(study_name=cfg["study"]["name"], storage=storage(cfg), directions=directions,
+                                load_if_exists=True)
+    if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
+        raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "
+                          "use another study.name")
+    sampler_args = {"seed": cfg["seed"] + len(study.trials)}
+    budgets = {k: v for k, v in cfg["budget"].items() if v is not None}
+    if budgets and "constraints_func" in inspect.signature(get_class(cfg["sampler"]["_target_"])).parameters:
+        sampler_args["constraints_func"] = _constraints  # samplers without it still record the values
+    study.sampler = instantiate(cfg["sampler"], **sampler_args)
+    if not study.trials:
+        for name, params in space.baselines().items():
+            study.enqueue_trial(params, user_attrs={"baseline": name})
+    return study
+
+
+def recover(study: optuna.Study, tracker: Tracker) -> int:
+    """Make Optuna and MLflow agree after a driver died: trials it left RUNNING become FAIL (their
+    runs KILLED); a trial Optuna has as COMPLETE whose run was never ended gets its values and ends.
+    Safe only under `exclusive`: no other driver is running trials. Returns the trials marked FAIL."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study.tell(t.number, state=TrialState.FAIL)
+    states = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number, run in tracker.trial_runs().items():
+        if run.info.status != "RUNNING":
+            continue
+        t = states.get(number)
+        if t is not None and t.state == TrialState.COMPLETE:
+            tracker.end_trial(run.info.run_id, "COMPLETE", _numbers(t.user_attrs))
+        else:
+            tracker.end_trial(run.info.run_id, "KILLED", {}, {"error": "the driver stopped while the trial ran"})
+    return len(stale)
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM (a scheduler pre-empting the driver) stops the study like Ctrl-C does."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _loop(cfg, study, tracker, workers, space, predictor, common_tags, trial_args, progress) -> None:
+    """Keep every slot busy until the study holds n_trials complete trials."""
+    budgets = {k: v for k, v in cfg["budget"].items() if v is not None}
+    bar = tqdm(total=cfg["n_trials"], initial=progress.complete, unit="trial", dynamic_ncols=True)
+    try:
+        while progress.complete < cfg["n_trials"]:
+            while len(progress.running) < workers.slots and \
+                    progress.complete + len(progress.running) < cfg["n_trials"]:
+                trial = study.ask()
+                candidate = space.sample(trial)
+                layers = space.layers(candidate)
+                predicted = objectives.metrics(layers, predictor.predict(layers))
+                trial.set_user_attr("constraints", [predicted[k] - v for k, v in budgets.items()])
+                tags = common_tags | {"baseline": trial.user_attrs.get("baseline", "")}
+                run_id = tracker.start_trial(trial.number, candidate.as_dict(), tags)
+                space_settings, data_ref, supernet_ref, finetune = trial_args
+                ref = workers.submit(evaluate, space_settings, candidate, data_ref, supernet_ref, finetune,
+                                     cfg["seed"] * 100_003 + trial.number)
+                progress.running[ref] = (trial, predicted, run_id)
+            for ref in workers.wait(list(progress.running)):
+                if _finish(study, tracker, progress, ref, cfg["objectives"]) and \
+                        progress.complete % cfg["pareto"]["every"] == 0:
+                    publish_front(study, tracker, cfg, progress.complete)
+            bar.n = progress.complete
+            bar.set_postfix(running=len(progress.running), failed=progress.failed)
+            if progress.failed >= cfg["n_trials"]:
+                raise UserError(f"stopping: {progress.failed} trials failed; see the FAILED runs in MLflow")
+    finally:
+        bar.close()
+
+
+def _stop(study: optuna.Study, tracker: Tracker, workers: Workers, progress: Progress, overrides) -> None:
+    """Ctrl-C: cancel the running trials, FAIL them in Optuna, KILLED in MLflow, and say how to resume."""
+    for ref, (trial, predicted, run_id) in progress.running.items():
+        workers.cancel(ref)
+        study.tell(trial, state=TrialState.FAIL)
+        tracker.end_trial(run_id, "KILLED", predicted, {"error": "stopped by the user"})
+    tracker.end_study({"complete_trials": progress.complete}, status="KILLED")
+    print(f"\nstopped: {progress.complete} complete trials kept, {len(progress.running)} running trial(s) marked "
+          f"FAIL. Resume with the same command: python -m search {' '.join(overrides)}".rstrip(), flush=True)
+
+
+def _numbers(attrs: Mapping[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _finish(study: optuna.Study, tracker: Tracker, progress: Progress, ref: Any, names: list[str]) -> bool:

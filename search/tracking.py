@@ -86,9 +86,10 @@ class Tracker:
         return run.info.run_id
 
     def end_trial(self, run_id: str, state: str, metrics: Mapping[str, float], tags: Mapping[str, str] = {}) -> None:
-        """state is Optuna's (COMPLETE, FAIL); the run ends FINISHED or FAILED to match."""
-        self._log(run_id, metrics=metrics, tags={"trial_state": state, **tags})
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if state == "COMPLETE" else RunStatus.FAILED))
+        """state: COMPLETE or FAIL (Optuna's), or KILLED (FAIL in Optuna: the driver stopped it); the run
+        ends FINISHED, FAILED or KILLED to match."""
+        self._log(run_id, metrics=metrics, tags={"trial_state": "FAIL" if state == "KILLED" else state, **tags})
+        self.client.set_terminated(run_id, {"COMPLETE": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}[state])
 
     def study_config(self) -> dict[str, Any]:
         """The resolved config the study ran with (its run's config.yaml)."""

@@ -30,9 +30,11 @@ class Workers:
     """A context manager around a Ray session. Trials each take `cpus_per_trial` CPUs (and
     `gpus_per_trial` GPUs), so concurrency follows the cluster's resources."""
 
-    def __init__(self, address: str | None, num_cpus: int | None, cpus_per_trial: int, gpus_per_trial: float):
+    def __init__(self, address: str | None, num_cpus: int | None, cpus_per_trial: int, gpus_per_trial: float,
+                 max_retries: int = 0):
         self.address, self.num_cpus = address, num_cpus
         self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
+        self.max_retries = max_retries  # Ray re-runs a task whose worker process died (killed, OOM, segfault)
 
     def __enter__(self) -> Workers:
         if self.address is None and not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
@@ -71,7 +73,13 @@ class Workers:
 
     def submit(self, fn: Callable[..., Any], *args: Any, cpus: int | None = None) -> ray.ObjectRef:
         cpus = cpus or self.cpus_per_trial
-        return _task.options(num_cpus=cpus, num_gpus=self.gpus_per_trial).remote(cpus, fn, *args)
+        return _task.options(num_cpus=cpus, num_gpus=self.gpus_per_trial,
+                             max_retries=self.max_retries).remote(cpus, fn, *args)
+
+    @staticmethod
+    def cancel(ref: ray.ObjectRef) -> None:
+        """Stop a task now (its worker process is killed)."""
+        ray.cancel(ref, force=True)
 
     def run(self, fn: Callable[..., Any], *args: Any, cpus: int | None = None) -> Any:
         return self.result(self.submit(fn, *args, cpus=cpus))[0]

@@ -1,0 +1,180 @@
+"""Faults with real processes and real signals, on one study, in the order a bad afternoon brings them:
+a worker process killed mid-trial, a second driver started on the same study, Ctrl-C, the driver
+SIGKILLed, then a resume that finishes the study. Afterwards Optuna and MLflow must agree: every
+complete trial once, the interrupted ones FAIL (KILLED runs), the crashed one FAILED with its cause."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from tests.e2e import DIGITS, env
+
+pytestmark = pytest.mark.slow
+STUDY = "faults"
+N_TRIALS = 6
+ARGS = [*DIGITS, "finetune.steps=250", "ray.num_cpus=1", "ray.max_retries=0", f"n_trials={N_TRIALS}",
+        f"study.name={STUDY}", "cache_dir=cache", "pareto.every=100"]
+
+
+class Driver:
+    """`python -m search` as a user starts it, in its own session so a kill takes its local Ray too."""
+
+    def __init__(self, folder: Path, *extra: str):
+        self.folder = folder
+        self.log = open(folder / f"driver-{time.time_ns()}.log", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "search", *ARGS, *extra, f"tracking.uri={uri(folder)}"],
+                                     cwd=folder, env=env(folder), stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def wait_for(self, condition, what: str, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"driver ended before {what}:\n{self.output()[-3000:]}"
+            assert time.time() < deadline, f"timed out waiting for {what}:\n{self.output()[-3000:]}"
+            time.sleep(0.2)
+
+    def finish(self, timeout: float = 600) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill_all()
+
+    def kill_all(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
+
+
+def uri(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def study(folder: Path) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(folder / "outputs" / STUDY / "optuna.journal")))
+    return optuna.load_study(study_name=STUDY, storage=storage)
+
+
+def count(folder: Path, state: TrialState) -> int:
+    journal = folder / "outputs" / STUDY / "optuna.journal"
+    return len(study(folder).get_trials(states=(state,))) if journal.exists() else 0
+
+
+def trial_tasks() -> list[int]:
+    """Pids of Ray worker processes running a task now (Ray titles them ray::<function>)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::_task"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def afternoon(tmp_path_factory, shared_cache):
+    folder = tmp_path_factory.mktemp("faults")
+    (folder / "cache").symlink_to(shared_cache)
+    events = {}
+
+    first = Driver(folder)
+    try:
+        first.wait_for(lambda: "full-width validation accuracy" in first.output(), "the supernet")
+        first.wait_for(lambda: count(folder, TrialState.COMPLETE) >= 1 and trial_tasks(), "a running trial")
+        os.kill(trial_tasks()[0], signal.SIGKILL)  # a worker process dies mid-trial
+        first.wait_for(lambda: count(folder, TrialState.FAIL) >= 1, "the crashed trial to FAIL")
+        first.wait_for(lambda: count(folder, TrialState.COMPLETE) >= 2, "2 complete trials")
+
+        second = Driver(folder)  # the same study, while the first still runs it
+        events["second"] = (second.finish(120), second.output())
+
+        first.wait_for(lambda: bool(trial_tasks()), "a running trial")
+        sent = time.time()
+        first.proc.send_signal(signal.SIGINT)
+        events["sigint"] = (first.proc.wait(60), time.time() - sent, first.output())
+    finally:
+        first.kill_all()
+    events["after_sigint"] = {s: count(folder, s) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)}
+
+    resumed = Driver(folder)
+    try:
+        done = count(folder, TrialState.COMPLETE)
+        resumed.wait_for(lambda: count(folder, TrialState.COMPLETE) > done and trial_tasks(), "a trial after resume")
+        resumed.kill_all()  # SIGKILL: the driver and its local Ray, mid-trial
+    finally:
+        resumed.kill_all()
+    events["after_sigkill"] = {s: count(folder, s) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)}
+
+    last = Driver(folder, "ray.max_retries=1")  # a retry now covers a dying worker
+    try:
+        last.wait_for(lambda: "resumed:" in last.output() and trial_tasks(), "a trial after the second resume")
+        os.kill(trial_tasks()[0], signal.SIGKILL)
+    finally:
+        events["last"] = (last.finish(), last.output())
+    return folder, events
+
+
+def test_a_second_driver_on_a_running_study_stops_with_a_clear_line(afternoon):
+    _, events = afternoon
+    code, output = events["second"]
+    assert code == 2 and "being run by another process" in output and "Traceback" not in output
+
+
+def test_ctrl_c_stops_within_10_s_and_says_how_to_resume(afternoon):
+    _, events = afternoon
+    code, seconds, output = events["sigint"]
+    assert code == 130 and seconds < 10, (code, seconds, output[-2000:])
+    assert "Resume with the same command" in output and "Traceback" not in output
+    assert events["after_sigint"][TrialState.RUNNING] == 0
+
+
+def test_sigkill_leaves_a_running_trial_that_the_resume_marks_failed(afternoon):
+    _, events = afternoon
+    assert events["after_sigkill"][TrialState.RUNNING] >= 1
+    code, output = events["last"]
+    assert code == 0, output[-3000:]
+    assert "trial(s) a stopped driver left running are marked FAIL" in output
+
+
+def test_optuna_and_mlflow_agree_after_everything(afternoon):
+    folder, events = afternoon
+    trials = study(folder).trials
+    states = Counter(t.state for t in trials)
+    assert states[TrialState.COMPLETE] == N_TRIALS and states[TrialState.RUNNING] == 0
+    assert states[TrialState.FAIL] >= 3  # the crashed worker, Ctrl-C, SIGKILL
+    # the worker killed under ray.max_retries=1 was re-run, not failed
+    before = events["after_sigkill"]
+    assert states[TrialState.FAIL] == before[TrialState.FAIL] + before[TrialState.RUNNING]
+
+    client = MlflowClient(uri(folder))
+    experiment = client.get_experiment_by_name(STUDY).experiment_id
+    runs = client.search_runs([experiment], "tags.`search.role` = 'trial'", max_results=1000)
+    numbers = Counter(int(r.data.tags["trial"]) for r in runs)
+    assert max(numbers.values()) == 1, "a trial has two runs"
+    by_number = {int(r.data.tags["trial"]): r for r in runs}
+    for t in trials:
+        run = by_number.get(t.number)
+        if t.state == TrialState.COMPLETE:
+            assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] == t.user_attrs["accuracy"]
+        elif run is not None:
+            assert run.info.status in ("FAILED", "KILLED")
+    statuses = Counter(r.info.status for r in runs)
+    assert statuses["KILLED"] >= 2 and statuses["RUNNING"] == 0
+    crashed = [r for r in runs if r.info.status == "FAILED"]
+    assert crashed and all("died" in r.data.tags["error"].lower() or "crash" in r.data.tags["error"].lower()
+                           for r in crashed), [r.data.tags.get("error") for r in crashed]
