@@ -3,7 +3,6 @@ them into candidates, predicts their latency, sends their evaluation to Ray work
 Optuna and MLflow what came back."""
 from __future__ import annotations
 
-import fcntl
 import inspect
 import os
 import signal
@@ -23,7 +22,7 @@ from tqdm import tqdm
 import spaces
 
 from . import data as datasets
-from . import latency, objectives, pareto, plots, supernet
+from . import latency, locks, objectives, pareto, plots, supernet
 from .config import ConfigError, validate
 from .errors import UserError
 from .evaluate import evaluate
@@ -35,7 +34,9 @@ def storage(cfg: Mapping[str, Any]) -> optuna.storages.BaseStorage | str:
     """The configured URL, or an append-only journal in the study's folder (safe to resume,
     and cheap: a few ms per trial)."""
     if cfg["study"]["storage"]:
-        return cfg["study"]["storage"]
+        with locks.sqlite_setup(cfg["study"]["storage"]):
+            return optuna.storages.RDBStorage(cfg["study"]["storage"]) if cfg["study"]["storage"].startswith(
+                locks.SQLITE) else cfg["study"]["storage"]
     folder = Path(cfg["study"]["dir"])
     folder.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
@@ -50,27 +51,6 @@ class Progress:
     running: dict = field(default_factory=dict)
 
 
-@contextmanager
-def exclusive(cfg: Mapping[str, Any]) -> Iterator[None]:
-    """One driver per study at a time: an advisory lock on a file in the study's folder, which the
-    OS releases when the process ends however it ends (even SIGKILL), so a resume never waits on a
-    dead driver and a second live one stops before writing anything."""
-    folder = Path(cfg["study"]["dir"])
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "driver.lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise UserError(f"study.name: study {cfg['study']['name']!r} is being run by another process "
-                            f"(pid {lock.read().strip() or '?'}, lock {folder / 'driver.lock'}); wait for it to end "
-                            "or stop it, then run the same command to resume") from None
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        yield
-
-
 def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
     """Run (or resume) the study described by a resolved config until it holds n_trials
     complete trials."""
@@ -81,7 +61,7 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
     space = spaces.create(**space_settings)
     predictor = latency.for_target(cfg["target"])
     ray_cfg = cfg["ray"]
-    with exclusive(cfg), Workers(ray_cfg["address"], ray_cfg["num_cpus"], ray_cfg["cpus_per_trial"],
+    with locks.driver(Path(cfg["study"]["dir"]), cfg["study"]["name"]), Workers(ray_cfg["address"], ray_cfg["num_cpus"], ray_cfg["cpus_per_trial"],
                                  ray_cfg["gpus_per_trial"], ray_cfg["max_retries"]) as workers:
         data_ref = workers.share(data)
         key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"], cfg["supernet"])
@@ -136,7 +116,7 @@ def _open(cfg: Mapping[str, Any], space: Any) -> optuna.Study:
 def recover(study: optuna.Study, tracker: Tracker) -> int:
     """Make Optuna and MLflow agree after a driver died: trials it left RUNNING become FAIL (their
     runs KILLED); a trial Optuna has as COMPLETE whose run was never ended gets its values and ends.
-    Safe only under `exclusive`: no other driver is running trials. Returns the trials marked FAIL."""
+    Safe only under `locks.driver`: no other driver is running trials. Returns the trials marked FAIL."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
         study.tell(t.number, state=TrialState.FAIL)

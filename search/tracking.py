@@ -16,6 +16,7 @@ from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from . import locks
 from .errors import UserError
 from .pareto import Point
 
@@ -43,7 +44,8 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracker:
     def __init__(self, uri: str, study: str, create: bool = True):
         self.client = MlflowClient(tracking_uri=uri)
-        experiment = self.client.get_experiment_by_name(study)
+        with locks.sqlite_setup(uri):
+            experiment = self.client.get_experiment_by_name(study)  # the first call creates a new store's tables
         if experiment is None and not create:
             raise UserError(f"study.name: no MLflow experiment {study!r} at tracking.uri {uri}")
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(

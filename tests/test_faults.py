@@ -178,3 +178,21 @@ def test_optuna_and_mlflow_agree_after_everything(afternoon):
     crashed = [r for r in runs if r.info.status == "FAILED"]
     assert crashed and all("died" in r.data.tags["error"].lower() or "crash" in r.data.tags["error"].lower()
                            for r in crashed), [r.data.tags.get("error") for r in crashed]
+
+
+def test_two_studies_at_once_share_one_mlflow_store_and_one_optuna_storage(tmp_path, shared_cache):
+    (tmp_path / "cache").symlink_to(shared_cache)
+    shared = [f"tracking.uri={uri(tmp_path)}", f"study.storage=sqlite:///{tmp_path / 'optuna.db'}", "cache_dir=cache",
+              *DIGITS, "finetune.steps=5", "ray.num_cpus=1", "n_trials=4"]
+    procs = {name: subprocess.Popen([sys.executable, "-m", "search", *shared, f"study.name={name}"], cwd=tmp_path,
+                                    env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in ("left", "right")}
+    outputs = {name: p.communicate(timeout=600)[0] for name, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), {n: o[-2000:] for n, o in outputs.items()}
+    client = MlflowClient(uri(tmp_path))
+    for name in procs:
+        stored = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+        assert len(stored.get_trials(states=(TrialState.COMPLETE,))) == 4
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        assert Counter(r.data.tags["search.role"] for r in runs) == {"study": 1, "trial": 4}
+        assert all(r.info.status == "FINISHED" for r in runs)
