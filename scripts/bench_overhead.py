@@ -1,0 +1,134 @@
+"""What the machinery costs next to the trials: the share of each trial's wall time spent outside the
+evaluator (Optuna, MLflow, Ray, the latency predictor), trials per minute with 1 and with 2 parallel
+workers, and the time from the command to the first finished trial.
+
+    .venv/bin/python scripts/bench_overhead.py            # MNIST, 20 trials per worker count, rewrites README
+    .venv/bin/python scripts/bench_overhead.py --quick    # digits, 4 trials (the test suite runs this)
+
+Each measurement is a real `python -m search` command (target=snapdragon665) in a fresh study, with the
+supernet already cached (the first run of a project trains it once; scripts/search_report.py times that).
+A trial's wall time is Optuna's, from `ask` to `tell`; the evaluator's time is the `evaluate_s` the
+worker reports; the rest is the machinery. The predictor and the MLflow logging per trial are also timed
+on their own, so the remainder can be read as Ray's scheduling and transfer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts.search_report import machine, write_readme  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def study_command(folder: Path, name: str, trials: int, workers: int, quick: bool) -> float:
+    """Run one study; returns seconds from the command's start to its first finished trial."""
+    args = [sys.executable, "-m", "search", "target=snapdragon665", f"study.name={name}", f"study.dir={folder / name}",
+            f"n_trials={trials}", f"ray.num_cpus={workers}", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+            f"cache_dir={folder / 'cache'}"]
+    if quick:
+        args += ["data=digits", "supernet.epochs=3", "finetune.steps=5", "finetune.bn_batches=2"]
+    started = time.time()
+    subprocess.run(args, check=True, cwd=folder, capture_output=True, text=True)
+    first = min(t.datetime_complete for t in trials_of(folder, name)).timestamp()
+    return first - started
+
+
+def trials_of(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(folder / name / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+
+
+def per_trial(trials: list[optuna.trial.FrozenTrial]) -> dict:
+    wall = np.array([(t.datetime_complete - t.datetime_start).total_seconds() for t in trials])
+    inside = np.array([t.user_attrs["evaluate_s"] for t in trials])
+    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    return {"trials": len(trials), "wall_s": float(wall.mean()), "evaluate_s": float(inside.mean()),
+            "outside_share": float(1 - inside.sum() / wall.sum()), "per_minute": 60 * len(trials) / span}
+
+
+def machinery(folder: Path, repeats: int = 20) -> dict:
+    """Per-trial cost of the predictor and of MLflow's logging (run, params, metrics, weights), timed alone."""
+    import spaces
+    from search import config, latency
+    from search.tracking import Tracker
+
+    cfg = config.resolve(config.compose(["target=snapdragon665"]))
+    space = spaces.create(**{**cfg["space"], "input_shape": (1, 28, 28), "num_classes": 10})
+    predictor = latency.for_target(cfg["target"])
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    candidates = [space.sample(study.ask()) for _ in range(repeats)]
+    started = time.perf_counter()
+    for c in candidates:
+        predictor.predict(space.layers(c))
+    predict_s = (time.perf_counter() - started) / repeats
+    net = space.build(candidates[0])
+    weights = {k: v.numpy() for k, v in net.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "overhead")
+        tracker.start_study(cfg, [], "", {})
+        started = time.perf_counter()
+        for i, c in enumerate(candidates):
+            run_id = tracker.start_trial(i, c.as_dict(), {"target": "x"})
+            tracker.log_weights(run_id, weights)
+            tracker.end_trial(run_id, "COMPLETE", {"accuracy": 1.0, "latency_ms": 1.0})
+        mlflow_s = (time.perf_counter() - started) / repeats
+    return {"predict_s": predict_s, "mlflow_s": mlflow_s}
+
+
+def report(results: dict) -> str:
+    one, two = results["workers"]["1"], results["workers"]["2"]
+    m = results["machinery"]
+    lines = [f"`python -m search target=snapdragon665`, {one['trials']} trials per setting, supernet cached, on {machine()}.",
+             "", "| workers | trial wall s (mean) | inside the evaluator s | outside the evaluator | trials per minute |",
+             "|---|---|---|---|---|"]
+    for n, r in results["workers"].items():
+        lines.append(f"| {n} | {r['wall_s']:.2f} | {r['evaluate_s']:.2f} | {100 * r['outside_share']:.1f}% "
+                     f"| {r['per_minute']:.1f} |")
+    lines += ["", f"- 2 workers give **{two['per_minute'] / one['per_minute']:.2f}x** the trials per minute of 1 (goal: 1.6x).",
+              f"- Framework overhead (outside the evaluator): {100 * one['outside_share']:.1f}% of a trial with 1 worker, "
+              f"{100 * two['outside_share']:.1f}% with 2 (goal: under 5%). Timed alone, per trial: the latency predictor "
+              f"{1e3 * m['predict_s']:.1f} ms, MLflow logging (run, params, metrics, weights) {1e3 * m['mlflow_s']:.0f} ms.",
+              f"- From the command to the first finished trial: {results['first_trial_s']:.1f} s (Python, Ray start, "
+              "data, cached supernet, one trial)."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="digits, 4 trials (the test suite runs this)")
+    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--folder", type=Path, default=ROOT / "outputs" / "bench-overhead")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args()
+    trials = args.trials or (4 if args.quick else 20)
+    args.folder.mkdir(parents=True, exist_ok=True)
+    if (args.folder / "mlflow.db").exists():
+        raise SystemExit(f"{args.folder} holds an earlier run: remove it to measure from scratch")
+    study_command(args.folder, "warm-up", 2, 2, args.quick)  # trains (or loads) the supernet once
+    results = {"workers": {}, "first_trial_s": 0.0}
+    for workers in (1, 2):
+        first = study_command(args.folder, f"workers-{workers}", trials, workers, args.quick)
+        results["workers"][str(workers)] = per_trial(trials_of(args.folder, f"workers-{workers}"))
+        results["first_trial_s"] = first if workers == 1 else results["first_trial_s"]
+    results["machinery"] = machinery(args.folder)
+    (args.folder / "results.json").write_text(json.dumps(results, indent=1))
+    section = report(results)
+    print(section)
+    write_readme(section, args.readme, "bench-overhead")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The --quick modes of scripts/bench_search.py and scripts/bench_overhead.py keep working: they run real
+studies and write their README sections (into a copy of the README, never the real one)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import env
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def quick(script: str, mark: str, tmp_path: Path, shared_cache: Path) -> tuple[Path, Path]:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n<!-- results:{mark} -->\nold\n<!-- /results:{mark} -->\nafter\n")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "cache").symlink_to(shared_cache)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--quick", "--folder", str(folder),
+                           "--readme", str(readme)], cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    return folder, readme
+
+
+def test_quick_bench_search_writes_its_section(tmp_path, shared_cache):
+    folder, readme = quick("bench_search.py", "bench-search", tmp_path, shared_cache)
+    results = json.loads((folder / "results.json").read_text())
+    for method in ("joint", "random", "sequential"):
+        curve = results[method]["0"]["hypervolume"]
+        assert len(curve) == 6 and curve == sorted(curve)  # one point per completed trial, never decreasing
+        assert set(results[method]["0"]["baselines"]) == {"float", "int8"}
+    text = readme.read_text()
+    assert "| joint |" in text and "| sequential |" in text and (folder / "bench-search.png").exists()
+
+
+def test_quick_bench_overhead_writes_its_section(tmp_path, shared_cache):
+    folder, readme = quick("bench_overhead.py", "bench-overhead", tmp_path, shared_cache)
+    results = json.loads((folder / "results.json").read_text())
+    for r in results["workers"].values():
+        assert r["trials"] == 4 and 0 < r["evaluate_s"] < r["wall_s"] and 0 < r["outside_share"] < 1
+    assert results["first_trial_s"] > 0 and results["machinery"]["predict_s"] > 0
+    assert "trials per minute" in readme.read_text()
