@@ -74,6 +74,7 @@ def execution(layers: Sequence[Layer], kernels: Mapping[int, str]) -> list[str]:
     that add) takes 8-bit integer input, and the output is not the network's; otherwise the
     runtime dequantizes it like any other quantized layer (measured: onnxruntime's QDQ fusion)."""
     kinds = [kernels[layer.bits] for layer in layers]
+    adds = residual_blocks(layers)
     group = list(range(len(layers) + 1))  # tensor i: the input of layer i; joined across residual adds
 
     def root(i: int) -> int:
@@ -81,22 +82,23 @@ def execution(layers: Sequence[Layer], kernels: Mapping[int, str]) -> list[str]:
             i = group[i]
         return i
 
-    for first, last in residual_blocks(layers):
+    for first, last in adds:
         group[root(first)] = root(last + 1)
-    around: dict[int, set[int]] = {}
+    around: dict[int, set[int]] = {}  # the layers writing or reading each joined tensor
     for t in range(len(layers) + 1):
         around.setdefault(root(t), set()).update(j for j in (t - 1, t) if 0 <= j < len(layers))
-    has_add = {root(last + 1) for _, last in residual_blocks(layers)}
-    out = []
-    for i, (layer, kind) in enumerate(zip(layers, kinds)):
-        if kind == "int8" and i + 1 < len(layers):
-            t = root(i + 1)
-            readers = around[t] if t in has_add else {i + 1}
-            if all(kinds[j] == "int8" if t in has_add else kinds[j] != "fp32" and layers[j].bits <= 8 for j in readers):
-                out.append("int8")
-                continue
-        out.append(kind if kind == "fp32" else f"dequant{storage_bits(layer.bits)}")
-    return out
+    added = {root(last + 1) for _, last in adds}
+
+    def stays_quantized(i: int) -> bool:
+        if i + 1 == len(layers):
+            return False
+        t = root(i + 1)
+        if t in added:
+            return all(kinds[j] == "int8" for j in around[t])
+        return kinds[i + 1] != "fp32" and layers[i + 1].bits <= 8
+
+    return [kind if kind == "fp32" or (kind == "int8" and stays_quantized(i)) else f"dequant{storage_bits(layer.bits)}"
+            for i, (layer, kind) in enumerate(zip(layers, kinds))]
 
 
 def features(layers: Sequence[Layer], kernels: Mapping[int, str], sparse_kernels: bool) -> dict[str, float]:
@@ -122,7 +124,7 @@ def features(layers: Sequence[Layer], kernels: Mapping[int, str], sparse_kernels
         for quantity, value in values.items():
             add(f"{kernel_class(layer)}.{run}.{quantity}", value)
     for first, last in residual_blocks(layers):
-        ends = {runs[first - 1] if first else "fp32", runs[last]}
+        ends = {runs[first - 1] if first else "fp32", runs[last]}  # the two tensors added
         kind = "int8" if ends == {"int8"} else "fp32" if ends == {"fp32"} else "float"
         add(f"residual.{kind}.count", 1.0)
         add(f"residual.{kind}.activations", math.prod(layers[last].out_shape) / 1e6)
@@ -165,8 +167,9 @@ class Predictor:
         measurements never exercised that precision (per-layer and per-add dispatch costs are not sped up)."""
         if name in self.coefficients:
             return self.coefficients[name]
-        cls, kernel, quantity = name.split(".")
+        cls, run, quantity = name.split(".")
         base = self.coefficients.get(f"{cls}.fp32.{quantity}", 0.0)
+        kernel = "dequant_fp32" if run.startswith("dequant") else run
         return base if quantity in ("layers", "count") else base / self.speedups.get(kernel, 1.0)
 
     def predict(self, layers: Sequence[Layer]) -> float:

@@ -279,6 +279,13 @@ def test_dequantize_plus_fp32_is_not_predicted_faster_than_fp32(fp32_predictor):
     assert fp32_predictor.predict(int4) >= fp32_predictor.predict(fp32)
 
 
+def test_a_declared_dequantize_speed_up_applies_to_every_storage_width():
+    p = Predictor("t", MB_KERNELS, False, {"dense.fp32.macs": 1.0, "dense.fp32.layers": 0.3},
+                  speedups={"dequant_fp32": 0.5})
+    assert [p.coefficient(f"dense.dequant{w}.macs") for w in (4, 8, 16)] == [2.0, 2.0, 2.0]
+    assert p.coefficient("dense.dequant4.layers") == 0.3
+
+
 def test_scale_multiplies_the_prediction(fp32_predictor):
     space = mobilenet()
     layers = space.layers(uniform(space, 8))
