@@ -11,9 +11,19 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
-.PHONY: search test
+.PHONY: search test results
 search: $(INSTALLED)
 	$(BIN)/python -m search target=snapdragon665 $(ARGS)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest $(ARGS)
+
+# Rewrites every measured section of README.md (long: about 90 minutes on 2 cores; needs a quiet machine).
+results: $(INSTALLED)
+	rm -rf outputs/report outputs/bench-search outputs/bench-overhead
+	$(BIN)/python scripts/calibration_report.py
+	$(BIN)/python scripts/bench_predictor.py
+	$(BIN)/python scripts/search_report.py
+	$(BIN)/python scripts/ui_screenshot.py
+	$(BIN)/python scripts/bench_search.py
+	$(BIN)/python scripts/bench_overhead.py

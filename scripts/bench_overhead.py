@@ -25,8 +25,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scripts.search_report import machine, write_readme  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme_results import machine, write_readme  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

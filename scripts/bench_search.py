@@ -23,8 +23,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scripts.search_report import machine, write_readme  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme_results import machine, write_readme  # noqa: E402
 from search import config, pareto  # noqa: E402
 from search.study import run, storage  # noqa: E402
 from search.workers import Workers  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_report import machine, write_readme  # noqa: E402
+from readme_results import machine, write_readme  # noqa: E402
 
 import spaces  # noqa: E402
 from search import latency, measurements  # noqa: E402
@@ -89,8 +89,9 @@ def main() -> None:
         r = p["report"]
         lines.append(f"| this host (mobilenetv2, onnxruntime) | {p['fit_rows']} networks | {r['n']} networks | "
                      f"{r['within_10pct']:.1%} | {r['within_5pct']:.1%} | {r['mape']:.1%} | {r['spearman']:.3f} | |")
-        noise = (f"Host noise floor (IQR/median of a reference network re-measured through the run): "
-                 f"{r['noise_floor']:.1%}. Host: {machine()}.")
+        spread = ("median IQR/median of each network's timed runs" if p["runner"].get("runner") == "file"
+                  else "IQR/median of a reference network re-measured through the run")
+        noise = f"Host noise floor ({spread}): {r['noise_floor']:.1%}. Host: {machine()}."
     else:
         noise = "This host has not been calibrated yet (`python -m search.calibrate target=host`)."
     share, clustering = outlier_runs()

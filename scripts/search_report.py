@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import re
 import subprocess
 import sys
 import time
@@ -22,6 +19,7 @@ import optuna
 from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
+from readme_results import machine, write_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "report-default"
@@ -68,12 +66,6 @@ def promoted_table(folder: Path) -> list[str]:
             row("float full-width baseline", base), row("knee of the front (`pick=knee`)", knee)]
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
-
-
 def report(folder: Path) -> str:
     wall = json.loads((folder / "wall.json").read_text())
     storage = JournalStorage(JournalFileBackend(str(folder / STUDY / "optuna.journal")))
@@ -113,14 +105,6 @@ def report(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def write_readme(section: str, readme: Path, mark: str = MARK) -> None:
-    text = readme.read_text()
-    pattern = re.compile(rf"(<!-- results:{mark} -->\n).*?(\n<!-- /results:{mark} -->)", re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{readme}: no <!-- results:{mark} --> section to rewrite")
-    readme.write_text(pattern.sub(lambda m: m.group(1) + section + m.group(2), text))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-run", action="store_true", help="report the last run without running again")
@@ -135,7 +119,7 @@ def main() -> None:
         promote_both(args.folder)
     section = report(args.folder)
     print(section)
-    write_readme(section, args.readme)
+    write_readme(section, args.readme, MARK)
 
 
 if __name__ == "__main__":

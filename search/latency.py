@@ -3,9 +3,12 @@ any network that can be described. The search talks to it through `predict` and 
 
 The model (after nn-Meter): a network's latency is the sum of its layers' latencies, and a layer's
 latency is linear in its MACs, activation traffic, weights and a per-layer dispatch cost, with
-coefficients per kind of kernel (pointwise, grouped, depthwise by kernel size, dense conv, linear)
-and per precision the target really runs (fp32, int8, dequantize + fp32). Summed over a network
-that is a linear model with non-negative coefficients, fitted from whole-network measurements.
+coefficients per kind of kernel (grouped, depthwise by kernel size, dense conv or linear) and per
+way the layer really runs: a float kernel, an integer kernel, or dequantize (from 4, 8 or 16-bit
+storage) + float kernel. Where the network is small, what runs between the layers costs as much as
+the layers, so the sum also prices residual adds and the layout changes where a run of float or
+integer kernels begins or ends. Summed over a network that is a linear model with non-negative
+coefficients, fitted from whole-network measurements.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from scipy.stats import spearmanr
 
 from spaces import Layer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: layers priced by how they really run (integer kernels, dequantization width, layouts)
 KERNELS = ("fp32", "int8", "dequant_fp32")
 QUANTITIES = ("macs", "activations", "weights", "layers")  # per million, except layers
 INTERCEPT = "network"
@@ -35,29 +38,96 @@ def kernel_class(layer: Layer) -> str:
     constant, and would price them at nothing in a space where they do change."""
     if layer.groups == 1:
         return "dense"
-    if layer.groups == layer.in_shape[0] == layer.out_shape[0]:
+    if _depthwise(layer):
         return f"depthwise{layer.kernel}"
     return "grouped"
 
 
+def _depthwise(layer: Layer) -> bool:
+    return layer.groups > 1 and layer.groups == layer.in_shape[0] == layer.out_shape[0]
+
+
+def storage_bits(bits: int) -> int:
+    """The integer width a runtime stores `bits`-bit values in (4, 8, 16), or 32 for float."""
+    return next((w for w in (4, 8, 16) if bits <= w), 32)
+
+
+def residual_blocks(layers: Sequence[Layer]) -> list[tuple[int, int]]:
+    """(first, last) layer of every block whose output is added to its input: a depthwise layer
+    with the 1x1 layers around it, stride 1, whose input and output shapes are equal. Read from the
+    shapes, because descriptors hold no edges (a block with equal shapes but no skip is miscounted)."""
+    out = []
+    for i, dw in enumerate(layers[1:-1], 1):
+        if not (_depthwise(dw) and dw.stride == 1 and layers[i + 1].kernel == 1):
+            continue
+        before = layers[i - 1]
+        first = i - 1 if before.kernel == 1 and not _depthwise(before) and before.out_shape == dw.in_shape else i
+        if layers[first].in_shape == layers[i + 1].out_shape:
+            out.append((first, i + 1))
+    return out
+
+
+def execution(layers: Sequence[Layer], kernels: Mapping[int, str]) -> list[str]:
+    """How each layer really runs: "fp32", "int8", or "dequant<storage bits>" (weights and input
+    dequantized every run, then a float kernel). An int8 layer runs an integer kernel only where
+    its output stays quantized: every layer reading it (through a residual add: every layer around
+    that add) takes 8-bit integer input, and the output is not the network's; otherwise the
+    runtime dequantizes it like any other quantized layer (measured: onnxruntime's QDQ fusion)."""
+    kinds = [kernels[layer.bits] for layer in layers]
+    adds = residual_blocks(layers)
+    group = list(range(len(layers) + 1))  # tensor i: the input of layer i; joined across residual adds
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for first, last in adds:
+        group[root(first)] = root(last + 1)
+    around: dict[int, set[int]] = {}  # the layers writing or reading each joined tensor
+    for t in range(len(layers) + 1):
+        around.setdefault(root(t), set()).update(j for j in (t - 1, t) if 0 <= j < len(layers))
+    added = {root(last + 1) for _, last in adds}
+
+    def stays_quantized(i: int) -> bool:
+        if i + 1 == len(layers):
+            return False
+        t = root(i + 1)
+        if t in added:
+            return all(kinds[j] == "int8" for j in around[t])
+        return kinds[i + 1] != "fp32" and layers[i + 1].bits <= 8
+
+    return [kind if kind == "fp32" or (kind == "int8" and stays_quantized(i)) else f"dequant{storage_bits(layer.bits)}"
+            for i, (layer, kind) in enumerate(zip(layers, kinds))]
+
+
 def features(layers: Sequence[Layer], kernels: Mapping[int, str], sparse_kernels: bool) -> dict[str, float]:
-    """The model's inputs: per (kernel class, precision) sums of each quantity, the number and size
-    of precision changes between consecutive layers (each one a quantize or dequantize step), and 1."""
+    """The model's inputs: per (kernel class, execution) sums of each quantity; layout conversions
+    where a run of float kernels (blocked layout) or of integer kernels (channels-last) meets
+    anything else; residual adds by kind (integer, float fused into a float conv, float); and 1."""
     out: dict[str, float] = {INTERCEPT: 1.0}
-    previous = None
-    for layer in layers:
-        kernel = kernels[layer.bits]
-        if previous is not None and kernel != previous:  # the runtime converts the tensor in between
-            out["transition.any.count"] = out.get("transition.any.count", 0.0) + 1
-            out["transition.any.activations"] = out.get("transition.any.activations", 0.0) + math.prod(layer.in_shape) / 1e6
-        previous = kernel
+
+    def add(name: str, value: float) -> None:
+        out[name] = out.get(name, 0.0) + value
+
+    runs = execution(layers, kernels)
+    regions = [run if run in ("fp32", "int8") and layer.kind == "conv" else "other" for run, layer in zip(runs, layers)]
+    for i, (layer, run) in enumerate(zip(layers, runs)):
+        if i and regions[i - 1] != regions[i]:
+            sides = (regions[i - 1] != "other") + (regions[i] != "other")
+            add("layout.any.count", sides)
+            add("layout.any.activations", sides * math.prod(layer.in_shape) / 1e6)
         density = 1 - layer.sparsity if sparse_kernels and layer.granularity == "weight" else 1.0
         values = {"macs": layer.macs * density / 1e6,
                   "activations": (math.prod(layer.in_shape) + math.prod(layer.out_shape)) / 1e6,
                   "weights": layer.weights * density / 1e6, "layers": 1.0}
-        prefix = f"{kernel_class(layer)}.{kernel}"
         for quantity, value in values.items():
-            out[f"{prefix}.{quantity}"] = out.get(f"{prefix}.{quantity}", 0.0) + value
+            add(f"{kernel_class(layer)}.{run}.{quantity}", value)
+    for first, last in residual_blocks(layers):
+        ends = {runs[first - 1] if first else "fp32", runs[last]}  # the two tensors added
+        kind = "int8" if ends == {"int8"} else "fp32" if ends == {"fp32"} else "float"
+        add(f"residual.{kind}.count", 1.0)
+        add(f"residual.{kind}.activations", math.prod(layers[last].out_shape) / 1e6)
     return out
 
 
@@ -94,12 +164,13 @@ class Predictor:
 
     def coefficient(self, name: str) -> float:
         """A fitted coefficient, or one derived from fp32 by the target's declared speed-up when the
-        measurements never exercised that precision (per-layer dispatch cost is not sped up)."""
+        measurements never exercised that precision (per-layer and per-add dispatch costs are not sped up)."""
         if name in self.coefficients:
             return self.coefficients[name]
-        cls, kernel, quantity = name.split(".")
+        cls, run, quantity = name.split(".")
         base = self.coefficients.get(f"{cls}.fp32.{quantity}", 0.0)
-        return base if quantity == "layers" else base / self.speedups.get(kernel, 1.0)
+        kernel = "dequant_fp32" if run.startswith("dequant") else run
+        return base if quantity in ("layers", "count") else base / self.speedups.get(kernel, 1.0)
 
     def predict(self, layers: Sequence[Layer]) -> float:
         f = features(layers, self.kernels, self.sparse_kernels)

@@ -59,8 +59,10 @@ def random_networks(space, n: int, seed: int, exclude=()) -> list[Candidate]:
 
 
 # A known, non-negative "true" model: every kernel class costs MACs, activation traffic, weights
-# and a dispatch cost per layer, plus a per-network constant.
-TRUE = {"network": 2.0}
+# and a dispatch cost per layer, every residual add a fixed and a per-element cost, plus a
+# per-network constant (fbnet's one layout change, before the classifier, is part of it).
+TRUE = {"network": 2.0, "residual.fp32.count": 0.2, "residual.fp32.activations": 5.0,
+        "layout.any.count": 0.0, "layout.any.activations": 0.0}
 for _cls, _f in (("dense", 1.0), ("grouped", 1.3), ("depthwise3", 2.0), ("depthwise5", 2.5)):
     TRUE |= {f"{_cls}.fp32.macs": 0.1 * _f, f"{_cls}.fp32.activations": 3.0 * _f,
              f"{_cls}.fp32.weights": 0.4 * _f, f"{_cls}.fp32.layers": 0.15 * _f}
@@ -102,22 +104,73 @@ def test_features_are_the_hand_computed_sums():
         "dense.fp32.weights": (512 + 640) / 1e6, "dense.fp32.layers": 2.0,
         "depthwise3.int8.macs": 4608 / 1e6, "depthwise3.int8.activations": 2560 / 1e6,
         "depthwise3.int8.weights": 288 / 1e6, "depthwise3.int8.layers": 1.0,
-        "grouped.int8.macs": 16384 / 1e6, "grouped.int8.activations": 1536 / 1e6,
-        "grouped.int8.weights": 1024 / 1e6, "grouped.int8.layers": 1.0,
-        # precision changes: fp32 pw -> int8 dw (input 32*8*8) and int8 gr -> fp32 fc (input 64)
-        "transition.any.count": 2.0, "transition.any.activations": (2048 + 64) / 1e6,
+        # gr's output goes to a float layer, so it runs dequantized (int8 storage) + a float kernel
+        "grouped.dequant8.macs": 16384 / 1e6, "grouped.dequant8.activations": 1536 / 1e6,
+        "grouped.dequant8.weights": 1024 / 1e6, "grouped.dequant8.layers": 1.0,
+        # layout changes: out of the float run and into the integer one (input 32*8*8, twice), out
+        # of the integer run (input 32*4*4); the linear layer runs in neither
+        "layout.any.count": 3.0, "layout.any.activations": (2 * 2048 + 512) / 1e6,
     }
     assert f.keys() == expected.keys()
     for key, value in expected.items():
         assert f[key] == pytest.approx(value, rel=1e-12, abs=0), key
 
 
-def test_features_separate_precisions_of_one_class():
+def test_features_separate_how_layers_of_one_class_run():
     pw8 = dataclasses.replace(PW, bits=8)
-    f = features([PW, pw8], KERNELS_8_32, False)
-    assert f["dense.fp32.macs"] == f["dense.int8.macs"] == pytest.approx(32768 / 1e6)
-    assert f["dense.fp32.layers"] == f["dense.int8.layers"] == 1.0
+    f = features([PW, pw8, pw8], KERNELS_8_32, False)  # the last int8 layer writes the float output
+    assert f["dense.fp32.macs"] == f["dense.int8.macs"] == f["dense.dequant8.macs"] == pytest.approx(32768 / 1e6)
+    assert f["dense.fp32.layers"] == f["dense.int8.layers"] == f["dense.dequant8.layers"] == 1.0
     assert features([], KERNELS_8_32, False) == {"network": 1.0}
+
+
+MB_HOST = {4: "dequant_fp32", 8: "int8", 16: "dequant_fp32", 32: "fp32"}
+
+
+@pytest.mark.parametrize("after, run, alone", [
+    (8, "int8", "dequant8"), (4, "int8", "dequant4"), (16, "dequant8", "dequant16"), (32, "dequant8", "fp32")])
+def test_an_int8_layer_runs_an_integer_kernel_only_into_8_bit_integer_input(after, run, alone):
+    """Its output must stay quantized: onnxruntime fuses DequantizeLinear -> Conv -> QuantizeLinear
+    into QLinearConv only when the next layer reads 8-bit (or narrower) integers."""
+    pw8, nxt = dataclasses.replace(PW, bits=8), dataclasses.replace(PW, bits=after)
+    assert latency.execution([pw8, nxt], MB_HOST)[0] == run
+    assert latency.execution([nxt], MB_HOST) == [alone]  # a last layer writes the float output
+
+
+def block(bits: list[int], channels: int = 8) -> list[Layer]:
+    """An inverted residual block (1x1 expand, 3x3 depthwise, 1x1 project) whose output is added
+    to its input, between a layer before it and one after it."""
+    c, h = channels, 4 * channels
+    shapes = [((c, 4, 4), (c, 4, 4), 1, 1), ((c, 4, 4), (h, 4, 4), 1, 1), ((h, 4, 4), (h, 4, 4), 3, h),
+              ((h, 4, 4), (c, 4, 4), 1, 1), ((c, 4, 4), (c, 4, 4), 1, 1)]
+    return [Layer(f"l{i}", "conv", a, b, k, 1, g, bits[i]) for i, (a, b, k, g) in enumerate(shapes)]
+
+
+def test_a_residual_add_needs_every_layer_around_it_int8_for_integer_kernels():
+    assert latency.residual_blocks(block([8] * 5)) == [(1, 3)]
+    assert latency.execution(block([8] * 5), MB_HOST) == ["int8"] * 4 + ["dequant8"]
+    # the layer after the add reads 4-bit input: enough for a plain edge, not around an add
+    runs = latency.execution(block([8, 8, 8, 8, 4]), MB_HOST)
+    assert runs == ["dequant8", "int8", "int8", "dequant8", "dequant4"]
+    f = features(block([8] * 5), MB_HOST, False)
+    assert f["residual.int8.count"] == 1.0 and f["residual.int8.activations"] == pytest.approx(128 / 1e6)
+    assert features(block([32] * 5), MB_HOST, False)["residual.fp32.count"] == 1.0
+    assert features(block([32, 32, 32, 32, 8]), MB_HOST, False)["residual.fp32.count"] == 1.0
+    assert features(block([8, 32, 32, 4, 32]), MB_HOST, False)["residual.float.count"] == 1.0
+    strided = block([32] * 5)
+    strided[2] = dataclasses.replace(strided[2], stride=2, out_shape=(32, 2, 2))
+    assert latency.residual_blocks(strided) == []
+
+
+def test_residual_blocks_are_the_fbnet_blocks_with_a_skip():
+    """fbnet adds a block's input to its output exactly when channels and stride stay the same."""
+    for candidate in random_networks(FB, 20, seed=7):
+        layers = FB.layers(candidate)
+        found = {layers[last].name.split(".")[0] for _, last in latency.residual_blocks(layers)}
+        named = {x.name: x for x in layers}
+        assert found == {b for b in FB.block_names if f"{b}.dw" in named and named[f"{b}.dw"].stride == 1
+                         and named[f"{b}.expand"].in_shape[0] == named[f"{b}.project"].out_shape[0]}
+        assert found  # every network of the space has some
 
 
 @pytest.mark.parametrize("sparse_kernels", [False, True])
@@ -193,7 +246,7 @@ def fp32_predictor():
     space = mobilenet(bits=[32])
     layers = [space.layers(c) for c in calibration_set(space, 60, seed=0)]
     coefficients = fit(layers, [true_latency(x) for x in layers], MB_KERNELS, False)
-    assert {k.split(".")[1] for k in coefficients if k != "network"} == {"fp32"}
+    assert {k.split(".")[1] for k in coefficients if k != "network"} == {"fp32", "any"}  # any: layout changes
     return Predictor("t", MB_KERNELS, False, coefficients, speedups={"int8": 2.0})
 
 
@@ -205,11 +258,18 @@ def test_int8_is_predicted_faster_but_dispatch_cost_is_not_sped_up(fp32_predicto
     for cls in ("dense", "depthwise3"):
         assert p.coefficient(f"{cls}.int8.layers") == p.coefficient(f"{cls}.fp32.layers")
         assert p.coefficient(f"{cls}.int8.macs") == p.coefficient(f"{cls}.fp32.macs") / 2
-    # exactly: constant and per-layer terms at full price, the rest halved
-    f = features(int8, {8: "fp32"}, False)
-    expected = sum(p.coefficients.get(k, 0.0) * v * (1.0 if k == "network" or k.endswith(".layers") else 0.5)
-                   for k, v in f.items())
-    assert p.predict(int8) == pytest.approx(expected, rel=1e-12)
+    # exactly: integer kernels pay per-layer and per-add terms at full price, the rest halved; the
+    # classifier writes the float output, so it runs dequantized at the full fp32 price
+    f = features(int8, MB_KERNELS, False)
+    assert {"dense.int8.macs", "dense.dequant8.macs", "residual.int8.count"} <= f.keys()
+    for k in f:
+        cls, kernel, quantity = k.split(".") if k.count(".") == 2 else (k, "", "")
+        fp32 = p.coefficients.get(f"{cls}.fp32.{quantity}", 0.0)
+        if kernel == "int8":
+            assert p.coefficient(k) == fp32 * (1.0 if quantity in ("layers", "count") else 0.5), k
+        elif kernel == "dequant8":
+            assert p.coefficient(k) == fp32, k
+    assert p.predict(int8) == pytest.approx(sum(p.coefficient(k) * v for k, v in f.items()), rel=1e-12)
 
 
 def test_dequantize_plus_fp32_is_not_predicted_faster_than_fp32(fp32_predictor):
@@ -217,6 +277,13 @@ def test_dequantize_plus_fp32_is_not_predicted_faster_than_fp32(fp32_predictor):
     fp32, int4 = space.layers(uniform(space, 32)), space.layers(uniform(space, 4))
     assert {x.bits for x in int4} == {4}
     assert fp32_predictor.predict(int4) >= fp32_predictor.predict(fp32)
+
+
+def test_a_declared_dequantize_speed_up_applies_to_every_storage_width():
+    p = Predictor("t", MB_KERNELS, False, {"dense.fp32.macs": 1.0, "dense.fp32.layers": 0.3},
+                  speedups={"dequant_fp32": 0.5})
+    assert [p.coefficient(f"dense.dequant{w}.macs") for w in (4, 8, 16)] == [2.0, 2.0, 2.0]
+    assert p.coefficient("dense.dequant4.layers") == 0.3
 
 
 def test_scale_multiplies_the_prediction(fp32_predictor):
@@ -269,7 +336,7 @@ def test_the_file_is_plain_json(saved):
     assert [p.name for p in path.parent.iterdir()] == ["p.json"]  # no temporary file left behind
 
 
-@pytest.mark.parametrize("version", [2, 0, None, "1"])
+@pytest.mark.parametrize("version", [1, 3, 0, None, "2"])
 def test_another_format_version_is_refused(saved, version):
     _, path = saved
     body = json.loads(path.read_text())
