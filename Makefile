@@ -18,9 +18,10 @@ search: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest $(ARGS)
 
-# Rewrites every measured section of README.md (long: about 90 minutes on 2 cores; needs a quiet machine).
+# Rewrites every measured section of README.md (long: about 2 hours on 2 cores; needs a quiet machine).
 results: $(INSTALLED)
 	rm -rf outputs/report outputs/bench-search outputs/bench-overhead
+	$(BIN)/python -m search.calibrate target=host
 	$(BIN)/python scripts/calibration_report.py
 	$(BIN)/python scripts/bench_predictor.py
 	$(BIN)/python scripts/search_report.py
