@@ -54,18 +54,25 @@ class Workers:
         if self._started:
             ray.shutdown()
 
+    def _nodes(self) -> list[dict[str, float]]:
+        """The resources of each alive node that can hold a trial (a task never spans nodes)."""
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        return [r for r in nodes if r.get("CPU", 0) >= self.cpus_per_trial and r.get("GPU", 0) >= self.gpus_per_trial]
+
     @property
     def slots(self) -> int:
-        """How many trials can run at once on the cluster's resources."""
-        resources = ray.cluster_resources()
-        slots = int(resources.get("CPU", 1) // self.cpus_per_trial)
-        if self.gpus_per_trial:
-            slots = min(slots, int(resources.get("GPU", 0) // self.gpus_per_trial))
-        return max(slots, 1)
+        """How many trials can run at once: counted node by node, since a trial's CPUs (and GPUs)
+        must all be on one node."""
+        def fits(r: dict[str, float]) -> int:
+            n = int(r["CPU"] // self.cpus_per_trial)
+            return min(n, int(r["GPU"] // self.gpus_per_trial)) if self.gpus_per_trial else n
+        return max(sum(fits(r) for r in self._nodes()), 1)
 
     @property
     def cpus(self) -> int:
-        return int(ray.cluster_resources().get("CPU", 1))
+        """CPUs for one big task (the supernet): the largest node's. The cluster's total could
+        never be scheduled once it spans nodes."""
+        return int(max((r["CPU"] for r in self._nodes()), default=self.cpus_per_trial))
 
     def share(self, value: Any) -> ray.ObjectRef:
         """Put read-only state in the object store once; tasks receive it without copies."""
