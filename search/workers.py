@@ -40,6 +40,9 @@ class Workers:
         if self.address is None and not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
             # Ray's token auth would otherwise generate a token file in the home folder.
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        elif self.address is not None and os.environ.get("RAY_AUTH_TOKEN"):
+            # a driver joining a cluster uses a given token only in token mode (else "Failed to connect")
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         runtime_env = None
         if self.address is not None:  # the cluster's workers get this project's code from here
             runtime_env = {"py_modules": [str(Path(search.__file__).parent), str(Path(spaces.__file__).parent)]}
