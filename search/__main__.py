@@ -4,7 +4,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from .config import CONF_DIR, CONFIG_NAME, command, fail, resolve, validate
+from . import preflight
+from .config import CONF_DIR, CONFIG_NAME, command, fail, resolve
 from .errors import UserError
 
 
@@ -21,7 +22,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    command(CONFIG_NAME, validate, _main)
+    command(CONFIG_NAME, preflight.study, _main)
 
 
 if __name__ == "__main__":
