@@ -2,6 +2,7 @@
 before any compute starts. A bad value becomes one line naming the key and what is allowed."""
 from __future__ import annotations
 
+import functools
 import math
 import re
 import sys
@@ -132,9 +133,9 @@ FREE_FORM = ("sampler", "budget")  # checked against the sampler's parameters an
 RAY_ADDRESS = re.compile(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 
 
-def unknown_keys(cfg: Mapping[str, Any], config_name: str, groups: tuple[str, ...]) -> None:
-    """A key that no config file defines (a typo, or a setting of another command) is refused by
-    name rather than ignored. Checked two levels deep: sections and group options, and their keys."""
+@functools.cache
+def _schema(config_name: str, groups: tuple[str, ...]) -> dict[str, Any]:
+    """What the config files define: the command's own keys, and per group every option's keys."""
     def load(path: Path) -> dict:
         return yaml.safe_load(path.read_text()) or {}
 
@@ -143,6 +144,13 @@ def unknown_keys(cfg: Mapping[str, Any], config_name: str, groups: tuple[str, ..
         schema[group] = {}
         for option in options(group):
             schema[group] |= load(CONF_DIR / group / f"{option}.yaml")
+    return schema
+
+
+def unknown_keys(cfg: Mapping[str, Any], config_name: str, groups: tuple[str, ...]) -> None:
+    """A key that no config file defines (a typo, or a setting of another command) is refused by
+    name rather than ignored. Checked two levels deep: sections and group options, and their keys."""
+    schema = _schema(config_name, groups)
     for key, value in cfg.items():
         if key not in schema:
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(schema)}")
