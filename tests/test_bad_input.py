@@ -194,3 +194,16 @@ def test_bad_input_gives_one_line_naming_it_and_writes_nothing(results, name, na
 
 def test_the_table_covers_enough_bad_inputs():
     assert len(CASES) >= 24 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip file", b"PK\x03\x04 truncated"], ids=["empty", "text", "truncated"])
+def test_a_corrupt_supernet_cache_entry_names_it(tmp_path, content):
+    """Read after the data and the predictor, so not in the table above (the study has started Ray by then)."""
+    from search import supernet
+    from search.errors import UserError
+
+    path = tmp_path / "supernets" / "abc.npz"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=r"^cache_dir: .*abc\.npz is not a readable supernet.*delete it"):
+        supernet.load_or_train("abc", tmp_path, lambda: pytest.fail("a corrupt entry is not silently replaced"))
