@@ -7,7 +7,6 @@ The commands run two at a time (each is mostly interpreter start-up), then each 
 from __future__ import annotations
 
 import gzip
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.cli import ROOT, environment
+
 A50 = (ROOT / "conf" / "measurements" / "fbnet_samsung_a50.csv").read_text().splitlines()[:6]
 OPS_1 = A50[2].split(",")[1]
 MNIST = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -155,11 +155,9 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 def run(command: str, overrides: list[str], tmp: Path) -> subprocess.CompletedProcess:
     """The command as a user runs it, importing this checkout's code, with a home folder of its own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env |= {"HOME": str(tmp / "home"), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
     args = [a.format(tmp=tmp) for a in [*common(command, tmp), *overrides]]
-    return subprocess.run([sys.executable, "-m", command, *args], cwd=tmp, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", command, *args], cwd=tmp, env=environment(tmp / "home"),
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """End to end, as a user runs it: `python -m search` in a fresh folder, then MLflow and Optuna
 are read back. Starts a real local Ray with 2 CPUs (2 parallel trials)."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+from tests.cli import environment
+
 STUDY = "e2e"
 FAST = ["data=digits", "supernet.epochs=3", "finetune.steps=5", "finetune.bn_batches=2", "ray.num_cpus=2",
         f"study.name={STUDY}"]
@@ -17,10 +18,9 @@ METRICS = {"accuracy", "test_accuracy", "evaluate_s", "latency_ms", "size_kb", "
 
 
 def search(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(folder / "home")}
     (folder / "home").mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "search", *overrides], cwd=folder, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "search", *overrides], cwd=folder, env=environment(folder / "home"),
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
