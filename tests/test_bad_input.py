@@ -90,14 +90,10 @@ CASES = [
     ("n_trials-not-a-number", SEARCH, ["n_trials=abc"], None, "n_trials"),
     ("seed-a-fraction", SEARCH, ["seed=1.5"], None, "seed"),
     ("lr-a-word", SEARCH, ["supernet.lr=fast"], None, "supernet.lr"),
-    ("objectives-not-a-list", SEARCH, ["objectives=accuracy"], None, "objectives"),
     ("widths-not-numbers", SEARCH, ["space.widths=[a,1.0]"], None, "space.widths"),
     # config values: ranges
     ("n_trials-zero", SEARCH, ["n_trials=0"], None, "n_trials"),
-    ("temperature-zero", SEARCH, ["finetune.temperature=0"], None, "finetune.temperature"),
-    ("seed-beyond-32-bits", SEARCH, ["seed=4294967296"], None, "seed"),
     ("val_size-one", SEARCH, ["data.val_size=1.0"], None, "data.val_size"),
-    ("budget-negative", SEARCH, ["budget.latency_ms=-3"], None, "budget.latency_ms"),
     # unknown names
     ("target-unknown", SEARCH, ["target=nope"], None, "target"),
     ("sampler-unknown", SEARCH, ["sampler=grid"], None, "sampler"),
