@@ -6,7 +6,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from .config import CONF_DIR, CONFIG_NAME, command, fail, resolve, validate
+from . import preflight
+from .config import CONF_DIR, CONFIG_NAME, command, fail, resolve
 from .errors import UserError
 
 
@@ -25,7 +26,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    command(CONFIG_NAME, validate, _main)
+    command(CONFIG_NAME, preflight.study, _main)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from omegaconf import DictConfig
 
 import spaces
 
-from . import latency, measurements
-from .config import CONF_DIR, ROOT, ConfigError, command, fail, resolve, validate_target
+from . import latency, measurements, preflight
+from .config import (CONF_DIR, ROOT, ConfigError, command, fail, resolve, space_error,
+                     validate_calibration, validate_target)
 from .errors import UserError
 from .measurements import Measurement
 
@@ -54,11 +55,8 @@ def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[
     runner, and return measurements, the runner's settings and the noise floor: the relative spread
     (IQR / median) of the reference network's repeated measurements through the run."""
     from .export import export
-    from .runners.adb import AdbRunner
-    from .runners.host import HostRunner
 
-    settings = {k: v for k, v in runner_cfg.items() if k != "kind"}
-    runner = HostRunner(seed=seed, **settings) if runner_cfg["kind"] == "host" else AdbRunner(**settings)
+    runner = make_runner(runner_cfg, seed)
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
@@ -78,40 +76,52 @@ def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[
     return rows, runner.settings(), floor
 
 
+def make_runner(runner_cfg: Mapping[str, Any], seed: int) -> Any:
+    """The host or adb runner with its settings (a bad setting is a ConfigError naming the runner)."""
+    from .runners.adb import AdbRunner
+    from .runners.host import HostRunner
+
+    settings = {k: v for k, v in runner_cfg.items() if k != "kind"}
+    try:
+        return HostRunner(seed=seed, **settings) if runner_cfg["kind"] == "host" else AdbRunner(**settings)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"runner: {runner_cfg['kind']} runner: {e}") from None
+
+
 def noise_floor(rows: Sequence[Measurement]) -> float | None:
     """For imported files: the median relative spread (IQR / median) of each row's repeated runs."""
     spreads = [r.iqr_ms / r.latency_ms for r in rows if r.iqr_ms is not None]
     return float(np.median(spreads)) if spreads else None
 
 
+def check(cfg: Mapping[str, Any]) -> None:
+    """Everything calibration reads from the user, before anything is measured or written: the
+    values, the space, every measurement file it will read (in full), the runner's settings and
+    the tracking server."""
+    validate_calibration(cfg)
+    space = _space(cfg)
+    runner, source = _plan(cfg)
+    if source:
+        split(measurements.read(source, space), cfg)  # reads the evaluate file too
+    else:
+        make_runner(_runner_cfg(cfg, runner), cfg["seed"])
+        if cfg["evaluate"]:
+            measurements.read(cfg["evaluate"], space)
+    preflight.reachable("tracking.uri", cfg["tracking"]["uri"])
+
+
 def calibrate(cfg: Mapping[str, Any]) -> latency.Report:
     target = cfg["target"]
     validate_target(target, [])
-    space_settings = _space_settings(cfg)
-    if cfg["space"]["name"] != target["measurements"]["space"] and not cfg["benchmarks"]:
-        raise ConfigError(f"space: target {target['name']} is measured on space {target['measurements']['space']!r}; "
-                          f"pass space={target['measurements']['space']}")
-    try:
-        space = spaces.create(**space_settings)
-    except ValueError as e:
-        raise ConfigError(f"space: {e}") from None
-    runner = cfg["runner"]["kind"]
-    if runner == "auto":
-        runner = "host" if target["runner"]["kind"] == "host" else "file"
+    space = _space(cfg)
+    runner, source = _plan(cfg)
     floor, settings = None, {"runner": "file"}
-    if cfg["benchmarks"]:
-        source = Path(cfg["benchmarks"])
-        rows = measurements.read(source, space)
-    elif runner == "file":
-        source = Path(target["measurements"]["file"])
-        if not source.exists():
-            raise UserError(f"target.measurements.file: {source} does not exist; measure with runner=host or runner=adb")
+    if source:
         rows = measurements.read(source, space)
     else:
         print(f"measuring {cfg['networks']} {space.name} networks with the {runner} runner ...", file=sys.stderr)
-        runner_cfg = cfg["runner"] if cfg["runner"]["kind"] == runner else _runner_defaults(runner)
-        rows, settings, floor = measure(space, calibration_set(space, cfg["networks"], cfg["seed"]), runner_cfg,
-                                        cfg["seed"])
+        rows, settings, floor = measure(space, calibration_set(space, cfg["networks"], cfg["seed"]),
+                                        _runner_cfg(cfg, runner), cfg["seed"])
         source = Path(target["measurements"]["file"])
         source.parent.mkdir(parents=True, exist_ok=True)
         measurements.write(source, space, rows)
@@ -140,7 +150,7 @@ def split(rows: list[Measurement], cfg: Mapping[str, Any]) -> tuple[list[Measure
     order = list(rows)
     random.Random(cfg["seed"]).shuffle(order)
     if cfg["evaluate"]:
-        held_out = measurements.read(cfg["evaluate"], spaces.create(**_space_settings(cfg)))
+        held_out = measurements.read(cfg["evaluate"], _space(cfg))
         fit_rows = order
     else:
         cut = max(1, round(len(order) * cfg["holdout"]))
@@ -152,9 +162,38 @@ def split(rows: list[Measurement], cfg: Mapping[str, Any]) -> tuple[list[Measure
     return fit_rows, held_out
 
 
-def _runner_defaults(kind: str) -> dict[str, Any]:
-    """A runner's settings as its config file gives them (for runner=auto)."""
-    return yaml.safe_load((CONF_DIR / "runner" / f"{kind}.yaml").read_text())
+def _space(cfg: Mapping[str, Any]) -> Any:
+    target = cfg["target"]
+    if cfg["space"]["name"] != target["measurements"]["space"] and not cfg["benchmarks"]:
+        raise ConfigError(f"space: target {target['name']} is measured on space {target['measurements']['space']!r}; "
+                          f"pass space={target['measurements']['space']}")
+    try:
+        return spaces.create(**_space_settings(cfg))
+    except (TypeError, ValueError) as e:
+        raise space_error(e) from None
+
+
+def _plan(cfg: Mapping[str, Any]) -> tuple[str, Path | None]:
+    """The runner that measures (host, adb) or file, and the measurement file to read if any."""
+    target = cfg["target"]
+    runner = cfg["runner"]["kind"]
+    if runner == "auto":
+        runner = "host" if target["runner"]["kind"] == "host" else "file"
+    if cfg["benchmarks"]:
+        return runner, Path(cfg["benchmarks"])
+    if runner == "file":
+        source = Path(target["measurements"]["file"])
+        if not source.exists():
+            raise UserError(f"target.measurements.file: {source} does not exist; measure with runner=host or runner=adb")
+        return runner, source
+    return runner, None
+
+
+def _runner_cfg(cfg: Mapping[str, Any], runner: str) -> Mapping[str, Any]:
+    """The configured runner's settings, or (for runner=auto) its config file's."""
+    if cfg["runner"]["kind"] == runner:
+        return cfg["runner"]
+    return yaml.safe_load((CONF_DIR / "runner" / f"{runner}.yaml").read_text())
 
 
 def _shown(path: str | Path) -> str:
@@ -203,7 +242,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    command(CONFIG_NAME, lambda cfg: validate_target(cfg["target"], []), _main)
+    command(CONFIG_NAME, check, _main)
 
 
 if __name__ == "__main__":

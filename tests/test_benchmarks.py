@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import env
+from tests.cli import env
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -23,6 +23,7 @@ from search.config import compose, resolve
 from search.errors import UserError
 from search.latency import Predictor, features, for_target
 from search.measurements import Measurement
+from tests.cli import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "conf" / "predictors" / "snapdragon665.json"
@@ -106,8 +107,9 @@ def test_split_holds_out_a_seeded_share():
 
 
 def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    (tmp_path / "home").mkdir(exist_ok=True)
     return subprocess.run([sys.executable, "-m", "search.calibrate", *overrides], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          env=environment(tmp_path / "home"), capture_output=True, text=True, timeout=300)
 
 
 def test_cli_fits_scores_saves_and_logs(tmp_path):

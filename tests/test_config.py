@@ -63,6 +63,22 @@ BAD = [
     (["target.kernels.8=int4"], "target.kernels.8"),
     (["data=cifar10"], "data.root"),
     (["nonsense=1"], "nonsense"),
+    (["+nonsense=1"], "nonsense: unknown key"),
+    (["+supernet.momentum=0.9"], "supernet.momentum: unknown key"),
+    (["sampler._target_=os.system"], "sampler._target_: must be an Optuna sampler"),
+    (["sampler._target_=optuna.samplers.BaseSampler"], "sampler._target_"),
+    (["+sampler.foo=1"], "sampler.foo: not a setting of NSGAIISampler"),
+    (["sampler.population_size=abc"], "sampler: NSGAIISampler refuses its settings"),
+    (["ray.address=nohost"], "ray.address"),
+    (["ray.address=host:99999"], "ray.address"),
+    (["space.bits=[8.5,32]"], "space.bits"),
+    (["space.kernel=2"], "space.kernel"),
+    (["space.stages=[[1,16,1]]"], "space.stages"),
+    (["study.storage=5"], "study.storage"),
+    (["data.val_size=1.5"], "data.val_size"),
+    (["data=imagefolder", "data.root=''"], "data.root"),
+    (["budget=5"], "budget"),
+    (["target.speedups.int4=2"], "target.speedups.int4"),
 ]
 
 

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from tests.e2e import DIGITS, env
+from tests.cli import DIGITS, env
 
 pytestmark = pytest.mark.slow
 STUDY = "faults"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import spaces
@@ -394,3 +394,94 @@ def test_write_accepts_numpy_scalars(tmp_path):
     assert type(back[0].runs) is int and type(back[0].latency_ms) is float
     with pytest.raises(MeasurementError, match="column runs"):
         write(tmp_path / "np.csv", FB, [Measurement("a", fbnet(GOOD_OPS), 1.0, runs=True)])
+
+
+# --- one mutation of a valid file: named by line and column, or (if harmless) the same rows -------
+
+simple_ids = st.integers(0, 10**6).map(str)
+latencies = st.floats(min_value=1e-3, max_value=1e4, allow_nan=False)
+not_a_number = st.text(st.characters(blacklist_characters=',"\r\n', blacklist_categories=("Cs",)), max_size=8).filter(
+    lambda t: not measurements._NUMBER.fullmatch(t.strip()))
+unknown_ops = st.from_regex(r"[a-z0-9_]{1,8}", fullmatch=True).filter(lambda op: op not in OPS)
+
+# mutation -> (column it breaks, a fragment of the problem); None: the file still reads as the same rows
+MUTATIONS = {"latency-garbage": ("latency_ms", "not a number"), "latency-nan": ("latency_ms", "not a number"),
+             "latency-negative": ("latency_ms", "positive"), "latency-zero": ("latency_ms", "positive"),
+             "ops-short": ("ops", "expected 22 blocks"), "ops-long": ("ops", "expected 22 blocks"),
+             "ops-unknown-op": ("ops", "unknown op"), "arch_id-blank": ("arch_id", "empty"),
+             "arch_id-duplicate": ("arch_id", "duplicate"), "field-dropped": (None, "fields"),
+             "column-dropped": (None, "missing from the header"), "emptied": (None, "empty file"),
+             "whitespace-around-numbers": None, "bom": None, "crlf": None, "blank-lines": None}
+
+
+@st.composite
+def mutated_files(draw, mutation: str):
+    """(text, rows it holds if valid, the 1-based line of the mutated row) of a valid file with one
+    `mutation`."""
+    ids = draw(st.lists(simple_ids, min_size=1, max_size=6, unique=True))
+    rows = [Measurement(i, draw(fb_candidates), draw(latencies)) for i in ids]
+    cells = [[r.arch_id, FB.encode(r.candidate), repr(r.latency_ms)] for r in rows]
+    header = ["arch_id", "ops", "latency_ms"]
+    k = draw(st.integers(0, len(rows) - 1))  # the row that changes
+    row = cells[k]
+    if mutation == "latency-garbage":
+        row[2] = draw(not_a_number)
+    elif mutation in ("latency-nan", "latency-negative", "latency-zero"):
+        row[2] = {"latency-nan": draw(st.sampled_from(["nan", "NaN", "inf"])),
+                  "latency-negative": "-" + row[2], "latency-zero": draw(st.sampled_from(["0", "0.0", "-0", "0e5"]))}[mutation]
+    elif mutation in ("ops-short", "ops-long"):
+        ops = row[1].split()
+        row[1] = " ".join(ops[:draw(st.integers(1, 21))] if mutation == "ops-short" else ops + ops[:draw(st.integers(1, 5))])
+    elif mutation == "ops-unknown-op":
+        ops = row[1].split()
+        ops[draw(st.integers(0, 21))] = draw(unknown_ops)
+        row[1] = " ".join(ops)
+    elif mutation == "arch_id-blank":
+        row[0] = draw(st.sampled_from(["", " ", "\t"]))
+    elif mutation == "arch_id-duplicate":
+        assume(len(rows) > 1)
+        k = draw(st.integers(1, len(rows) - 1))
+        cells[k][0] = cells[draw(st.integers(0, k - 1))][0]
+    elif mutation == "field-dropped":
+        del row[draw(st.integers(0, 2))]
+    elif mutation in ("column-dropped", "emptied"):
+        dropped = draw(st.integers(0, 2))
+        for line in [header, *cells]:
+            del line[dropped]
+        k = -1  # the header is what is wrong
+    elif mutation == "whitespace-around-numbers":
+        row[2] = draw(st.sampled_from([" ", "  ", "\t"])) + row[2] + draw(st.sampled_from(["", " ", "\t"]))
+    lines = [",".join(line) for line in [header, *cells]]
+    end = "\r\n" if mutation == "crlf" else "\n"
+    text = end.join(lines) + end
+    if mutation == "blank-lines":
+        text = text.replace(end, end * draw(st.integers(2, 3)))
+    if mutation == "bom":
+        text = "\ufeff" + text
+    return ("" if mutation == "emptied" else text), rows, k + 2
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_property_one_mutation_is_named_by_file_line_and_column(scratch, mutation, data):
+    text, rows, line = data.draw(mutated_files(mutation))
+    path = scratch / "mutated.csv"
+    path.write_bytes(text.encode())
+    if MUTATIONS[mutation] is None:
+        assert read(path, FB) == rows
+        return
+    column, fragment = MUTATIONS[mutation]
+    with pytest.raises(MeasurementError) as info:
+        read(path, FB)
+    e = info.value
+    assert "\n" not in str(e) and fragment in str(e)
+    if mutation == "emptied":
+        assert (e.line, e.column) == (1, None) and str(e).startswith(f"{path}:1: ")
+    elif mutation == "column-dropped":
+        assert e.line == 1 and str(e).startswith(f"{path}:1: column ")
+    elif mutation == "field-dropped":
+        assert e.line == line and str(e).startswith(f"{path}:{line}: column ")
+    else:
+        assert (e.line, e.column) == (line, column)
+        assert str(e).startswith(f"{path}:{line}: column {column}: ")

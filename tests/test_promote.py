@@ -23,7 +23,7 @@ import search.promote
 from search import config, export
 from search.data import load
 from search.parity import inputs
-from tests.e2e import DIGITS, command, env
+from tests.cli import DIGITS, command, env
 
 pytestmark = pytest.mark.slow
 STUDY = "promo"

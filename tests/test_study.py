@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from tests.e2e import DIGITS, command
+from tests.cli import DIGITS, command
 
 STUDY = "e2e"
 FAST = [*DIGITS, "finetune.steps=5", "ray.num_cpus=2", f"study.name={STUDY}"]
@@ -93,27 +93,3 @@ def test_rerun_resumes_the_study_and_reuses_the_supernet(finished, shared_cache)
 def test_nothing_is_written_to_the_home_folder(finished):
     folder, _, _ = finished
     assert list((folder / "home").iterdir()) == []
-
-
-@pytest.mark.parametrize("overrides,key", [
-    (["n_trials=0"], "n_trials"),
-    (["target=pixel"], "target"),
-    (["sampler=grid"], "sampler"),
-    (["space.bits=[4,33]"], "bits"),
-    (["data=imagefolder"], "data.root"),
-])
-def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, overrides, key):
-    result = search(tmp_path, *overrides, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and key in lines[0] and "Traceback" not in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
-
-
-def test_missing_data_folder_is_a_clear_error_and_no_study_is_created(tmp_path):
-    result = search(tmp_path, "data=imagefolder", f"data.root={tmp_path / 'nowhere'}",
-                    f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
-    assert result.returncode == 2
-    assert "data.root" in result.stderr.strip().splitlines()[-1] and "Traceback" not in result.stderr
-    assert not (tmp_path / "mlflow.db").exists()
-    assert not list(tmp_path.glob("outputs/*/optuna.journal"))

@@ -1,0 +1,123 @@
+"""Checks a command runs before it writes anything (Hydra's run folder, the Optuna journal, MLflow,
+a predictor file): what the config names must exist, be readable and answer. Each failure is one
+ConfigError or other UserError naming the key or the file."""
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import spaces
+
+from . import latency
+from .config import ConfigError, validate
+
+TIMEOUT_S = 5.0
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433, "redis": 6379}
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def study(cfg: Mapping[str, Any]) -> None:
+    """Everything `python -m search` reads from the user: the values, the latency predictor, the
+    tracking server, the Optuna storage, the Ray cluster, the data (loaded now and handed to the
+    study, so it is read once) and a latency budget some network of the space can meet."""
+    from . import data
+
+    validate(cfg)
+    predictor = latency.for_target(cfg["target"])
+    reachable("tracking.uri", cfg["tracking"]["uri"])
+    if cfg["study"]["storage"]:
+        reachable("study.storage", cfg["study"]["storage"])
+    ray_reachable(cfg["ray"]["address"])
+    dataset = data.preload(cfg["data"], cfg["seed"], cfg["cache_dir"])
+    budget = cfg["budget"].get("latency_ms")
+    if budget is not None:
+        space = spaces.create(**cfg["space"] | {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes})
+        fastest = predictor.fastest(cheapest_layers(space))
+        if budget < fastest:
+            raise ConfigError(f"budget.latency_ms: {budget} ms is below the fastest network of space "
+                              f"{space.name}, predicted at {fastest:.3f} ms on {cfg['target']['name']}")
+
+
+class _Cheapest:
+    """A trial stand-in for `space.sample`: the smallest widths, the highest sparsity, and every
+    layer at `bits`."""
+
+    def __init__(self, bits: int):
+        self.bits = bits
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        if name.startswith("bits."):
+            return self.bits
+        return max(choices) if name.startswith("sparsity.") else min(choices)
+
+
+def cheapest_layers(space: Any) -> list[list[spaces.Layer]]:
+    """For each layer, its descriptor at each bit-width of the space, in the space's smallest and
+    sparsest network (with non-negative coefficients, as fitted, nothing smaller is faster)."""
+    networks = [space.layers(space.sample(_Cheapest(bits))) for bits in space.bits]
+    return [list(options) for options in zip(*networks)]
+
+
+def reachable(key: str, uri: str) -> None:
+    """A tracking or storage URI that cannot work fails in seconds, naming its key: a server that
+    does not answer, an SQLite file whose folder is missing or that is not an SQLite database."""
+    try:
+        parts = urlsplit(uri)
+        scheme = parts.scheme.split("+")[0].lower()
+        host, port = parts.hostname, parts.port
+    except ValueError as e:
+        raise ConfigError(f"{key}: not a URI: {uri!r} ({e})") from None
+    if scheme == "sqlite":
+        _sqlite(key, uri)
+    elif scheme in ("http", "https"):
+        _http(key, uri)
+    elif host and (port or scheme in DEFAULT_PORTS):
+        connect(key, host, port or DEFAULT_PORTS[scheme])
+
+
+def _sqlite(key: str, uri: str) -> None:
+    path = uri.partition(":///")[2].partition("?")[0]
+    if not path or path == ":memory:":
+        return
+    file = Path(path)
+    if not file.parent.is_dir():
+        raise ConfigError(f"{key}: the folder {file.parent} of {uri} does not exist")
+    if file.exists():
+        try:
+            with file.open("rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot read {file}: {e.strerror or e}") from None
+        if head and head != SQLITE_HEADER:
+            raise ConfigError(f"{key}: {file} is not an SQLite database")
+
+
+def _http(key: str, uri: str) -> None:
+    """Any HTTP answer but a gateway's failure counts: the server is there (MLflow answers /health)."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:
+            raise ConfigError(f"{key}: {uri} answered HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ConfigError(f"{key}: no answer from {uri} ({getattr(e, 'reason', e)})") from None
+
+
+def connect(key: str, host: str, port: int) -> None:
+    try:
+        socket.create_connection((host, port), timeout=TIMEOUT_S).close()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot reach {host}:{port} ({e.strerror or e})") from None
+
+
+def ray_reachable(address: str | None) -> None:
+    """HOST:PORT must answer (Ray itself would retry for minutes); auto and local are Ray's to find."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    connect("ray.address", host.strip("[]"), int(port))
