@@ -99,6 +99,15 @@ def execution(layers: Sequence[Layer], kernels: Mapping[int, str]) -> list[str]:
             for i, (layer, kind) in enumerate(zip(layers, kinds))]
 
 
+def quantities(layer: Layer, sparse_kernels: bool) -> dict[str, float]:
+    """What a layer's cost is linear in (millions, and 1 for its dispatch); unstructured zeros
+    save work only where the target has sparse kernels."""
+    density = 1 - layer.sparsity if sparse_kernels and layer.granularity == "weight" else 1.0
+    return {"macs": layer.macs * density / 1e6,
+            "activations": (math.prod(layer.in_shape) + math.prod(layer.out_shape)) / 1e6,
+            "weights": layer.weights * density / 1e6, "layers": 1.0}
+
+
 def features(layers: Sequence[Layer], kernels: Mapping[int, str], sparse_kernels: bool) -> dict[str, float]:
     """The model's inputs: per (kernel class, execution) sums of each quantity; layout conversions
     where a run of float kernels (blocked layout) or of integer kernels (channels-last) meets
@@ -115,11 +124,7 @@ def features(layers: Sequence[Layer], kernels: Mapping[int, str], sparse_kernels
             sides = (regions[i - 1] != "other") + (regions[i] != "other")
             add("layout.any.count", sides)
             add("layout.any.activations", sides * math.prod(layer.in_shape) / 1e6)
-        density = 1 - layer.sparsity if sparse_kernels and layer.granularity == "weight" else 1.0
-        values = {"macs": layer.macs * density / 1e6,
-                  "activations": (math.prod(layer.in_shape) + math.prod(layer.out_shape)) / 1e6,
-                  "weights": layer.weights * density / 1e6, "layers": 1.0}
-        for quantity, value in values.items():
+        for quantity, value in quantities(layer, sparse_kernels).items():
             add(f"{kernel_class(layer)}.{run}.{quantity}", value)
     for first, last in residual_blocks(layers):
         ends = {runs[first - 1] if first else "fp32", runs[last]}  # the two tensors added
@@ -177,15 +182,21 @@ class Predictor:
         return self.scale * sum(self.coefficient(k) * v for k, v in f.items())
 
     def fastest(self, choices: Sequence[Sequence[Layer]]) -> float:
-        """The smallest latency predicted for a network whose i-th layer is any one of
-        `choices[i]`. Exact, not a search: a network's latency is a sum over its layers plus a cost
-        for each precision change between neighbours, so the best choice for each layer given its
-        predecessor's is a shortest path along the chain."""
-        best = [(layer, self.predict([layer])) for layer in choices[0]]
-        for options in choices[1:]:
-            best = [(layer, min(cost + self.predict([prev, layer]) - self.predict([prev]) for prev, cost in best))
-                    for layer in options]
-        return min(cost for _, cost in best)
+        """A floor under the latency of every network whose i-th layer is one of `choices[i]`. Every
+        coefficient is non-negative, so leaving out the costs between layers (layout changes,
+        residual adds) and giving each layer its cheapest choice and way of running is a lower bound:
+        a budget below it can never be met."""
+        def cost(layer: Layer, run: str) -> float:
+            return sum(self.coefficient(f"{kernel_class(layer)}.{run}.{q}") * v
+                       for q, v in quantities(layer, self.sparse_kernels).items())
+
+        def runs(layer: Layer) -> list[str]:
+            kind, dequant = self.kernels[layer.bits], f"dequant{storage_bits(layer.bits)}"
+            return ["fp32"] if kind == "fp32" else ["int8", dequant] if kind == "int8" else [dequant]
+
+        floor = self.coefficient(INTERCEPT) if INTERCEPT in self.coefficients else 0.0
+        return self.scale * (floor + sum(min(cost(layer, run) for layer in options for run in runs(layer))
+                                         for options in choices))
 
     def describe(self) -> dict[str, str]:
         p = self.provenance

@@ -38,8 +38,8 @@ def study(cfg: Mapping[str, Any]) -> None:
         space = spaces.create(**cfg["space"] | {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes})
         fastest = predictor.fastest(cheapest_layers(space))
         if budget < fastest:
-            raise ConfigError(f"budget.latency_ms: {budget} ms is below the fastest network of space "
-                              f"{space.name}, predicted at {fastest:.3f} ms on {cfg['target']['name']}")
+            raise ConfigError(f"budget.latency_ms: {budget} ms is below what any network of space {space.name} "
+                              f"can reach on {cfg['target']['name']} (predicted floor {fastest:.3f} ms)")
 
 
 class _Cheapest:

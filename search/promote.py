@@ -77,6 +77,9 @@ def check(cfg: Mapping[str, Any]) -> None:
     _number(cfg, "tolerance", strict=False)
     _int(cfg, "calibration_images", 1)
     _int(cfg, "latency_threads", 1)
+    journal = Path(cfg["study"]["dir"]) / "optuna.journal"
+    if not cfg["study"]["storage"] and not journal.is_file():
+        raise ConfigError(f"study.name: no study {name!r} here: {journal} does not exist (study.dir, study.storage)")
     for key in ("model_name", "alias"):
         value = _get(cfg, key)
         if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
@@ -113,13 +116,10 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     name = cfg["study"]["name"]
     tracker = Tracker(cfg["tracking"]["uri"], name, create=False)
     study_cfg = tracker.study_config()
-    where = cfg["study"]["storage"] or Path(cfg["study"]["dir"]) / "optuna.journal"
     try:
-        if not cfg["study"]["storage"] and not Path(where).is_file():
-            raise KeyError(name)
         study = optuna.load_study(study_name=name, storage=storage(cfg))
     except KeyError:
-        raise UserError(f"study.name: no Optuna study {name!r} in {where} (study.dir / study.storage)") from None
+        raise UserError(f"study.name: no Optuna study {name!r} in {cfg['study']['storage']}") from None
     point = choose(pareto.points(study.trials, study_cfg["objectives"]), cfg, study_cfg["objectives"])
     run_id = tracker.trial_runs()[point.trial].info.run_id
     kept = tracker.registered(cfg["model_name"], name, point.trial)
