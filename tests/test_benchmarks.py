@@ -43,6 +43,6 @@ def test_quick_bench_overhead_writes_its_section(tmp_path, shared_cache):
     folder, readme = quick("bench_overhead.py", "bench-overhead", tmp_path, shared_cache)
     results = json.loads((folder / "results.json").read_text())
     for r in results["workers"].values():
-        assert r["trials"] == 4 and 0 < r["evaluate_s"] < r["wall_s"] and 0 < r["outside_share"] < 1
+        assert r["trials"] == 3 and 0 < r["evaluate_s"] < r["wall_s"] and 0 < r["outside_share"] < 1
     assert results["first_trial_s"] > 0 and results["machinery"]["predict_s"] > 0
     assert "trials per minute" in readme.read_text()
