@@ -219,7 +219,7 @@ class Predictor:
     def load(cls, path: str | Path) -> Predictor:
         body = json.loads(Path(path).read_text())
         if not isinstance(body, dict) or body.pop("version", None) != FORMAT_VERSION:
-            raise ValueError(f"{path}: not a predictor file of format version {FORMAT_VERSION}")
+            raise ValueError(f"not a predictor file of format version {FORMAT_VERSION}")
         try:
             return cls(**(body | {"kernels": {int(k): v for k, v in body["kernels"].items()}}))
         except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -259,7 +259,8 @@ def for_target(target: Mapping[str, Any]) -> Predictor:
     try:
         predictor = Predictor.load(path)
     except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"target.predictor: {path} is not a predictor file ({e})") from None
+        raise UserError(f"target.predictor: {path} cannot be used ({e}); fit it again: python -m search.calibrate "
+                        f"target={target['name']} (add benchmarks=FILE to refit from measurements already made)") from None
     if predictor.target != target["name"]:
         raise UserError(f"target.predictor: {path} was fitted for target {predictor.target!r}, not {target['name']!r}")
     declared = ({int(k): v for k, v in target["kernels"].items()}, target["sparse_kernels"], dict(target["speedups"]),

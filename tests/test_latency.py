@@ -434,7 +434,7 @@ def test_a_changed_target_yaml_asks_to_recalibrate(snapdragon, tmp_path, change)
 def test_a_file_that_is_not_a_predictor_is_a_user_error(snapdragon, tmp_path, content):
     path = tmp_path / "p.json"
     path.write_text(content)
-    with pytest.raises(UserError, match="is not a predictor file"):
+    with pytest.raises(UserError, match="cannot be used"):
         for_target(snapdragon | {"predictor": str(path)})
 
 
