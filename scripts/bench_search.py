@@ -51,11 +51,11 @@ def sequential(folder: Path, name: str, seed: int, trials: int, quick: bool) -> 
     fixed: dict = {}
     float_dense = _float_dense(folder, name, seed, quick)
     seen: set[int] = set()
-    for i, prefix in enumerate(STAGES):
+    for i, prefix in enumerate(STAGES):  # the study seeds each stage's sampler
         budget = trials if i == len(STAGES) - 1 else (i + 1) * (trials // len(STAGES))
         later = {k: v for k, v in float_dense.items() if k.startswith(STAGES[i + 1:])}  # not chosen yet
         sampler = {"_target_": "optuna.samplers.PartialFixedSampler", "fixed_params": fixed | later,
-                   "base_sampler": {"_target_": NSGA2, "seed": seed * 10 + i}}
+                   "base_sampler": {"_target_": NSGA2}}
         cfg = compose(folder, name, seed, budget, quick, sampler)
         study = run(cfg)
         stage = [t for t in study.trials if t.number not in seen]

@@ -250,6 +250,11 @@ def _validate_sampler(cfg: Mapping[str, Any]) -> None:
     import optuna
 
     sampler = _mapping(cfg, "sampler")
+    if sampler.get("_target_") == "optuna.samplers.PartialFixedSampler":  # fixes some choices, samples the rest
+        if not isinstance(sampler.get("fixed_params"), Mapping) or set(sampler) != {"_target_", "fixed_params",
+                                                                                     "base_sampler"}:
+            raise ConfigError("sampler: PartialFixedSampler takes fixed_params (a mapping) and base_sampler")
+        return _validate_sampler({"sampler": sampler["base_sampler"]})
     target = sampler.get("_target_")
     name = target.removeprefix("optuna.samplers.") if isinstance(target, str) else ""
     cls = getattr(optuna.samplers, name, None) if name in optuna.samplers.__all__ and name != target else None

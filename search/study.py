@@ -102,12 +102,16 @@ def _open(cfg: Mapping[str, Any], space: Any) -> optuna.Study:
     if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
         raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "
                           "use another study.name")
-    accepts = inspect.signature(get_class(cfg["sampler"]["_target_"])).parameters
-    sampler_args = {"seed": cfg["seed"] + len(study.trials)} if "seed" in accepts else {}
+    sampler = dict(cfg["sampler"])
+    seed = cfg["seed"] + len(study.trials)
+    if "base_sampler" in sampler:  # a wrapper (PartialFixedSampler): the sampler it wraps takes the seed
+        sampler["base_sampler"] = {**sampler["base_sampler"], "seed": seed}
+    accepts = inspect.signature(get_class(sampler["_target_"])).parameters
+    sampler_args = {"seed": seed} if "seed" in accepts else {}
     budgets = {k: v for k, v in cfg["budget"].items() if v is not None}
     if budgets and "constraints_func" in accepts:
         sampler_args["constraints_func"] = _constraints  # samplers without it still record the values
-    study.sampler = instantiate(cfg["sampler"], **sampler_args)
+    study.sampler = instantiate(sampler, **sampler_args)
     if not study.trials:
         for name, params in space.baselines().items():
             study.enqueue_trial(params, user_attrs={"baseline": name})

@@ -43,9 +43,9 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 class Tracker:
     def __init__(self, uri: str, study: str, create: bool = True):
-        self.client = MlflowClient(tracking_uri=uri)
-        with locks.sqlite_setup(uri):
-            experiment = self.client.get_experiment_by_name(study)  # the first call creates a new store's tables
+        with locks.sqlite_setup(uri):  # opening a new store creates (migrates) its tables
+            self.client = MlflowClient(tracking_uri=uri)
+            experiment = self.client.get_experiment_by_name(study)
         if experiment is None and not create:
             raise UserError(f"study.name: no MLflow experiment {study!r} at tracking.uri {uri}")
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(

@@ -9,6 +9,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from dataclasses import dataclass
@@ -40,11 +41,12 @@ def free_port() -> int:
 
 
 def start_node(folder: Path, name: str, env: dict[str, str], *args: str) -> subprocess.Popen:
-    """`ray start --block` in its own session, so stopping it (and anything left of it) touches only it."""
+    """`ray start --block` in its own session, so stopping it (and anything left of it) touches only it. Its
+    temp dir is short (/tmp/ray-...): Ray's socket paths in it must fit AF_UNIX's 107 bytes."""
     with open(folder / f"{name}.log", "w") as log:
         node = subprocess.Popen(
             [*RAY, "start", "--block", "--num-cpus", "1", "--resources", json.dumps({name: 1}),
-             "--temp-dir", str(folder / name), "--object-store-memory", str(100 * 2**20),
+             "--temp-dir", tempfile.mkdtemp(prefix=f"ray-{name}-"), "--object-store-memory", str(100 * 2**20),
              "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *args],
             cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 90
@@ -140,7 +142,7 @@ def test_the_code_reaches_each_node_through_the_runtime_env(cluster):
     """Unpacked from the driver's py_modules into the node's own temp dir, not imported from a checkout."""
     assert set(cluster.placed) == {"node_a", "node_b"}
     for name, (_, module) in cluster.placed.items():
-        assert Path(module).is_relative_to(cluster.folder / name) and "py_modules_files" in module, (name, module)
+        assert Path(module).relative_to(tempfile.gettempdir()).parts[0].startswith(f"ray-{name}-") and "py_modules_files" in module, (name, module)
 
 
 def test_the_study_completes_on_the_cluster(cluster, study):

@@ -74,12 +74,14 @@ def count(folder: Path, state: TrialState) -> int:
     return len(study(folder).get_trials(states=(state,))) if journal.exists() else 0
 
 
-def trial_tasks() -> list[int]:
-    """Pids of Ray worker processes running a task now (Ray titles them ray::<function>)."""
+def trial_tasks(session: int) -> list[int]:
+    """Pids of the Ray worker processes of a driver's session running a task now (Ray titles them
+    ray::<function>); other Ray sessions on the machine are left alone."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::_task"):
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::_task") \
+                    and os.getsid(int(entry.name)) == session:
                 pids.append(int(entry.name))
         except OSError:
             continue
@@ -95,15 +97,15 @@ def afternoon(tmp_path_factory, shared_cache):
     first = Driver(folder)
     try:
         first.wait_for(lambda: "full-width validation accuracy" in first.output(), "the supernet")
-        first.wait_for(lambda: count(folder, TrialState.COMPLETE) >= 1 and trial_tasks(), "a running trial")
-        os.kill(trial_tasks()[0], signal.SIGKILL)  # a worker process dies mid-trial
+        first.wait_for(lambda: count(folder, TrialState.COMPLETE) >= 1 and trial_tasks(first.proc.pid), "a running trial")
+        os.kill(trial_tasks(first.proc.pid)[0], signal.SIGKILL)  # a worker process dies mid-trial
         first.wait_for(lambda: count(folder, TrialState.FAIL) >= 1, "the crashed trial to FAIL")
         first.wait_for(lambda: count(folder, TrialState.COMPLETE) >= 2, "2 complete trials")
 
         second = Driver(folder)  # the same study, while the first still runs it
         events["second"] = (second.finish(120), second.output())
 
-        first.wait_for(lambda: bool(trial_tasks()), "a running trial")
+        first.wait_for(lambda: bool(trial_tasks(first.proc.pid)), "a running trial")
         sent = time.time()
         first.proc.send_signal(signal.SIGINT)
         events["sigint"] = (first.proc.wait(60), time.time() - sent, first.output())
@@ -114,7 +116,8 @@ def afternoon(tmp_path_factory, shared_cache):
     resumed = Driver(folder)
     try:
         done = count(folder, TrialState.COMPLETE)
-        resumed.wait_for(lambda: count(folder, TrialState.COMPLETE) > done and trial_tasks(), "a trial after resume")
+        resumed.wait_for(lambda: count(folder, TrialState.COMPLETE) > done and trial_tasks(resumed.proc.pid),
+                        "a trial after resume")
         resumed.kill_all()  # SIGKILL: the driver and its local Ray, mid-trial
     finally:
         resumed.kill_all()
@@ -122,8 +125,8 @@ def afternoon(tmp_path_factory, shared_cache):
 
     last = Driver(folder, "ray.max_retries=1")  # a retry now covers a dying worker
     try:
-        last.wait_for(lambda: "resumed:" in last.output() and trial_tasks(), "a trial after the second resume")
-        os.kill(trial_tasks()[0], signal.SIGKILL)
+        last.wait_for(lambda: "resumed:" in last.output() and trial_tasks(last.proc.pid), "a trial after the second resume")
+        os.kill(trial_tasks(last.proc.pid)[0], signal.SIGKILL)
     finally:
         events["last"] = (last.finish(), last.output())
     return folder, events

@@ -184,11 +184,13 @@ def test_a_broken_export_is_refused_and_nothing_is_registered(study, knee, monke
     monkeypatch.chdir(study)
     cfg = config.resolve(config.compose([f"study.name={STUDY}", "trial=0", f"tracking.uri={uri(study)}",
                                          "cache_dir=cache", "model_name=broken"], "promote"))
+    promoted = study / "outputs" / STUDY / "promoted"
+    before = sorted(promoted.rglob("*"))
     with pytest.raises(search.promote.ParityError, match=f"nothing registered.*{broken}") as refused:
         search.promote.promote(cfg)
     assert "\n" not in str(refused.value)
-    assert MlflowClient(uri(study)).search_registered_models(f"name = 'broken'") == []
-    assert not (study / "outputs" / STUDY / "promoted" / "trial-0.onnx").exists()
+    assert MlflowClient(uri(study)).search_registered_models("name = 'broken'") == []
+    assert sorted(promoted.rglob("*")) == before  # no file written either
 
 
 @pytest.mark.parametrize("overrides,key", [
