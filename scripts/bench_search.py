@@ -8,7 +8,8 @@ evaluator and trial budget, for several seeds.
 The sequential pipeline spends a third of the budget on each stage: widths (float, dense), then
 per-layer sparsity at the chosen widths, then per-layer bits at the chosen widths and sparsity; each
 stage starts from the previous stage's knee (Optuna's PartialFixedSampler fixes what is chosen).
-Every study begins with the same two baselines (float full-width, uniform 8-bit). Hypervolume is of
+Every study begins with the same two baselines (float full-width, uniform 8-bit), and every study
+uses the same data split and supernet (seed 0): the seeds vary the search only (`search_seed`). Hypervolume is of
 the (validation accuracy, predicted latency) front against the fixed reference point in
 conf/search.yaml (pareto.reference), after each completed trial.
 """
@@ -36,7 +37,7 @@ NSGA2 = "optuna.samplers.NSGAIISampler"
 
 
 def compose(folder: Path, name: str, seed: int, trials: int, quick: bool, sampler: dict | None = None) -> dict:
-    overrides = [f"study.name={name}", f"study.dir={folder / name}", f"seed={seed}", f"n_trials={trials}",
+    overrides = [f"study.name={name}", f"study.dir={folder / name}", f"search_seed={seed}", f"n_trials={trials}",
                  f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", f"cache_dir={folder / 'cache'}", "target=snapdragon665"]
     if quick:
         overrides += ["data=digits", "supernet.epochs=3", "finetune.steps=5", "finetune.bn_batches=2"]

@@ -166,6 +166,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _int(cfg, "seed", 0)
     if _get(cfg, "seed") >= 2**32:
         raise ConfigError(f"seed: must be an integer in [0, 2**32), got {_get(cfg, 'seed')!r}")
+    _int(cfg, "search_seed", 0, allow_none=True)
     _int(cfg, "n_trials", 1)
     name = _get(cfg, "study.name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):

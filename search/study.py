@@ -103,7 +103,7 @@ def _open(cfg: Mapping[str, Any], space: Any) -> optuna.Study:
         raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "
                           "use another study.name")
     sampler = dict(cfg["sampler"])
-    seed = cfg["seed"] + len(study.trials)
+    seed = (cfg["seed"] if cfg["search_seed"] is None else cfg["search_seed"]) + len(study.trials)
     if "base_sampler" in sampler:  # a wrapper (PartialFixedSampler): the sampler it wraps takes the seed
         sampler["base_sampler"] = {**sampler["base_sampler"], "seed": seed}
     accepts = inspect.signature(get_class(sampler["_target_"])).parameters
