@@ -236,10 +236,12 @@ def fit(networks: Sequence[Sequence[Layer]], latency_ms: Sequence[float], kernel
 
     rows = [features(layers, kernels, sparse_kernels) for layers in networks]
     names = sorted({k for r in rows for k in r})
+    unfitted = []
     if all(len(set(execution(layers, kernels))) == 1 for layers in networks):
         # one precision everywhere (e.g. a phone's fp32 measurements): the only layout change is at the
         # classifier, a near-constant that would price every precision change of a mixed network at random
-        names = [k for k in names if not k.startswith("layout.")]
+        unfitted = [k for k in names if k.startswith("layout.")]
+        names = [k for k in names if k not in unfitted]
     y = np.asarray(latency_ms, float)
     a = np.array([[r.get(k, 0.0) for k in names] for r in rows]) / y[:, None]
     scale = np.maximum(a.max(0), 1e-12)  # columns of similar size keep NNLS well conditioned
@@ -249,7 +251,7 @@ def fit(networks: Sequence[Sequence[Layer]], latency_ms: Sequence[float], kernel
     for _ in range(iterations):
         w = 1 / np.sqrt(np.maximum(np.abs(a @ coef - b), 1e-3))
         coef, _ = nnls(a * w[:, None], b * w)
-    return {k: float(c) for k, c in zip(names, coef / scale)}
+    return {k: float(c) for k, c in zip(names, coef / scale)} | dict.fromkeys(unfitted, 0.0)
 
 
 def for_target(target: Mapping[str, Any]) -> Predictor:

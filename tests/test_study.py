@@ -76,7 +76,7 @@ def test_optuna_study_agrees_with_mlflow(finished):
 
 def test_prints_progress_and_a_summary(finished):
     _, _, first = finished
-    assert "trained" in first.stdout and "Pareto front" in first.stdout and "mlflow ui" in first.stdout
+    assert "supernet" in first.stdout and "Pareto front" in first.stdout and "mlflow ui" in first.stdout
     assert "4/4" in first.stderr  # the progress bar's last state
 
 
