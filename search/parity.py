@@ -15,9 +15,13 @@ from .export import INPUT_NAME, OUTPUT_NAME, layer_modules, onnx_layers, trace
 from .train import to_input
 
 
-def inputs(split: Split, mean, std, start: int = 0, stop: int | None = None) -> np.ndarray:
+def images(x: np.ndarray, mean, std) -> np.ndarray:
     """uint8 images -> the float32 NCHW batch the exported file reads."""
-    return to_input(split.x[start:stop], mean, std, torch.device("cpu")).contiguous().numpy()
+    return to_input(x, mean, std, torch.device("cpu")).contiguous().numpy()
+
+
+def inputs(split: Split, mean, std, start: int = 0, stop: int | None = None) -> np.ndarray:
+    return images(split.x[start:stop], mean, std)
 
 
 def outputs(path: str | Path, x: np.ndarray, batch_size: int = 500) -> np.ndarray:

@@ -130,9 +130,8 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
 
     net, data = restore(study_cfg, study.trials[point.trial].params, tracker.weights(run_id), cfg["cache_dir"])
     torch_accuracy = accuracy(net, data.test, data.mean, data.std)
-    rng = np.random.default_rng(study_cfg["seed"])
-    calibration = parity.inputs(datasets.Split(data.train.x[rng.permutation(len(data.train.y))[:cfg["calibration_images"]]],
-                                               data.train.y[:0]), data.mean, data.std)
+    picked = np.random.default_rng(study_cfg["seed"]).permutation(len(data.train.y))[:cfg["calibration_images"]]
+    calibration = parity.images(data.train.x[picked], data.mean, data.std)
     folder = Path(cfg["study"]["dir"]) / "promoted"
     with tempfile.TemporaryDirectory() as tmp:
         path = export(net, {}, data.input_shape, Path(tmp) / "model.onnx", calibration)
