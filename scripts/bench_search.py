@@ -1,4 +1,5 @@
-"""Search efficiency, side by side: the joint search (NSGA-II over width, bits and sparsity at once)
+"""Search efficiency, side by side: the joint search (the default sampler, conf/sampler/nsga2.yaml: NSGA-II
+over width, bits and sparsity at once)
 against random search and a sequential pipeline, on the same data, space, target, predictor,
 evaluator and trial budget, for several seeds.
 
@@ -33,16 +34,16 @@ from search.workers import Workers  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("joint", "random", "sequential")
 STAGES = ("width.", "sparsity.", "bits.")  # the sequential pipeline's order
-NSGA2 = "optuna.samplers.NSGAIISampler"
 
 
-def compose(folder: Path, name: str, seed: int, trials: int, quick: bool, sampler: dict | None = None) -> dict:
+def compose(folder: Path, name: str, seed: int, trials: int, quick: bool, sampler: str | dict = "nsga2") -> dict:
+    """The study's config: `sampler` is a conf/sampler option (the project's settings) or a sampler config."""
     overrides = [f"study.name={name}", f"study.dir={folder / name}", f"search_seed={seed}", f"n_trials={trials}",
                  f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", f"cache_dir={folder / 'cache'}", "target=snapdragon665"]
     if quick:
         overrides += ["data=digits", "supernet.epochs=3", "finetune.steps=5", "finetune.bn_batches=2"]
-    cfg = config.resolve(config.compose(overrides))
-    if sampler is not None:
+    cfg = config.resolve(config.compose(overrides + ([f"sampler={sampler}"] if isinstance(sampler, str) else [])))
+    if isinstance(sampler, dict):
         cfg["sampler"] = sampler
     return cfg
 
@@ -56,7 +57,7 @@ def sequential(folder: Path, name: str, seed: int, trials: int, quick: bool) -> 
         budget = trials if i == len(STAGES) - 1 else (i + 1) * (trials // len(STAGES))
         later = {k: v for k, v in float_dense.items() if k.startswith(STAGES[i + 1:])}  # not chosen yet
         sampler = {"_target_": "optuna.samplers.PartialFixedSampler", "fixed_params": fixed | later,
-                   "base_sampler": {"_target_": NSGA2}}
+                   "base_sampler": compose(folder, name, seed, 1, quick)["sampler"]}  # the joint search's own
         cfg = compose(folder, name, seed, budget, quick, sampler)
         study = run(cfg)
         stage = [t for t in study.trials if t.number not in seen]
@@ -149,9 +150,8 @@ def main() -> None:
                 name = f"{method}-s{seed}"
                 if method == "sequential":
                     sequential(args.folder, name, seed, trials, args.quick)
-                else:
-                    sampler = {"_target_": NSGA2} if method == "joint" else {"_target_": "optuna.samplers.RandomSampler"}
-                    run(compose(args.folder, name, seed, trials, args.quick, sampler))
+                else:  # the default sampler (conf/sampler/nsga2.yaml) against Optuna's random one
+                    run(compose(args.folder, name, seed, trials, args.quick, "nsga2" if method == "joint" else "random"))
                 results[method][seed] = curve(args.folder, name, seed, trials, args.quick)
     (args.folder / "results.json").write_text(json.dumps(results, indent=1))
     section = report(results, trials, seeds, (args.folder if args.quick else ROOT / "docs") / "bench-search.png")
