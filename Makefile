@@ -18,7 +18,7 @@ search: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest $(ARGS)
 
-# Rewrites every measured section of README.md (long: about 2 hours on 2 cores; needs a quiet machine).
+# Rewrites every measured section of README.md (long: it calibrates the host and runs every benchmark; needs a quiet machine).
 results: $(INSTALLED)
 	rm -rf outputs/report outputs/bench-search outputs/bench-overhead
 	$(BIN)/python -m search.calibrate target=host

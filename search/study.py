@@ -42,15 +42,6 @@ def storage(cfg: Mapping[str, Any]) -> optuna.storages.BaseStorage | str:
     return JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
 
 
-@dataclass
-class Progress:
-    """Counts shown while the study runs and reported at its end."""
-
-    complete: int
-    failed: int = 0
-    running: dict = field(default_factory=dict)
-
-
 def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
     """Run (or resume) the study described by a resolved config until it holds n_trials
     complete trials."""
@@ -77,19 +68,20 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
         recovered = recover(study, tracker)
         if recovered:
             print(f"resumed: {recovered} trial(s) a stopped driver left running are marked FAIL (KILLED in MLflow)")
-        common_tags = _target_tags(cfg, predictor)
-        tracker.start_study(cfg, list(overrides), yaml.safe_dump(cfg, sort_keys=False), common_tags)
+        tags = _target_tags(cfg, predictor)
+        tracker.start_study(cfg, list(overrides), yaml.safe_dump(cfg, sort_keys=False), tags)
         tracker.log_study({"supernet_val_accuracy": trained.val_accuracy}, {"supernet.key": key})
-        trial_args = (space_settings, data_ref, workers.share(trained), cfg["finetune"])
-        progress = Progress(complete=len(study.get_trials(states=(TrialState.COMPLETE,))))
+        driver = Driver(cfg, study, tracker, workers, space, predictor, tags,
+                        (space_settings, data_ref, workers.share(trained), cfg["finetune"]),
+                        complete=len(study.get_trials(states=(TrialState.COMPLETE,))))
         try:
             with _interruptible():
-                _loop(cfg, study, tracker, workers, space, predictor, common_tags, trial_args, progress)
+                driver.loop()
         except KeyboardInterrupt:
-            _stop(study, tracker, workers, progress, overrides)
+            driver.stop(overrides)
             raise
-        pts = publish_front(study, tracker, cfg, progress.complete)
-        tracker.end_study({"complete_trials": progress.complete})
+        pts = publish_front(study, tracker, cfg, driver.complete)
+        tracker.end_study({"complete_trials": driver.complete})
     _summary(pts, cfg)
     return study
 
@@ -149,70 +141,88 @@ def _interruptible() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _loop(cfg, study, tracker, workers, space, predictor, common_tags, trial_args, progress) -> None:
-    """Keep every slot busy until the study holds n_trials complete trials."""
-    budgets = {k: v for k, v in cfg["budget"].items() if v is not None}
-    bar = tqdm(total=cfg["n_trials"], initial=progress.complete, unit="trial", dynamic_ncols=True)
-    try:
-        while progress.complete < cfg["n_trials"]:
-            while len(progress.running) < workers.slots and \
-                    progress.complete + len(progress.running) < cfg["n_trials"]:
-                trial = study.ask()
-                candidate = space.sample(trial)
-                layers = space.layers(candidate)
-                predicted = objectives.metrics(layers, predictor.predict(layers))
-                trial.set_user_attr("constraints", [predicted[k] - v for k, v in budgets.items()])
-                tags = common_tags | {"baseline": trial.user_attrs.get("baseline", "")}
-                run_id = tracker.start_trial(trial.number, candidate.as_dict(), tags)
-                space_settings, data_ref, supernet_ref, finetune = trial_args
-                ref = workers.submit(evaluate, space_settings, candidate, data_ref, supernet_ref, finetune,
-                                     cfg["seed"] * 100_003 + trial.number)
-                progress.running[ref] = (trial, predicted, run_id)
-            for ref in workers.wait(list(progress.running)):
-                if _finish(study, tracker, progress, ref, cfg["objectives"]) and \
-                        progress.complete % cfg["pareto"]["every"] == 0:
-                    publish_front(study, tracker, cfg, progress.complete)
-            bar.n = progress.complete
-            bar.set_postfix(running=len(progress.running), failed=progress.failed)
-            if progress.failed >= cfg["n_trials"]:
-                raise UserError(f"stopping: {progress.failed} trials failed; see the FAILED runs in MLflow")
-    finally:
-        bar.close()
+@dataclass
+class Driver:
+    """The running study: asks Optuna for trials while slots are free, sends them to Ray, and tells
+    Optuna and MLflow how each one ended."""
 
+    cfg: Mapping[str, Any]
+    study: optuna.Study
+    tracker: Tracker
+    workers: Workers
+    space: Any
+    predictor: latency.Predictor
+    tags: dict[str, str]  # target and predictor tags every trial run carries
+    trial_args: tuple  # (space settings, data ref, supernet ref, fine-tune settings) for `evaluate`
+    complete: int
+    failed: int = 0
+    running: dict = field(default_factory=dict)  # Ray ref -> (trial, predicted metrics, run id)
 
-def _stop(study: optuna.Study, tracker: Tracker, workers: Workers, progress: Progress, overrides) -> None:
-    """Ctrl-C: cancel the running trials, FAIL them in Optuna, KILLED in MLflow, and say how to resume."""
-    for ref, (trial, predicted, run_id) in progress.running.items():
-        workers.cancel(ref)
-        study.tell(trial, state=TrialState.FAIL)
-        tracker.end_trial(run_id, "KILLED", predicted, {"error": "stopped by the user"})
-    tracker.end_study({"complete_trials": progress.complete}, status="KILLED")
-    print(f"\nstopped: {progress.complete} complete trials kept, {len(progress.running)} running trial(s) marked "
-          f"FAIL. Resume with the same command: python -m search {' '.join(overrides)}".rstrip(), flush=True)
+    def loop(self) -> None:
+        """Keep every slot busy until the study holds n_trials complete trials."""
+        n_trials = self.cfg["n_trials"]
+        bar = tqdm(total=n_trials, initial=self.complete, unit="trial", dynamic_ncols=True)
+        try:
+            while self.complete < n_trials:
+                while len(self.running) < self.workers.slots and self.complete + len(self.running) < n_trials:
+                    self.start()
+                for ref in self.workers.wait(list(self.running)):
+                    if self.finish(ref) and self.complete % self.cfg["pareto"]["every"] == 0:
+                        publish_front(self.study, self.tracker, self.cfg, self.complete)
+                bar.n = self.complete
+                bar.set_postfix(running=len(self.running), failed=self.failed)
+                if self.failed >= n_trials:
+                    raise UserError(f"stopping: {self.failed} trials failed; see the FAILED runs in MLflow")
+        finally:
+            bar.close()
+
+    def start(self) -> None:
+        """Ask for a trial, predict what needs no training on the driver, evaluate the rest on a worker."""
+        budgets = {k: v for k, v in self.cfg["budget"].items() if v is not None}
+        trial = self.study.ask()
+        candidate = self.space.sample(trial)
+        layers = self.space.layers(candidate)
+        predicted = objectives.metrics(layers, self.predictor.predict(layers))
+        trial.set_user_attr("constraints", [predicted[k] - v for k, v in budgets.items()])
+        run_id = self.tracker.start_trial(trial.number, candidate.as_dict(),
+                                          self.tags | {"baseline": trial.user_attrs.get("baseline", "")})
+        space_settings, data_ref, supernet_ref, finetune = self.trial_args
+        ref = self.workers.submit(evaluate, space_settings, candidate, data_ref, supernet_ref, finetune,
+                                  self.cfg["seed"] * 100_003 + trial.number)
+        self.running[ref] = (trial, predicted, run_id)
+
+    def finish(self, ref: Any) -> bool:
+        """Tell Optuna and MLflow how a trial ended; True if it completed."""
+        trial, predicted, run_id = self.running.pop(ref)
+        try:
+            (measured, weights), node = Workers.result(ref)
+        except TrialFailed as e:
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.tracker.end_trial(run_id, "FAIL", predicted, {"error": str(e)[:5000]})
+            self.failed += 1
+            return False
+        values = predicted | measured
+        for key, value in values.items():
+            trial.set_user_attr(key, value)
+        self.tracker.log_weights(run_id, weights)  # before Optuna hears of it: a complete trial has its weights
+        self.study.tell(trial, [values[n] for n in self.cfg["objectives"]])
+        self.tracker.end_trial(run_id, "COMPLETE", values, {"node": node})
+        self.complete += 1
+        return True
+
+    def stop(self, overrides: list[str]) -> None:
+        """Ctrl-C: cancel the running trials, FAIL them in Optuna, KILLED in MLflow, and say how to resume."""
+        for ref, (trial, predicted, run_id) in self.running.items():
+            self.workers.cancel(ref)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.tracker.end_trial(run_id, "KILLED", predicted, {"error": "stopped by the user"})
+        self.tracker.end_study({"complete_trials": self.complete}, status="KILLED")
+        print(f"\nstopped: {self.complete} complete trials kept, {len(self.running)} running trial(s) marked "
+              f"FAIL. Resume with the same command: python -m search {' '.join(overrides)}".rstrip(), flush=True)
 
 
 def _numbers(attrs: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _finish(study: optuna.Study, tracker: Tracker, progress: Progress, ref: Any, names: list[str]) -> bool:
-    """Tell Optuna and MLflow how a trial ended; True if it completed."""
-    trial, predicted, run_id = progress.running.pop(ref)
-    try:
-        (measured, weights), node = Workers.result(ref)
-    except TrialFailed as e:
-        study.tell(trial, state=TrialState.FAIL)
-        tracker.end_trial(run_id, "FAIL", predicted, {"error": str(e)[:5000]})
-        progress.failed += 1
-        return False
-    values = predicted | measured
-    for key, value in values.items():
-        trial.set_user_attr(key, value)
-    tracker.log_weights(run_id, weights)  # before Optuna hears of it: a complete trial always has its weights
-    study.tell(trial, [values[n] for n in names])
-    tracker.end_trial(run_id, "COMPLETE", values, {"node": node})
-    progress.complete += 1
-    return True
 
 
 def publish_front(study: optuna.Study, tracker: Tracker, cfg: Mapping[str, Any], step: int) -> list[pareto.Point]:
