@@ -1,6 +1,5 @@
-"""Search efficiency, side by side: the joint search (the default sampler, conf/sampler/nsga2.yaml: NSGA-II
-over width, bits and sparsity at once)
-against random search and a sequential pipeline, on the same data, space, target, predictor,
+"""Search efficiency, side by side: the joint search (the default sampler, conf/sampler/tpe.yaml: TPE over
+width, bits and sparsity at once), NSGA-II (conf/sampler/nsga2.yaml), random search and a sequential pipeline, on the same data, space, target, predictor,
 evaluator and trial budget, for several seeds.
 
     .venv/bin/python scripts/bench_search.py            # 3 seeds x 45 trials on MNIST, rewrites README
@@ -19,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +32,13 @@ from search.study import run, storage  # noqa: E402
 from search.workers import Workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("joint", "random", "sequential")
+METHODS = ("joint", "nsga2", "random", "sequential")
 STAGES = ("width.", "sparsity.", "bits.")  # the sequential pipeline's order
 
 
-def compose(folder: Path, name: str, seed: int, trials: int, quick: bool, sampler: str | dict = "nsga2") -> dict:
-    """The study's config: `sampler` is a conf/sampler option (the project's settings) or a sampler config."""
+def compose(folder: Path, name: str, seed: int, trials: int, quick: bool, sampler: str | dict | None = None) -> dict:
+    """The study's config: `sampler` is a conf/sampler option (the project's settings), a sampler config,
+    or None for the default one."""
     overrides = [f"study.name={name}", f"study.dir={folder / name}", f"search_seed={seed}", f"n_trials={trials}",
                  f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", f"cache_dir={folder / 'cache'}", "target=snapdragon665"]
     if quick:
@@ -92,7 +93,7 @@ def trials_to_reach(hv: list[float], target: float) -> int | None:
     return next((k + 1 for k, v in enumerate(hv) if v >= target - 1e-9), None)
 
 
-def report(results: dict, trials: int, seeds: list[int], plot: Path) -> str:
+def report(results: dict, trials: int, seeds: list[int], plot: Path, minutes: float) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,8 +101,8 @@ def report(results: dict, trials: int, seeds: list[int], plot: Path) -> str:
 
     final = {m: [results[m][s]["hypervolume"][-1] for s in seeds] for m in METHODS}
     needs = [trials_to_reach(results["joint"][s]["hypervolume"], results["random"][s]["hypervolume"][-1]) for s in seeds]
-    lines = [f"{len(seeds)} seeds x {trials} trials per method ({machine()}); hypervolume of (validation accuracy, "
-             "predicted latency) against the fixed reference point `pareto.reference`.", "",
+    lines = [f"{len(seeds)} seeds x {trials} trials per method ({machine()}, {minutes:.0f} minutes in all); hypervolume "
+             "of (validation accuracy, predicted latency) against the fixed reference point `pareto.reference`.", "",
              "| method | final hypervolume (mean) | per seed | front size (mean) |", "|---|---|---|---|"]
     for m in METHODS:
         sizes = np.mean([results[m][s]["front"] for s in seeds])
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=ROOT / "outputs" / "bench-search")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args()
+    started = time.monotonic()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     trials = args.trials or (6 if args.quick else 45)
     if (args.folder / "mlflow.db").exists():
@@ -150,11 +152,12 @@ def main() -> None:
                 name = f"{method}-s{seed}"
                 if method == "sequential":
                     sequential(args.folder, name, seed, trials, args.quick)
-                else:  # the default sampler (conf/sampler/nsga2.yaml) against Optuna's random one
-                    run(compose(args.folder, name, seed, trials, args.quick, "nsga2" if method == "joint" else "random"))
+                else:  # the default sampler against the other conf/sampler options
+                    run(compose(args.folder, name, seed, trials, args.quick, None if method == "joint" else method))
                 results[method][seed] = curve(args.folder, name, seed, trials, args.quick)
     (args.folder / "results.json").write_text(json.dumps(results, indent=1))
-    section = report(results, trials, seeds, (args.folder if args.quick else ROOT / "docs") / "bench-search.png")
+    section = report(results, trials, seeds, (args.folder if args.quick else ROOT / "docs") / "bench-search.png",
+                     (time.monotonic() - started) / 60)
     print(section)
     write_readme(section, args.readme, "bench-search")
 

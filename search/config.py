@@ -264,15 +264,27 @@ def _validate_sampler(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"sampler._target_: must be an Optuna sampler that takes a seed "
                           f"(optuna.samplers.NSGAIISampler, ...), got {target!r}")
     settings = {k: v for k, v in sampler.items() if k != "_target_"}
-    for key in settings:
-        if key not in inspect.signature(cls).parameters or key in ("seed", "constraints_func"):
+    parameters = inspect.signature(cls).parameters
+    for key, value in settings.items():
+        if key not in parameters or key in ("seed", "constraints_func"):
             raise ConfigError(f"sampler.{key}: not a setting of {name} (seed and constraints come from the study)")
+        default = parameters[key].default  # samplers check few settings themselves: a wrong type fails mid-study
+        if isinstance(default, (bool, int, float)) and not _same_kind(value, default):
+            raise ConfigError(f"sampler.{key}: must be {type(default).__name__} like its default {default!r}, "
+                              f"got {value!r}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cls(**settings, seed=0)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"sampler: {name} refuses its settings: {_first_line(e)}") from None
+
+
+def _same_kind(value: Any, default: bool | int | float) -> bool:
+    """Is `value` the kind of number (or flag) `default` is? An int stands for a float, a flag for neither."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    return isinstance(value, int) or (isinstance(default, float) and isinstance(value, float))
 
 
 def _space_name(cfg: Mapping[str, Any]) -> Mapping[str, Any]:

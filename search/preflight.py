@@ -32,6 +32,7 @@ def study(cfg: Mapping[str, Any]) -> None:
     if cfg["study"]["storage"]:
         reachable("study.storage", cfg["study"]["storage"])
     ray_reachable(cfg["ray"]["address"])
+    local_ray_fits(cfg["ray"])
     dataset = data.preload(cfg["data"], cfg["seed"], cfg["cache_dir"])
     budget = cfg["budget"].get("latency_ms")
     if budget is not None:
@@ -113,6 +114,24 @@ def connect(key: str, host: str, port: int) -> None:
         socket.create_connection((host, port), timeout=TIMEOUT_S).close()
     except OSError as e:
         raise ConfigError(f"{key}: cannot reach {host}:{port} ({e.strerror or e})") from None
+
+
+def local_ray_fits(ray: Mapping[str, Any]) -> None:
+    """A local Ray must be able to hold one trial: Ray would otherwise queue it forever. (A cluster
+    may still gain nodes that can, so its trials are left to wait.)"""
+    import os
+
+    import torch
+
+    if ray["address"] is not None:
+        return
+    cpus, gpus = ray["num_cpus"] or os.cpu_count() or 1, torch.cuda.device_count()
+    if ray["cpus_per_trial"] > cpus:
+        raise ConfigError(f"ray.cpus_per_trial: a trial asks for {ray['cpus_per_trial']} CPUs, "
+                          f"the local Ray has {cpus}")
+    if ray["gpus_per_trial"] > gpus:
+        raise ConfigError(f"ray.gpus_per_trial: a trial asks for {ray['gpus_per_trial']} GPUs, "
+                          f"this machine has {gpus}")
 
 
 def ray_reachable(address: str | None) -> None:

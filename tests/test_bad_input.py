@@ -97,6 +97,8 @@ CASES = [
     # unknown names
     ("target-unknown", SEARCH, ["target=nope"], None, "target"),
     ("sampler-unknown", SEARCH, ["sampler=grid"], None, "sampler"),
+    ("cpus_per_trial-above-the-local-ray", SEARCH, ["ray.num_cpus=2", "ray.cpus_per_trial=3"], None, "ray.cpus_per_trial"),
+    ("gpus_per_trial-above-this-machine", SEARCH, ["ray.gpus_per_trial=4096"], None, "ray.gpus_per_trial"),
     ("key-unknown", SEARCH, ["n_trail=5"], None, "n_trail"),
     ("key-unknown-appended", SEARCH, ["+supernet.momentum=0.9"], None, "supernet.momentum"),
     ("objective-unknown", SEARCH, ["objectives=[accuracy,energy]"], None, "objectives"),

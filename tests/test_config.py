@@ -34,7 +34,7 @@ def test_every_calibration_option_composes(group, option):
 def test_defaults_are_the_documented_ones():
     cfg = resolve(compose([]))
     assert (cfg["target"]["name"], cfg["space"]["name"], cfg["data"]["name"]) == ("snapdragon665", "mobilenetv2", "mnist")
-    assert cfg["sampler"]["_target_"] == "optuna.samplers.NSGAIISampler"
+    assert cfg["sampler"]["_target_"] == "optuna.samplers.TPESampler"
     assert cfg["tracking"]["uri"] == "sqlite:///mlflow.db"
     assert cfg["study"]["name"] == "mobilenetv2-mnist-snapdragon665"
 
@@ -67,8 +67,10 @@ BAD = [
     (["+supernet.momentum=0.9"], "supernet.momentum: unknown key"),
     (["sampler._target_=os.system"], "sampler._target_: must be an Optuna sampler"),
     (["sampler._target_=optuna.samplers.BaseSampler"], "sampler._target_"),
-    (["+sampler.foo=1"], "sampler.foo: not a setting of NSGAIISampler"),
-    (["sampler.population_size=abc"], "sampler: NSGAIISampler refuses its settings"),
+    (["+sampler.foo=1"], "sampler.foo: not a setting of TPESampler"),
+    (["sampler.n_startup_trials=abc"], "sampler.n_startup_trials: must be int"),
+    (["sampler.n_startup_trials=2.5"], "sampler.n_startup_trials: must be int"),
+    (["sampler=nsga2", "sampler.population_size=1"], "sampler: NSGAIISampler refuses its settings"),
     (["ray.address=nohost"], "ray.address"),
     (["ray.address=host:99999"], "ray.address"),
     (["space.bits=[8.5,32]"], "space.bits"),
