@@ -37,6 +37,27 @@ def test_quick_bench_search_writes_its_section(tmp_path, shared_cache):
         assert set(results[method]["0"]["baselines"]) == {"float", "int8"}
     text = readme.read_text()
     assert "| joint |" in text and "| sequential |" in text and (folder / "bench-search.png").exists()
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_search.py"), "--quick", "--no-run", "--folder",
+                            str(folder), "--readme", str(readme)], cwd=tmp_path, env=env(tmp_path), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert readme.read_text() == text  # the same section from the same studies
+
+
+def test_a_baseline_is_not_dominated_by_its_own_network_evaluated_again():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_search import dominators
+
+    from search.pareto import Point
+
+    int8 = {"bits.a": 8, "width.a": 1.0}
+    base = Point(1, {"accuracy": 99.05, "latency_ms": 8.64}, int8, True, "int8")
+    again = Point(32, {"accuracy": 99.13, "latency_ms": 8.64}, dict(int8), True)  # same network, luckier fine-tune
+    pruned = Point(7, {"accuracy": 99.05, "latency_ms": 7.9}, {"bits.a": 8, "width.a": 0.75}, True)
+    worse = Point(9, {"accuracy": 99.0, "latency_ms": 7.0}, {"bits.a": 8, "width.a": 0.5}, True)
+    objectives = ["accuracy", "latency_ms"]
+    assert dominators(base, [base, again, worse], objectives) == []
+    assert dominators(base, [base, again, pruned, worse], objectives) == [7]
 
 
 def test_quick_bench_overhead_writes_its_section(tmp_path, shared_cache):
