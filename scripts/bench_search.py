@@ -1,6 +1,6 @@
 """Search efficiency, side by side: the joint search (the default sampler, conf/sampler/tpe.yaml: TPE over
-width, bits and sparsity at once), NSGA-II (conf/sampler/nsga2.yaml), random search and a sequential pipeline, on the same data, space, target, predictor,
-evaluator and trial budget, for several seeds.
+width, bits and sparsity at once), NSGA-II (conf/sampler/nsga2.yaml), random search and a sequential
+pipeline, on the same data, space, target, predictor, evaluator and trial budget, for several seeds.
 
     .venv/bin/python scripts/bench_search.py            # 3 seeds x 45 trials on MNIST, rewrites README
     .venv/bin/python scripts/bench_search.py --quick    # digits, 1 seed, 6 trials: keeps the script working
@@ -10,9 +10,9 @@ The sequential pipeline spends a third of the budget on each stage: widths (floa
 per-layer sparsity at the chosen widths, then per-layer bits at the chosen widths and sparsity; each
 stage starts from the previous stage's knee (Optuna's PartialFixedSampler fixes what is chosen).
 Every study begins with the same two baselines (float full-width, uniform 8-bit), and every study
-uses the same data split and supernet (seed 0): the seeds vary the search only (`search_seed`). Hypervolume is of
-the (validation accuracy, predicted latency) front against the fixed reference point in
-conf/search.yaml (pareto.reference), after each completed trial.
+uses the same data split and supernet (seed 0): the seeds vary the search only (`search_seed`).
+Hypervolume is of the (validation accuracy, predicted latency) front against the fixed reference
+point in conf/search.yaml (pareto.reference), after each completed trial.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ import secrets
 import signal
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
