@@ -24,6 +24,7 @@ results: $(INSTALLED)
 	$(BIN)/python -m search.calibrate target=host
 	$(BIN)/python scripts/calibration_report.py
 	$(BIN)/python scripts/bench_predictor.py
+	$(BIN)/python scripts/parity_report.py
 	$(BIN)/python scripts/search_report.py
 	$(BIN)/python scripts/ui_screenshot.py
 	$(BIN)/python scripts/bench_search.py

@@ -1,18 +1,43 @@
-"""Does an exported file behave like the network it came from? Its accuracy with onnxruntime (the
-optimised session an app would run), and, when it does not match, where it starts to differ: each
-layer's output in the file against the same layer's output in torch."""
+"""Does an exported file behave like the network it came from? Its logits against the torch network's on
+the same images: accuracy of each, top-1 agreement, the largest logit difference; and, when they do not
+match, where the file starts to differ: each layer's output in the file against the same layer's in torch."""
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from spaces.fold import layer_modules, trace
+
+from .backends.files import INPUT_NAME
 from .data import Split
-from .export import INPUT_NAME, OUTPUT_NAME, layer_modules, onnx_layers, trace
 from .train import to_input
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How closely a file computes what the network computed, on one split."""
+
+    accuracy: float  # the file's top-1, in percent
+    torch_accuracy: float  # the network's, on the same images
+    agreement: float  # share of images where both predict the same class, in percent
+    max_logit_diff: float  # largest |file - torch| over every logit
+    images: int
+
+    @property
+    def gap(self) -> float:
+        return abs(self.accuracy - self.torch_accuracy)
+
+    def as_tags(self, prefix: str) -> dict[str, str]:
+        return {f"{prefix}.{k}": f"{v:.6g}" for k, v in asdict(self).items()}
+
+    def describe(self) -> str:
+        return (f"{self.accuracy:.2f}% (torch {self.torch_accuracy:.2f}%), top-1 agreement {self.agreement:.2f}% "
+                f"of {self.images} images, largest logit difference {self.max_logit_diff:.3g}")
 
 
 def images(x: np.ndarray, mean, std) -> np.ndarray:
@@ -24,26 +49,26 @@ def inputs(split: Split, mean, std, start: int = 0, stop: int | None = None) -> 
     return images(split.x[start:stop], mean, std)
 
 
-def outputs(path: str | Path, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """The file's logits for the batch `x`, as onnxruntime's CPU provider runs it (all optimisations on)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch_size]})[0]
-                           for i in range(0, len(x), batch_size)])
+def torch_logits(net: nn.Module, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    net = net.eval()
+    with torch.no_grad():
+        return np.concatenate([net(torch.from_numpy(x[i:i + batch_size])).float().numpy()
+                               for i in range(0, len(x), batch_size)])
 
 
-def onnx_accuracy(path: str | Path, split: Split, mean, std) -> float:
-    """Top-1 accuracy in percent of the file at `path` on a split."""
-    return float((outputs(path, inputs(split, mean, std)).argmax(1) == split.y).mean() * 100)
+def compare(file_logits: np.ndarray, net_logits: np.ndarray, labels: np.ndarray) -> Parity:
+    got, want = file_logits.argmax(1), net_logits.argmax(1)
+    return Parity(float((got == labels).mean() * 100), float((want == labels).mean() * 100),
+                  float((got == want).mean() * 100), float(np.abs(file_logits - net_logits).max()), len(labels))
 
 
 def layer_errors(net: nn.Module, path: str | Path, x: np.ndarray) -> dict[str, float]:
-    """Layer name -> relative RMS difference between its output in the file (the Conv/Gemm node, batch norm
+    """Layer name -> relative RMS difference between its output in an ONNX file (the Conv/Gemm node, batch norm
     folded in) and in torch (after the batch norm that follows it), on the batch `x`, in network order.
     The file runs unoptimised here so every layer output is still a tensor of its own."""
     import onnx
-    import onnxruntime as ort
+
+    from .backends import onnx as backend
 
     net = copy.deepcopy(net).eval()
     for m in net.modules():  # an in-place activation would overwrite the batch-norm output recorded below
@@ -58,13 +83,11 @@ def layer_errors(net: nn.Module, path: str | Path, x: np.ndarray) -> dict[str, f
 
     model = onnx.load(str(path))
     outputs = {n.name: n.output[0] for n in model.graph.node}
-    tensors = {name: outputs[layer.node] for name, layer in onnx_layers(model).items()}
+    tensors = {name: outputs[layer.node] for name, layer in backend.layers(model).items()}
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                               for t in tensors.values() if t not in known)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    sess = backend.session(model, optimize=False)
     got = dict(zip(tensors, sess.run(list(tensors.values()), {INPUT_NAME: x})))
     return {name: float(np.linalg.norm(got[name] - w) / max(np.linalg.norm(w), 1e-12)) for name, w in want.items()}
 

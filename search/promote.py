@@ -4,11 +4,12 @@ behaves like the trial did.
 
 The trial's network is rebuilt from its stored params (Optuna) and the fine-tuned weights its MLflow run
 stored when it completed (`weights.npz`): nothing is re-trained, so nothing depends on training being
-bit-for-bit repeatable. The file (`search.export`) has channel-pruned layers physically smaller, unstructured
-zeros kept as zeros, each layer at its own precision through onnxruntime's static QDQ quantization calibrated
-on training images, and everything in one file. The parity gate runs it with onnxruntime on the test split;
-a difference from the trial's test accuracy above `tolerance` stops the command before anything is registered
-and names the layers where the file starts to differ.
+bit-for-bit repeatable. The file (`search.backends.onnx`) is that network itself: channel-pruned layers
+physically smaller, unstructured zeros kept as zeros, every quantizer where the network had it with the
+scale and zero point it trained with (nothing re-calibrated), in one file. The parity gate runs it with
+onnxruntime on the test split: a difference from the trial's test accuracy above `tolerance`, or top-1
+agreement with the network below `min_agreement`, stops the command before anything is registered and
+names the layers where the file starts to differ.
 """
 from __future__ import annotations
 
@@ -32,11 +33,10 @@ from . import data as datasets
 from . import pareto, parity
 from .config import CONF_DIR, ConfigError, _get, _int, _number, command, fail, resolve
 from .errors import UserError
-from .export import export
+from .backends import onnx as backend
 from .runners.host import time_model
 from .study import storage
 from .tracking import Tracker
-from .train import accuracy
 
 CONFIG_NAME = "promote"
 PICKS = ("knee", "max_accuracy")
@@ -59,6 +59,8 @@ class Promotion:
     onnx_path: str
     test_accuracy: float  # the trial's, in torch
     onnx_test_accuracy: float
+    onnx_agreement: float  # top-1 agreement of the file with the trial's network on the test split, percent
+    onnx_max_logit_diff: float
     predicted_latency_ms: float
     host_latency_ms: float
     size_kb: float  # the trial's, from its layer descriptors
@@ -75,7 +77,7 @@ def check(cfg: Mapping[str, Any]) -> None:
     _number(cfg, "latency_budget_ms", allow_none=True)
     _number(cfg, "size_budget_kb", allow_none=True)
     _number(cfg, "tolerance", strict=False)
-    _int(cfg, "calibration_images", 1)
+    _number(cfg, "min_agreement", strict=False)
     _int(cfg, "latency_threads", 1)
     journal = Path(cfg["study"]["dir"]) / "optuna.journal"
     if not cfg["study"]["storage"] and not journal.is_file():
@@ -129,20 +131,20 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
                             "new_version": False})
 
     net, data = restore(study_cfg, study.trials[point.trial].params, tracker.weights(run_id), cfg["cache_dir"])
-    torch_accuracy = accuracy(net, data.test, data.mean, data.std)
-    picked = np.random.default_rng(study_cfg["seed"]).permutation(len(data.train.y))[:cfg["calibration_images"]]
-    calibration = parity.images(data.train.x[picked], data.mean, data.std)
+    x_test = parity.inputs(data.test, data.mean, data.std)
+    net_logits = parity.torch_logits(net, x_test)
     folder = Path(cfg["study"]["dir"]) / "promoted"
     with tempfile.TemporaryDirectory() as tmp:
-        path = export(net, {}, data.input_shape, Path(tmp) / "model.onnx", calibration)
-        onnx_accuracy = parity.onnx_accuracy(path, data.test, data.mean, data.std)
-        gap = abs(onnx_accuracy - point.values["test_accuracy"])
-        if gap > cfg["tolerance"]:
-            worst = parity.worst_layers(parity.layer_errors(net, path, parity.inputs(data.test, data.mean, data.std, 0, 64)))
+        path = backend.export(net, data.input_shape, Path(tmp) / "model.onnx")
+        checked = parity.compare(backend.outputs(path, x_test), net_logits, data.test.y)
+        gap = abs(checked.accuracy - point.values["test_accuracy"])
+        if gap > cfg["tolerance"] or checked.agreement < cfg["min_agreement"]:
+            worst = parity.worst_layers(parity.layer_errors(net, path, x_test[:64]))
             raise ParityError(
-                f"parity: trial {point.trial}'s ONNX file scores {onnx_accuracy:.2f}% on the test split, the trial "
-                f"{point.values['test_accuracy']:.2f}% (torch, restored: {torch_accuracy:.2f}%): {gap:.2f} points > "
-                f"tolerance {cfg['tolerance']}; nothing registered. Layers where the file starts to differ: "
+                f"parity: trial {point.trial}'s ONNX file scores {checked.describe()} on the test split; the trial "
+                f"scored {point.values['test_accuracy']:.2f}%: {gap:.2f} points (tolerance {cfg['tolerance']}), "
+                f"agreement {checked.agreement:.2f}% (min_agreement {cfg['min_agreement']}); nothing registered. "
+                "Layers where the file starts to differ: "
                 + ", ".join(f"{layer} ({error:.1%} of its output)" for layer, error in worst))
         host = time_model(path, threads=cfg["latency_threads"])
         folder.mkdir(parents=True, exist_ok=True)
@@ -150,12 +152,14 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         path.replace(final)
     promotion = Promotion(
         study=name, trial=point.trial, model_name=cfg["model_name"], version="", alias=cfg["alias"], new_version=True,
-        onnx_path=str(final), test_accuracy=point.values["test_accuracy"], onnx_test_accuracy=onnx_accuracy,
+        onnx_path=str(final), test_accuracy=point.values["test_accuracy"], onnx_test_accuracy=checked.accuracy,
+        onnx_agreement=checked.agreement, onnx_max_logit_diff=checked.max_logit_diff,
         predicted_latency_ms=point.values["latency_ms"], host_latency_ms=host.median_ms,
         size_kb=point.values["size_kb"], onnx_kb=final.stat().st_size / 1024)
     example = parity.inputs(data.test, data.mean, data.std, 0, 2)
-    version = tracker.register(run_id, final, example, parity.outputs(final, example), promotion, {
-        "target": study_cfg["target"]["name"], "torch_test_accuracy": f"{torch_accuracy:.4f}",
+    version = tracker.register(run_id, final, example, backend.outputs(final, example), promotion, {
+        "target": study_cfg["target"]["name"], "torch_test_accuracy": f"{checked.torch_accuracy:.4f}",
+        **checked.as_tags("parity.onnx"),
         "host_latency_iqr_ms": f"{host.iqr_ms:.4f}", "latency.proxy": (study_cfg["target"].get("proxy") or {}).get(
             "assumption", "none: measured on the target itself")})
     return Promotion(**{**asdict(promotion), "version": version})
@@ -169,7 +173,8 @@ def _main(cfg: DictConfig) -> None:
         fail(e)
     verb = "registered" if p.new_version else "already registered as"
     print(f"trial {p.trial} of {p.study}: {verb} {p.model_name} version {p.version}, alias {p.alias!r}\n"
-          f"  test accuracy {p.onnx_test_accuracy:.2f}% as ONNX (trial: {p.test_accuracy:.2f}%), "
+          f"  test accuracy {p.onnx_test_accuracy:.2f}% as ONNX (trial: {p.test_accuracy:.2f}%; the file agrees with "
+          f"the trial's network on {p.onnx_agreement:.2f}% of test images), "
           f"host latency {p.host_latency_ms:.3f} ms (predicted on target: {p.predicted_latency_ms:.3f} ms), "
           f"{p.onnx_kb:.1f} KB file ({p.size_kb:.1f} KB of weights)\n  file: {p.onnx_path}\n"
           f"  load: mlflow.pyfunc.load_model('models:/{p.model_name}@{p.alias}')")

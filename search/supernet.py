@@ -21,7 +21,7 @@ from .data import Dataset
 from .errors import UserError
 from .train import accuracy, batches, device, distill_loss, logits, recalibrate_bn, to_input
 
-FORMAT_VERSION = 2  # bump when a change to the code changes what training produces
+FORMAT_VERSION = 3  # bump when a change to the code changes what training produces (3: tensor quantizers)
 
 
 @dataclass(frozen=True)

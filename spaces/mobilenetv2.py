@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from .candidate import Candidate, Layer
+from .precision import FLOAT_BITS, integer_kernel
 from .prune import magnitude_mask, strongest_filters
+from .quantize import ActivationQuantizer
 from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear
 
 GRANULARITIES = ("channel", "weight")
@@ -53,9 +55,10 @@ class ConvBN(nn.Module):
         self.conv = SlimConv2d(cin, cout, kernel, stride, depthwise)
         self.bn = SlimBatchNorm2d(cout)
         self.relu = nn.ReLU6(inplace=True) if relu else nn.Identity()
+        self.out = ActivationQuantizer()  # on where the conv is an integer kernel (see `Net.plan_precision`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn(self.conv(x)))
+        return self.out(self.relu(self.bn(self.conv(x))))
 
 
 class InvertedResidual(nn.Module):
@@ -65,11 +68,15 @@ class InvertedResidual(nn.Module):
         self.dw = ConvBN(b.hidden, b.hidden, kernel, b.stride, depthwise=True)
         self.project = ConvBN(b.hidden, b.cout, 1, relu=False)
         self.residual = b.residual
+        self.sum = ActivationQuantizer()  # the residual add's output, on where the add runs on integers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.dw(self.expand(x) if self.expand else x))
-        # A skip of the full network is dropped where independent widths make the shapes differ.
-        return x + y if self.residual and y.shape == x.shape else y
+        return self.sum(x + y) if self.adds(x.shape[1], y.shape[1]) else y
+
+    def adds(self, cin: int, cout: int) -> bool:
+        """A skip of the full network is dropped where independent widths make the shapes differ."""
+        return self.residual and cin == cout
 
 
 class Net(nn.Module):
@@ -94,6 +101,45 @@ class Net(nn.Module):
                 if getattr(block, part) is not None:
                     out[f"b{i}.{part}"] = getattr(block, part)
         return out | {"head": self.head, "classifier": self.classifier}
+
+    def plan_precision(self) -> None:
+        """Where values are quantized, from every layer's bits (`set_bits`): each tensor once, on the grid
+        of the layer that reads it. A float layer's output is quantized by its reader's own input quantizer;
+        an integer kernel (5-8 bits) writes its output already on its reader's grid (8 bits where the reader
+        is float or an op), as a runtime's integer kernel does; a residual add of two tensors stored in
+        8 bits or fewer runs on integers and writes its output the same way. The exported file quantizes
+        exactly here, and nowhere twice in a row (onnxruntime merges such pairs into one rounding)."""
+        for unit in self.units().values():
+            layer = unit if isinstance(unit, SlimLinear) else unit.conv
+            layer.act.bits = layer.bits
+
+        def feed(quantizer: ActivationQuantizer, integer: bool, reader: nn.Module | None) -> bool:
+            """Quantize a tensor for its reader (a layer, or None for an op); True if it is then stored in
+            8 bits or fewer for every reader, so an integer op can read it."""
+            bits = reader.bits if reader is not None else FLOAT_BITS
+            quantizer.bits = (bits if bits < FLOAT_BITS else 8) if integer else FLOAT_BITS
+            if integer and reader is not None:
+                reader.act.bits = FLOAT_BITS  # its input arrives on its grid
+            return quantizer.active and quantizer.bits <= 8
+
+        def integer(unit: ConvBN) -> bool:
+            return integer_kernel(unit.conv.bits)
+
+        current = (self.stem.out, integer(self.stem))
+        for block in self.blocks:
+            first = block.expand or block.dw
+            on_grid = feed(*current, first.conv)
+            if block.expand:
+                feed(block.expand.out, integer(block.expand), block.dw.conv)
+            feed(block.dw.out, integer(block.dw), block.project.conv)
+            if block.adds(first.conv.in_channels, block.project.conv.out_active):
+                added = feed(block.project.out, integer(block.project), None) and on_grid
+                current = (block.sum, added)
+            else:
+                block.sum.bits = FLOAT_BITS
+                current = (block.project.out, integer(block.project))
+        feed(*current, self.head.conv)
+        feed(self.head.out, integer(self.head), None)  # the classifier quantizes the pooled values itself
 
 
 def _channels(c: float) -> int:
@@ -318,4 +364,5 @@ class MobileNetV2Space:
                 layer.set_bits(p[f"bits.{name}"])
                 if self.granularity == "weight":
                     layer.mask = magnitude_mask(layer.weight, p.get(f"sparsity.{name}", 0.0))
+        net.plan_precision()
         return net

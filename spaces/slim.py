@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantize import FLOAT_BITS, ActivationQuantizer, quantize_weight
+from .precision import FLOAT_BITS
+from .quantize import ActivationQuantizer, quantize_weight
 
 
 class _Quantized:

@@ -27,7 +27,7 @@ def env(folder: Path) -> dict[str, str]:
 DIGITS = ["data=digits", "supernet.epochs=3", "finetune.bn_batches=2"]
 
 
-def command(folder: Path, module: str, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def command(folder: Path, module: str, *overrides: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     """`python -m module overrides...` in `folder`, as a user runs it."""
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=folder, env=env(folder),
                           capture_output=True, text=True, timeout=timeout)

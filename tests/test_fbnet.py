@@ -285,7 +285,7 @@ def test_decode_errors(space):
 
 
 def test_built_network_names_its_layers_as_the_descriptors_do():
-    from search.export import layer_modules
+    from spaces.fold import layer_modules
 
     space = spaces.create("fbnet")
     for ops in (["skip"] * 22, ["k5_e1_g2"] * 22, ["k3_e6", "skip"] * 11):

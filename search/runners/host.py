@@ -43,16 +43,11 @@ def _check(threads: int, warmup: int, min_runs: int, min_seconds: float) -> None
 
 
 def session(path: str | Path, threads: int):
-    """The onnxruntime session every measurement uses (also handy to check a model loads the same way)."""
-    import onnxruntime as ort
+    """The onnxruntime session every measurement uses: the one parity checks run (`backends.onnx.session`),
+    with fixed intra-op threads, one inter-op thread and sequential execution."""
+    from ..backends.onnx import session as onnx_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: a measurement prints nothing
-    return ort.InferenceSession(str(path), options, providers=[PROVIDER])
+    return onnx_session(path, threads)
 
 
 def _input(sess, input_shape: Sequence[int] | None, seed: int) -> dict[str, np.ndarray]:
