@@ -43,12 +43,17 @@ def cifar_pickled_only(tmp: Path) -> None:
     (tmp / "cifar" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"\x80\x04K\x01.")
 
 
-def mnist_corrupt(tmp: Path) -> None:
-    folder = tmp / "cache" / "mnist"
-    folder.mkdir(parents=True)
-    for name in MNIST:
-        (folder / name).write_bytes(gzip.compress(bytes(16)))
-    (folder / MNIST[0]).write_bytes(b"this is not gzip")
+def idx_corrupt(where: str, drop: str | None = None):
+    """Four idx files in `where` (under the row's folder), the first not gzip; without `drop`."""
+    def setup(tmp: Path) -> None:
+        folder = tmp / where
+        folder.mkdir(parents=True)
+        for name in MNIST:
+            (folder / name).write_bytes(gzip.compress(bytes(16)))
+        (folder / MNIST[0]).write_bytes(b"this is not gzip")
+        if drop:
+            (folder / drop).unlink()
+    return setup
 
 
 def not_sqlite(tmp: Path) -> None:
@@ -117,7 +122,12 @@ CASES = [
     ("image-not-an-image", SEARCH, ["data=imagefolder", "data.root={tmp}/images"], not_an_image, "a.png"),
     ("cifar10-wrong-size", SEARCH, ["data=cifar10", "data.root={tmp}/cifar"], cifar_wrong_size, "data_batch_1.bin"),
     ("cifar10-pickled-only", SEARCH, ["data=cifar10", "data.root={tmp}/cifar"], cifar_pickled_only, "data.root"),
-    ("mnist-cache-corrupt", SEARCH, ["data=mnist"], mnist_corrupt, MNIST[0]),
+    ("mnist-cache-corrupt", SEARCH, ["data=mnist"], idx_corrupt("cache/mnist"), MNIST[0]),
+    ("fashion-cache-corrupt", SEARCH, ["data=fashion_mnist"], idx_corrupt("cache/fashion_mnist"), MNIST[0]),
+    ("fashion-root-corrupt", SEARCH, ["data=fashion_mnist", "data.root={tmp}/fm"], idx_corrupt("fm"), MNIST[0]),
+    ("fashion-root-lacks-file", SEARCH, ["data=fashion_mnist", "data.root={tmp}/fm"], idx_corrupt("fm", MNIST[3]),
+     MNIST[3]),
+    ("fashion-root-missing", SEARCH, ["data=fashion_mnist", "data.root={tmp}/nowhere"], None, "data.root"),
     # services
     ("tracking-unreachable", SEARCH, ["tracking.uri=http://127.0.0.1:9"], None, "tracking.uri"),
     ("tracking-folder-missing", SEARCH, ["tracking.uri=sqlite:///{tmp}/nowhere/mlflow.db"], None, "tracking.uri"),

