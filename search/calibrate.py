@@ -212,7 +212,7 @@ def _kernels(target: Mapping[str, Any]) -> dict[int, str]:
 
 
 def _log(cfg: Mapping[str, Any], predictor: latency.Predictor, report: latency.Report, source: Path) -> None:
-    from mlflow import MlflowClient
+    from .tracking import MlflowClient  # with MLflow's INFO lines routed to the log file
 
     client = MlflowClient(tracking_uri=cfg["tracking"]["uri"])
     name = cfg["tracking"]["experiment"]
