@@ -15,6 +15,7 @@ import hydra
 import yaml
 import numpy as np
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 import spaces
 
@@ -60,7 +61,7 @@ def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
-        for i, candidate in enumerate(candidates):
+        for i, candidate in enumerate(tqdm(candidates, desc="exporting", unit="network", dynamic_ncols=True)):
             net = space.build(candidate).eval()
             bits = {layer.name: layer.bits for layer in space.layers(candidate) if layer.kind in ("conv", "linear")}
             calibration = rng.standard_normal((8, *space.input_shape)).astype(np.float32)

