@@ -3,7 +3,6 @@ them into candidates, predicts their latency, sends their evaluation to Ray work
 Optuna and MLflow what came back."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -200,13 +199,11 @@ class Driver:
 
     def start(self) -> None:
         """Ask for a trial, predict what needs no training on the driver, evaluate the rest on a worker."""
-        budgets = {k: v for k, v in self.cfg["budget"].items() if v is not None}
         trial = self.study.ask()
         candidate = self.space.sample(trial)
         layers = self.space.layers(candidate)
         predicted = objectives.metrics(layers, self.predictor.predict(layers))
-        for key, bound in budgets.items():  # read by every Optuna sampler, and by pareto.points
-            trial.set_constraint(key, predicted[key] - bound)
+        constrain(trial, predicted, self.cfg["budget"])
         run_id = self.tracker.start_trial(trial.number, candidate.as_dict(),
                                           self.tags | {"baseline": trial.user_attrs.get("baseline", "")})
         space_settings, data_ref, supernet_ref, finetune = self.trial_args
@@ -242,6 +239,14 @@ class Driver:
         self.tracker.end_study({"complete_trials": self.complete}, status="KILLED")
         print(f"\nstopped: {self.complete} complete trials kept, {len(self.running)} running trial(s) marked "
               f"FAIL. Resume with the same command: python -m search {' '.join(overrides)}".rstrip(), flush=True)
+
+
+def constrain(trial: optuna.Trial, predicted: Mapping[str, float], budget: Mapping[str, float | None]) -> None:
+    """Each budget as one of the trial's Optuna constraints (feasible at <= 0), set before it runs: every
+    sampler reads them from the trial, and `pareto.points` keeps infeasible trials off the front."""
+    for key, bound in budget.items():
+        if bound is not None:
+            trial.set_constraint(key, predicted[key] - bound)
 
 
 def _numbers(attrs: Mapping[str, Any]) -> dict[str, float]:
