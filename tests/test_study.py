@@ -98,6 +98,7 @@ def test_libraries_log_to_the_file_and_only_warnings_reach_the_console(finished)
     for line in ("Creating initial MLflow database tables", "A new study created", "Token authentication is enabled"):
         assert line not in console
     assert not re.search(r"\bINFO\b|\[I ", console), console[-3000:]
+    assert "FutureWarning" not in console  # Optuna 5 deprecated constraints_func: budgets use trial.set_constraint
     log = (folder / "outputs" / STUDY / "search.log").read_text()
     assert "Creating initial MLflow database tables" in log and "A new study created" in log
 
