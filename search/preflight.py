@@ -193,20 +193,22 @@ def existing(cfg: Mapping[str, Any]) -> Any:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     url = cfg["study"]["storage"]
-    if url:
-        if url.startswith(SQLITE) and not Path(url[len(SQLITE):]).exists():
-            return None
-        store = optuna.storages.RDBStorage(url, skip_table_creation=True)
-    else:
-        journal = Path(cfg["study"]["dir"]) / "optuna.journal"
-        if not journal.exists():
-            return None
-        store = JournalStorage(JournalFileBackend(str(journal)))
     try:
+        if url:
+            if url.startswith(SQLITE) and not Path(url[len(SQLITE):]).exists():
+                return None
+            store = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        else:
+            journal = Path(cfg["study"]["dir"]) / "optuna.journal"
+            if not journal.exists():
+                return None
+            store = JournalStorage(JournalFileBackend(str(journal)))
         return optuna.load_study(study_name=cfg["study"]["name"], storage=store,
                                  sampler=optuna.samplers.RandomSampler())
-    except KeyError:
+    except (KeyError, SQLAlchemyError, optuna.exceptions.StorageInternalError):  # no such study; no Optuna tables yet
         return None
 
 

@@ -195,25 +195,27 @@ def test_budgets_reach_every_sampler_as_trial_constraints(tmp_path, sampler):
     assert front and {p.trial for p in front} <= feasible
 
 
-def test_a_resumed_study_refuses_a_config_that_changes_what_its_trials_mean(tmp_path):
-    cfg = composed(tmp_path)
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_a_resumed_study_refuses_a_config_that_changes_what_its_trials_mean(tmp_path, storage):
+    where = [f"study.storage=sqlite:///{tmp_path}/optuna.db"] if storage == "sqlite" else []
+    cfg = composed(tmp_path, *where)
     study = driver._open(cfg, digits_space(cfg))
-    journal = Path(cfg["study"]["dir"]) / "optuna.journal"
+    journal = tmp_path / "optuna.db" if where else Path(cfg["study"]["dir"]) / "optuna.journal"
     written = journal.stat().st_size, journal.stat().st_mtime_ns
     reloaded = optuna.load_study(study_name=study.study_name, storage=driver.storage(cfg))
     assert reloaded.metric_names == ["accuracy", "latency_ms"]  # what optuna-dashboard shows
     assert reloaded.user_attrs[preflight.CONFIG_ATTR]["supernet.epochs"] == cfg["supernet"]["epochs"]
 
     preflight.refuse_changed(cfg)
-    preflight.refuse_changed(composed(tmp_path, "n_trials=7", "ray.num_cpus=1", "ray.address=auto",
+    preflight.refuse_changed(composed(tmp_path, *where, "n_trials=7", "ray.num_cpus=1", "ray.address=auto",
                                       f"tracking.uri=sqlite:///{tmp_path}/elsewhere.db", "pareto.every=3"))
     with pytest.raises(ConfigError, match=r"^seed: study 'mobilenetv2-digits-snapdragon665' was created with "
                                           r"seed=0 \(now 1\)"):
-        preflight.refuse_changed(composed(tmp_path, "seed=1"))
+        preflight.refuse_changed(composed(tmp_path, *where, "seed=1"))
     with pytest.raises(ConfigError, match=r"^finetune\.lr, supernet\.epochs: "):
-        preflight.refuse_changed(composed(tmp_path, "supernet.epochs=1", "finetune.lr=0.02"))
+        preflight.refuse_changed(composed(tmp_path, *where, "supernet.epochs=1", "finetune.lr=0.02"))
     with pytest.raises(ConfigError, match=r"^budget\.size_kb, objectives: "):
-        preflight.refuse_changed(composed(tmp_path, "objectives=[accuracy,size_kb]", "budget.size_kb=100"))
+        preflight.refuse_changed(composed(tmp_path, *where, "objectives=[accuracy,size_kb]", "budget.size_kb=100"))
     assert (journal.stat().st_size, journal.stat().st_mtime_ns) == written  # checking writes nothing
 
 
