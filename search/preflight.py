@@ -192,7 +192,6 @@ def existing(cfg: Mapping[str, Any]) -> Any:
     writing anything."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
-
     from sqlalchemy.exc import SQLAlchemyError
 
     url = cfg["study"]["storage"]
