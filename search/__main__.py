@@ -14,11 +14,15 @@ from .errors import UserError
 @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from .study import run
 
     try:
-        run(resolve(cfg), HydraConfig.get().overrides.task)
+        plain = resolve(cfg)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # `command` checked a single run before Hydra wrote anything
+            preflight.study(plain)
+        run(plain, HydraConfig.get().overrides.task)
     except UserError as e:
         fail(e)
     except KeyboardInterrupt:  # the study has already said how to resume

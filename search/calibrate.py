@@ -15,6 +15,7 @@ import hydra
 import yaml
 import numpy as np
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 import spaces
 
@@ -62,7 +63,7 @@ def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
-        for i, candidate in enumerate(candidates):
+        for i, candidate in enumerate(tqdm(candidates, desc="exporting", unit="network", dynamic_ncols=True)):
             net = space.build(candidate).eval()
             with torch.no_grad():  # random images set the quantizers' ranges: the speed, not the values, matters
                 net(torch.from_numpy(rng.standard_normal((8, *space.input_shape)).astype(np.float32)))
@@ -214,7 +215,7 @@ def _kernels(target: Mapping[str, Any]) -> dict[int, str]:
 
 
 def _log(cfg: Mapping[str, Any], predictor: latency.Predictor, report: latency.Report, source: Path) -> None:
-    from mlflow import MlflowClient
+    from .tracking import MlflowClient  # with MLflow's INFO lines routed to the log file
 
     client = MlflowClient(tracking_uri=cfg["tracking"]["uri"])
     name = cfg["tracking"]["experiment"]

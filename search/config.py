@@ -3,6 +3,7 @@ before any compute starts. A bad value becomes one line naming the key and what 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 import sys
@@ -29,6 +30,25 @@ GROUPS = ("target", "space", "data", "sampler")
 
 # `${project:conf/...}`: a file shipped with the project, wherever the command runs from.
 OmegaConf.register_new_resolver("project", lambda path: str(ROOT / path), replace=True)
+
+
+def multirun_job() -> str:
+    """`${multirun_job:}`: in a Hydra multirun, `-` and the job's overrides (Hydra's override_dirname,
+    less the keys a resumed study may change), so each job of `-m seed=0,1` runs a study of its own
+    and running the same sweep again resumes each; empty in a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    job = HydraConfig.get().job
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", job.override_dirname).strip("_.-") or f"job{job.num}"
+    if len(name) > 80:  # a folder and an MLflow experiment are named after it
+        name = f"{name[:70]}_{hashlib.sha256(job.override_dirname.encode()).hexdigest()[:8]}"
+    return f"-{name}"
+
+
+OmegaConf.register_new_resolver("multirun_job", multirun_job, replace=True)
 
 
 class ConfigError(UserError):

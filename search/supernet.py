@@ -9,7 +9,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Generator, Mapping
 
 import numpy as np
 import torch
@@ -40,20 +40,36 @@ def cache_key(space: Mapping[str, Any], data: Mapping[str, Any], seed: int, sett
     return hashlib.sha256(json.dumps(shaped_by, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[str, Any], seed: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Progress:
+    """How far training is, yielded by `train` for the driver's progress bar (a worker's own output
+    does not reach the user's console)."""
+
+    step: int
+    steps: int
+    epoch: int
+    epochs: int
+    stage: str = "training"
+
+
+def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[str, Any],
+          seed: int) -> Generator[Progress, None, dict[str, Any]]:
     """Sandwich rule (Yu & Huang, 2019): each step trains the largest network on labels and the
-    smallest plus a few random widths on the largest one's outputs, so every width works."""
+    smallest plus a few random widths on the largest one's outputs, so every width works. Yields
+    its progress (about 200 times) and returns the trained state."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     space = spaces.create(**space_settings)
     dev = device()
     net = space.supernet().to(dev, memory_format=torch.channels_last)
-    steps = settings["epochs"] * (len(data.train.y) // settings["batch_size"])
+    per_epoch = len(data.train.y) // settings["batch_size"]
+    steps = settings["epochs"] * per_epoch
     optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=0.9, nesterov=True, weight_decay=4e-5)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings["lr"], total_steps=max(steps, 1))
     smallest, largest = space.extreme_widths()
+    every = max(1, steps // 200)
     net.train()
-    for _, idx in zip(range(steps), batches(data.train, settings["batch_size"], generator)):
+    for step, idx in zip(range(steps), batches(data.train, settings["batch_size"], generator)):
         x = to_input(data.train.x[idx], data.mean, data.std, dev)
         y = torch.from_numpy(data.train.y[idx]).to(dev)
         optimizer.zero_grad(set_to_none=True)
@@ -65,6 +81,9 @@ def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[st
             distill_loss(net(x), out.detach(), 1.0).backward()
         optimizer.step()
         schedule.step()
+        if (step + 1) % every == 0 or step + 1 == steps:
+            yield Progress(step + 1, steps, step // per_epoch + 1, settings["epochs"])
+    yield Progress(steps, steps, settings["epochs"], settings["epochs"], "batch-norm statistics, teacher outputs")
     space.set_widths(net, largest)
     recalibrate_bn(net, data.train, data.mean, data.std, 256, 20, generator)
     return {"state": {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()},

@@ -3,6 +3,7 @@ found again when a study resumes; the front on them; and the registry entries pr
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from dataclasses import asdict
@@ -19,6 +20,12 @@ from mlflow.exceptions import MlflowException
 from . import locks
 from .errors import UserError
 from .pareto import Point
+
+# MLflow gives its logger a console handler of its own when imported ("Creating initial MLflow database
+# tables ..." at INFO); its records go to the command's logging instead: the console shows warnings,
+# the run folder's log file everything.
+logging.getLogger("mlflow").handlers.clear()
+logging.getLogger("mlflow").propagate = True
 
 STUDY_TAG = "search.study"
 ROLE_TAG = "search.role"

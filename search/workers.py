@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 # A local Ray listens on this machine only (127.0.0.1): Ray's own switch, read when ray is
 # imported. Set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 to have it listen on the node's address instead.
@@ -25,10 +26,32 @@ class TrialFailed(Exception):
     """A task did not return: it raised, or its worker process died."""
 
 
+_AUTH_LOG = logging.getLogger("ray._private.authentication.authentication_token_setup")
+
+
+def _token_auth_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+@dataclass(frozen=True)
+class Returned:
+    """The last item a streaming task yields: what its generator function returned."""
+
+    value: Any
+
+
 @ray.remote(max_retries=0)
 def _task(threads: int, fn: Callable[..., Any], *args: Any) -> tuple[Any, str]:
     torch.set_num_threads(threads)
     return fn(*args), ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(max_retries=0)
+def _streaming_task(threads: int, fn: Callable[..., Generator], *args: Any) -> Generator:
+    """A Ray streaming generator: what `fn` yields reaches the driver as it is yielded."""
+    torch.set_num_threads(threads)
+    result = yield from fn(*args)
+    yield Returned(result)
 
 
 class Workers:
@@ -54,6 +77,8 @@ class Workers:
         self._started = not ray.is_initialized()
         if self._started:
             try:
+                if self.address is None:  # Ray's notice that it turned token auth on: the choice is ours (above)
+                    _AUTH_LOG.addFilter(_token_auth_notice)
                 ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
                          include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                          runtime_env=runtime_env)
@@ -62,6 +87,8 @@ class Workers:
                     raise
                 raise UserError(f"ray.address: cannot join a Ray cluster at {self.address!r} "
                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            finally:
+                _AUTH_LOG.removeFilter(_token_auth_notice)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -105,14 +132,28 @@ class Workers:
     def run(self, fn: Callable[..., Any], *args: Any, cpus: int | None = None) -> Any:
         return self.result(self.submit(fn, *args, cpus=cpus))[0]
 
+    def stream(self, fn: Callable[..., Generator], *args: Any, report: Callable[[Any], None],
+               cpus: int | None = None) -> Any:
+        """`run` for a generator function: each item it yields goes to `report` as it comes (progress
+        from a worker, whose own output the driver does not show); returns what it returns."""
+        cpus = cpus or self.cpus_per_trial
+        for ref in _streaming_task.options(num_cpus=cpus, num_gpus=self.gpus_per_trial,
+                                           max_retries=self.max_retries).remote(cpus, fn, *args):
+            item = self.result(ref)
+            if isinstance(item, Returned):
+                return item.value
+            report(item)
+        raise TrialFailed(f"{getattr(fn, '__name__', fn)} ended without returning")
+
     @staticmethod
     def wait(refs: list[ray.ObjectRef], timeout: float | None = None) -> list[ray.ObjectRef]:
         """The finished ones among `refs` (at least one unless the timeout passes)."""
         return ray.wait(refs, num_returns=1, timeout=timeout)[0] if refs else []
 
     @staticmethod
-    def result(ref: ray.ObjectRef) -> tuple[Any, str]:
-        """(value, node id) of a finished task, or TrialFailed with the cause."""
+    def result(ref: ray.ObjectRef) -> Any:
+        """What a finished task (or a streaming task's item) holds: (value, node id) for `submit`'s
+        tasks; or TrialFailed with the cause."""
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as e:

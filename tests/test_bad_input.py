@@ -213,3 +213,23 @@ def test_a_corrupt_supernet_cache_entry_names_it(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(UserError, match=r"^cache_dir: .*abc\.npz is not a readable supernet.*delete it"):
         supernet.load_or_train("abc", tmp_path, lambda: pytest.fail("a corrupt entry is not silently replaced"))
+
+
+def test_ray_address_auto_must_answer_where_it_leads(monkeypatch):
+    """`auto` is resolved as `ray.init` resolves it (here through RAY_ADDRESS), then preflighted like HOST:PORT."""
+    import socket
+
+    from ray._private.services import get_node_ip_address
+
+    from search import preflight
+    from search.config import ConfigError
+
+    host = get_node_ip_address()  # Ray turns a loopback RAY_ADDRESS into this node's address
+    with socket.socket() as server:
+        server.bind((host, 0))  # bound, not yet listening: a connection is refused
+        port = server.getsockname()[1]
+        monkeypatch.setenv("RAY_ADDRESS", f"{host}:{port}")
+        with pytest.raises(ConfigError, match=rf"^ray\.address: cannot reach {host}:{port} .*where auto leads"):
+            preflight.ray_reachable("auto")
+        server.listen()
+        preflight.ray_reachable("auto")

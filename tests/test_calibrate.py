@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,10 @@ def test_cli_fits_scores_saves_and_logs(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert REPORT_KEYS <= report.keys()
     assert report["n"] == len(eval_rows)
+    console = result.stdout + result.stderr  # libraries' INFO lines go to the run folder's log file only
+    assert "Creating initial MLflow database tables" not in console and not re.search(r"\bINFO\b", console)
+    log = (tmp_path / "outputs" / "calibrate" / "snapdragon665" / "calibrate.log").read_text()
+    assert "Creating initial MLflow database tables" in log
     assert report["within_10pct"] > 0.95 and report["within_5pct"] > 0.9
     assert report["mape"] < 0.02 and report["spearman"] > 0.99
     assert report["noise_floor"] == pytest.approx(0.02)
@@ -200,3 +205,15 @@ def test_a50_fit_on_100_rows_meets_the_bar(tmp_path, monkeypatch):
     assert predictor.provenance["digest"] == measurements.digest(measurements.read(A50, FB))
     assert all(c >= 0 for c in predictor.coefficients.values())
     assert list((tmp_path / "mlruns").rglob("p.json")), "the predictor is logged as an artifact"
+
+
+@pytest.mark.slow
+def test_cli_measuring_on_this_host_shows_progress_and_keeps_library_logs_in_the_file(tmp_path):
+    result = run_cli(tmp_path, "target=host", "runner=host", "networks=6", "runner.warmup=1", "runner.min_runs=3",
+                     "runner.min_seconds=0", f"cache_dir={tmp_path}/cache", f"tracking.uri=sqlite:///{tmp_path}/m.db")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "exporting: 100%" in result.stderr and "6/6" in result.stderr
+    assert "measuring: 100%" in result.stderr
+    console = result.stdout + result.stderr
+    assert not re.search(r"\bINFO\b|Replaced initializer|Increased scale", console), console[-3000:]
+    assert re.search(r"\[INFO\]", (tmp_path / "outputs" / "calibrate" / "host" / "calibrate.log").read_text())

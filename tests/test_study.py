@@ -1,6 +1,10 @@
 """End to end, as a user runs it: `python -m search` in a fresh folder, then MLflow and Optuna
-are read back. Starts a real local Ray with 2 CPUs (2 parallel trials)."""
+are read back. Starts a real local Ray with 2 CPUs (2 parallel trials). Then the driver's pieces
+in this process: the study it opens (constraints, objective names, the config it keeps), a resume
+with another config, and the supernet's progress streamed from a worker."""
+import re
 import subprocess
+import warnings
 from pathlib import Path
 
 import optuna
@@ -8,6 +12,11 @@ import pytest
 from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+import spaces
+from search import data as datasets
+from search import latency, objectives, pareto, preflight, supernet
+from search import study as driver
+from search.config import ConfigError, compose, options, resolve
 from tests.cli import DIGITS, command
 
 STUDY = "e2e"
@@ -75,9 +84,39 @@ def test_optuna_study_agrees_with_mlflow(finished):
 
 
 def test_prints_progress_and_a_summary(finished):
-    _, _, first = finished
+    _, uri, first = finished
     assert "supernet" in first.stdout and "Pareto front" in first.stdout and "mlflow ui" in first.stdout
     assert "4/4" in first.stderr  # the progress bar's last state
+    experiment = MlflowClient(uri).get_experiment_by_name(STUDY).experiment_id
+    # MLflow 3's UI opens an experiment on its GenAI overview: the summary links the runs table itself
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment}/runs" in first.stdout
+
+
+def test_libraries_log_to_the_file_and_only_warnings_reach_the_console(finished):
+    folder, _, first = finished
+    console = first.stdout + first.stderr
+    for line in ("Creating initial MLflow database tables", "A new study created", "Token authentication is enabled"):
+        assert line not in console
+    assert not re.search(r"\bINFO\b|\[I ", console), console[-3000:]
+    assert "FutureWarning" not in console  # Optuna 5 deprecated constraints_func: budgets use trial.set_constraint
+    log = (folder / "outputs" / STUDY / "search.log").read_text()
+    assert "Creating initial MLflow database tables" in log and "A new study created" in log
+
+
+def test_objectives_are_named_in_the_optuna_storage(finished):
+    folder, _, _ = finished
+    storage = JournalStorage(JournalFileBackend(str(folder / "outputs" / STUDY / "optuna.journal")))
+    assert optuna.load_study(study_name=STUDY, storage=storage).metric_names == ["accuracy", "latency_ms"]
+
+
+def test_resuming_with_another_seed_is_refused_and_writes_nothing(finished, shared_cache):
+    folder, uri, _ = finished
+    before = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+    again = search(folder, *FAST, "seed=1", "n_trials=8", f"tracking.uri={uri}", f"cache_dir={shared_cache}")
+    output = (again.stdout + again.stderr).strip()
+    assert again.returncode == 2 and len(output.splitlines()) == 1, output
+    assert output.startswith("error: seed: ") and "seed=0 (now 1)" in output and "study.name" in output
+    assert {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")} == before
 
 
 def test_rerun_resumes_the_study_and_reuses_the_supernet(finished, shared_cache):
@@ -93,3 +132,105 @@ def test_rerun_resumes_the_study_and_reuses_the_supernet(finished, shared_cache)
 def test_nothing_is_written_to_the_home_folder(finished):
     folder, _, _ = finished
     assert list((folder / "home").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_each_multirun_job_runs_a_study_of_its_own(tmp_path, shared_cache):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = search(tmp_path, "-m", "seed=0,1", *DIGITS, "finetune.steps=5", "ray.num_cpus=2", "n_trials=2",
+                  f"tracking.uri={uri}", f"cache_dir={shared_cache}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    journals = sorted((tmp_path / "outputs").glob("*/optuna.journal"))
+    assert len(journals) == 2
+    seeds = {}
+    for journal in journals:
+        name = journal.parent.name
+        study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
+        assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+        seeds[name] = study.user_attrs[preflight.CONFIG_ATTR]["seed"]
+        assert (journal.parent / "search.log").exists()  # each job's Hydra log beside its study
+    assert sorted(seeds.values()) == [0, 1] and all(name.endswith(f"seed_{seed}") or f"seed_{seed}_" in name
+                                                    for name, seed in seeds.items())
+    experiments = {e.name for e in MlflowClient(uri).search_experiments()}
+    assert set(seeds) <= experiments
+    assert sorted(re.findall(r"^study (\S+): 2 complete trials", done.stdout, re.MULTILINE)) == sorted(seeds)
+
+
+# --- the driver's pieces, in this process -------------------------------------------------------------
+
+
+def composed(tmp_path: Path, *overrides: str) -> dict:
+    return resolve(compose(["data=digits", f"study.dir={tmp_path}/study", f"cache_dir={tmp_path}/cache", *overrides]))
+
+
+def digits_space(cfg: dict):
+    return spaces.create(**cfg["space"], input_shape=(1, 8, 8), num_classes=10)
+
+
+@pytest.mark.parametrize("sampler", options("sampler"))
+def test_budgets_reach_every_sampler_as_trial_constraints(tmp_path, sampler):
+    """No FutureWarning (Optuna 5 deprecated `constraints_func`), the constraints stored on each trial
+    whatever the sampler, and infeasible trials kept off the front by Optuna and by pareto alike."""
+    cfg = composed(tmp_path, f"sampler={sampler}", "budget.size_kb=150")
+    space, predictor = digits_space(cfg), latency.for_target(cfg["target"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        study = driver._open(cfg, space)
+        for _ in range(12):
+            trial = study.ask()
+            layers = space.layers(space.sample(trial))
+            predicted = objectives.metrics(layers, predictor.predict(layers))
+            driver.constrain(trial, predicted, cfg["budget"])
+            for key, value in predicted.items():
+                trial.set_user_attr(key, value)
+            accuracy = 90 + predicted["size_kb"] / 100  # bigger is better here: infeasible trials would win
+            trial.set_user_attr("accuracy", accuracy)
+            study.tell(trial, [accuracy, predicted["latency_ms"]])
+    stored = optuna.load_study(study_name=study.study_name, storage=driver.storage(cfg)).trials
+    assert all(t.constraints == {"size_kb": pytest.approx(t.user_attrs["size_kb"] - 150)} for t in stored)
+    feasible = {t.number for t in stored if t.user_attrs["size_kb"] <= 150}
+    assert feasible and len(feasible) < len(stored)
+    assert {t.number for t in study.best_trials} <= feasible
+    front = pareto.front(pareto.points(stored, cfg["objectives"]))
+    assert front and {p.trial for p in front} <= feasible
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_a_resumed_study_refuses_a_config_that_changes_what_its_trials_mean(tmp_path, storage):
+    where = [f"study.storage=sqlite:///{tmp_path}/optuna.db"] if storage == "sqlite" else []
+    cfg = composed(tmp_path, *where)
+    study = driver._open(cfg, digits_space(cfg))
+    journal = tmp_path / "optuna.db" if where else Path(cfg["study"]["dir"]) / "optuna.journal"
+    written = journal.stat().st_size, journal.stat().st_mtime_ns
+    reloaded = optuna.load_study(study_name=study.study_name, storage=driver.storage(cfg))
+    assert reloaded.metric_names == ["accuracy", "latency_ms"]  # what optuna-dashboard shows
+    assert reloaded.user_attrs[preflight.CONFIG_ATTR]["supernet.epochs"] == cfg["supernet"]["epochs"]
+
+    preflight.refuse_changed(cfg)
+    preflight.refuse_changed(composed(tmp_path, *where, "n_trials=7", "ray.num_cpus=1", "ray.address=auto",
+                                      f"tracking.uri=sqlite:///{tmp_path}/elsewhere.db", "pareto.every=3"))
+    with pytest.raises(ConfigError, match=r"^seed: study 'mobilenetv2-digits-snapdragon665' was created with "
+                                          r"seed=0 \(now 1\)"):
+        preflight.refuse_changed(composed(tmp_path, *where, "seed=1"))
+    with pytest.raises(ConfigError, match=r"^finetune\.lr, supernet\.epochs: "):
+        preflight.refuse_changed(composed(tmp_path, *where, "supernet.epochs=1", "finetune.lr=0.02"))
+    with pytest.raises(ConfigError, match=r"^budget\.size_kb, objectives: "):
+        preflight.refuse_changed(composed(tmp_path, *where, "objectives=[accuracy,size_kb]", "budget.size_kb=100"))
+    assert (journal.stat().st_size, journal.stat().st_mtime_ns) == written  # checking writes nothing
+
+
+@pytest.mark.slow
+def test_supernet_training_streams_its_progress_from_the_worker(tmp_path):
+    from search.workers import Workers
+
+    data = datasets.load({"name": "digits", "val_size": 0.2, "test_size": 0.2, "limit": 96}, 0, tmp_path)
+    space_settings = {**composed(tmp_path)["space"], "input_shape": data.input_shape, "num_classes": 10}
+    settings = {"epochs": 2, "batch_size": 32, "lr": 0.1, "random_subnets": 1}
+    seen = []
+    with Workers(None, 1, 1, 0) as workers:
+        trained = workers.stream(supernet.train, space_settings, workers.share(data), settings, 0,
+                                 report=seen.append, cpus=1)
+    training = [p for p in seen if p.stage == "training"]
+    assert [(p.step, p.epoch) for p in training] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
+    assert {(p.steps, p.epochs) for p in seen} == {(6, 2)} and seen[-1].stage != "training"
+    assert set(trained) == {"state", "teacher", "val_accuracy"} and len(trained["teacher"]) == 96

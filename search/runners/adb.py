@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
+from tqdm import tqdm
+
 from search.errors import UserError
 
 try:  # one Timing type for every runner once the host runner defines it
@@ -136,7 +138,7 @@ class AdbRunner:
         remote_reference = self._push(Path(reference), "reference")
         references = [self._time(Path(reference), remote_reference)]
         timings: dict[str, Timing] = {}
-        for i, (name, path) in enumerate(models.items(), 1):
+        for i, (name, path) in enumerate(tqdm(models.items(), desc="measuring", unit="network", dynamic_ncols=True), 1):
             timings[name] = self._time(Path(path), self._push(Path(path), "model"))
             if i % 10 == 0 or i == len(models):
                 references.append(self._time(Path(reference), remote_reference))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 PROVIDER = "CPUExecutionProvider"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -137,7 +138,7 @@ class HostRunner:
         order = self.order(list(models))
         references = [self._time(Path(reference))]
         timings: dict[str, Timing] = {}
-        for i, key in enumerate(order, 1):
+        for i, key in enumerate(tqdm(order, desc="measuring", unit="network", dynamic_ncols=True), 1):
             timings[key] = self._time(Path(models[key]))
             if i % self.reference_every == 0 or i == len(order):
                 references.append(self._time(Path(reference)))
