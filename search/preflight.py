@@ -162,8 +162,10 @@ def ray_reachable(address: str | None) -> None:
 
 
 CONFIG_ATTR = "search.config"  # the study's user attribute holding what its trials mean
-# What a resumed study may change: how many trials, where they run and are tracked, where files live.
-RESUMABLE = ("n_trials", "ray.", "tracking.", "study.dir", "study.storage", "cache_dir", "pareto.every")
+# What a resumed study may change: how many trials, where they run and are tracked, where files live, and how the
+# next networks are chosen (the sampler and its seed: a staged search resumes one study with a sampler per stage).
+RESUMABLE = ("n_trials", "ray.", "tracking.", "study.dir", "study.storage", "cache_dir", "pareto.every", "sampler.",
+             "search_seed")
 
 
 def meaning(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,5 +228,5 @@ def refuse_changed(cfg: Mapping[str, Any]) -> None:
     keys = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
     shown = ", ".join(f"{k}={json.dumps(created.get(k))} (now {json.dumps(now.get(k))})" for k in differ[:3])
     raise ConfigError(f"{keys}: study {cfg['study']['name']!r} was created with {shown}; a resumed study keeps "
-                      "what its trials mean (only n_trials, ray.*, tracking.* and where files live may change): "
+                      "what its trials mean (only n_trials, ray.*, tracking.*, the sampler and where files live may change): "
                       "run this config under another study.name")
