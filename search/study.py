@@ -152,14 +152,16 @@ def recover(study: optuna.Study, tracker: Tracker) -> int:
 
 @contextmanager
 def _interruptible() -> Iterator[None]:
-    """SIGTERM (a scheduler pre-empting the driver) stops the study like Ctrl-C does."""
+    """SIGTERM (a scheduler pre-empting the driver) stops the study like Ctrl-C does. So does SIGINT even where
+    the driver was started with it ignored (a background job of a non-interactive shell inherits SIG_IGN)."""
     def stop(signum, frame):
         raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
