@@ -62,9 +62,9 @@ def section(results: dict[str, list[dict]]) -> str:
     rows = [(name, p) for name, promoted in results.items() for p in promoted]
     worst_agreement = min(rows, key=lambda r: r[1]["onnx_agreement"])
     worst_gap = max(rows, key=lambda r: abs(r[1]["onnx_test_accuracy"] - r[1]["test_accuracy"]))
-    lines = [f"Measured by `scripts/parity_report.py` on {machine()}: every front trial of the default study and of "
-             f"a digits study promoted, each file run by onnxruntime on the whole test split against the trial's "
-             f"torch network ({len(rows)} files).", "",
+    lines = [f"Measured by `scripts/parity_report.py` on {machine()}: every front trial of "
+             f"{' and of '.join(f'the {name} study' for name in results)} promoted, each file run by onnxruntime on the "
+             f"whole test split against the trial's torch network ({len(rows)} files).", "",
              "| study | trial | test accuracy, torch | as ONNX | difference | top-1 agreement | largest logit diff |",
              "|---|---|---|---|---|---|---|"]
     for name, p in rows:
@@ -83,9 +83,10 @@ def section(results: dict[str, list[dict]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-run", action="store_true", help="re-read the last run's promotions")
+    parser.add_argument("--only", choices=list(STUDIES), action="append", help="this study only (repeatable)")
     args = parser.parse_args()
     results = {name: json.loads((FOLDER / name / "promoted.json").read_text()) if args.no_run else run(name)
-               for name in STUDIES}
+               for name in args.only or STUDIES}
     text = section(results)
     print(text)
     write_readme(text, ROOT / "README.md", MARK)
