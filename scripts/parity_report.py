@@ -38,8 +38,7 @@ def common(name: str) -> list[str]:
 def front(name: str) -> list[int]:
     storage = JournalStorage(JournalFileBackend(str(FOLDER / name / "study" / "optuna.journal")))
     study = optuna.load_study(study_name=f"parity-{name}", storage=storage)
-    objectives = ["accuracy", "latency_ms"]
-    return sorted(p.trial for p in pareto.points(study.trials, objectives) if p.rank == 1)
+    return sorted(p.trial for p in pareto.front(pareto.points(study.trials, ["accuracy", "latency_ms"])))
 
 
 def run(name: str) -> list[dict]:

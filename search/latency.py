@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from spaces import Layer
+from spaces.precision import storage_bits
 
 FORMAT_VERSION = 2  # 2: layers priced by how they really run (integer kernels, dequantization width, layouts)
 KERNELS = ("fp32", "int8", "dequant_fp32")
@@ -43,11 +44,6 @@ def kernel_class(layer: Layer) -> str:
 
 def _depthwise(layer: Layer) -> bool:
     return layer.groups > 1 and layer.groups == layer.in_shape[0] == layer.out_shape[0]
-
-
-def storage_bits(bits: int) -> int:
-    """The integer width a runtime stores `bits`-bit values in (4, 8, 16), or 32 for float."""
-    return next((w for w in (4, 8, 16) if bits <= w), 32)
 
 
 def residual_blocks(layers: Sequence[Layer]) -> list[tuple[int, int]]:

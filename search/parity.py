@@ -28,10 +28,6 @@ class Parity:
     max_logit_diff: float  # largest |file - torch| over every logit
     images: int
 
-    @property
-    def gap(self) -> float:
-        return abs(self.accuracy - self.torch_accuracy)
-
     def as_tags(self, prefix: str) -> dict[str, str]:
         return {f"{prefix}.{k}": f"{v:.6g}" for k, v in asdict(self).items()}
 

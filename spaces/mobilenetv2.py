@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .candidate import Candidate, Layer
-from .precision import FLOAT_BITS, integer_kernel
+from .precision import BITS, FLOAT_BITS, integer_kernel
 from .prune import magnitude_mask, strongest_filters
 from .quantize import ActivationQuantizer
 from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear
@@ -178,7 +178,7 @@ def _check(stem: Any, stages: Any, head: Any, kernel: Any, widths: Any, bits: An
         raise ValueError(f"widths: must be in (0, 1] and include 1.0, got {widths}")
     if not isinstance(bits, (list, tuple)) or not bits or not all(map(_whole, bits)):
         raise ValueError(f"bits: must be a non-empty list of whole numbers, got {bits!r}")
-    if 32 not in bits or any(b not in (2, 3, 4, 5, 6, 7, 8, 16, 32) for b in bits):
+    if 32 not in bits or any(b not in BITS for b in bits):
         raise ValueError(f"bits: must be among 2..8, 16, 32 and include 32, got {bits}")
     sparsity = _numbers("sparsity", sparsity)
     if 0.0 not in sparsity or any(not 0.0 <= s < 1.0 for s in sparsity):
