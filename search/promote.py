@@ -33,7 +33,9 @@ from . import data as datasets
 from . import pareto, parity
 from .config import CONF_DIR, ConfigError, _get, _int, _number, command, fail, resolve
 from .errors import UserError
+from .backends import litert
 from .backends import onnx as backend
+from .runners import litert as litert_runner
 from .runners.host import time_model
 from .study import storage
 from .tracking import Tracker
@@ -65,6 +67,13 @@ class Promotion:
     host_latency_ms: float
     size_kb: float  # the trial's, from its layer descriptors
     onnx_kb: float
+    # the LiteRT file (`.tflite`, XNNPACK), when the trial's precisions can be expressed in one; else why not
+    tflite_path: str | None = None
+    tflite_test_accuracy: float | None = None
+    tflite_agreement: float | None = None
+    tflite_host_latency_ms: float | None = None  # measured on this CPU with XNNPACK
+    tflite_kb: float | None = None
+    tflite_refused: str | None = None
 
 
 def check(cfg: Mapping[str, Any]) -> None:
@@ -147,22 +156,46 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
                 "Layers where the file starts to differ: "
                 + ", ".join(f"{layer} ({error:.1%} of its output)" for layer, error in worst))
         host = time_model(path, threads=cfg["latency_threads"])
+        tflite = _tflite(net, data, x_test, net_logits, point, cfg, Path(tmp) / "model.tflite")
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"trial-{point.trial}.onnx"
         path.replace(final)
+        if "tflite_path" in tflite:
+            tflite_final = folder / f"trial-{point.trial}.tflite"
+            Path(tflite["tflite_path"]).replace(tflite_final)
+            tflite |= {"tflite_path": str(tflite_final), "tflite_kb": tflite_final.stat().st_size / 1024}
     promotion = Promotion(
         study=name, trial=point.trial, model_name=cfg["model_name"], version="", alias=cfg["alias"], new_version=True,
         onnx_path=str(final), test_accuracy=point.values["test_accuracy"], onnx_test_accuracy=checked.accuracy,
         onnx_agreement=checked.agreement, onnx_max_logit_diff=checked.max_logit_diff,
         predicted_latency_ms=point.values["latency_ms"], host_latency_ms=host.median_ms,
-        size_kb=point.values["size_kb"], onnx_kb=final.stat().st_size / 1024)
+        size_kb=point.values["size_kb"], onnx_kb=final.stat().st_size / 1024,
+        **{k: v for k, v in tflite.items() if k != "parity"})
     example = parity.inputs(data.test, data.mean, data.std, 0, 2)
     version = tracker.register(run_id, final, example, backend.outputs(final, example), promotion, {
         "target": study_cfg["target"]["name"], "torch_test_accuracy": f"{checked.torch_accuracy:.4f}",
-        **checked.as_tags("parity.onnx"),
+        **checked.as_tags("parity.onnx"), **(tflite["parity"].as_tags("parity.litert") if "parity" in tflite else {}),
         "host_latency_iqr_ms": f"{host.iqr_ms:.4f}", "latency.proxy": (study_cfg["target"].get("proxy") or {}).get(
             "assumption", "none: measured on the target itself")})
     return Promotion(**{**asdict(promotion), "version": version})
+
+
+def _tflite(net, data, x_test, net_logits, point, cfg, path: Path) -> dict:
+    """The trial as a `.tflite` file, gated like the ONNX file and timed on XNNPACK; or why it cannot be one."""
+    try:
+        path = litert.export(net, data.input_shape, path)
+    except ValueError as e:
+        return {"tflite_refused": str(e)}
+    checked = parity.compare(litert.outputs(path, x_test), net_logits, data.test.y)
+    gap = abs(checked.accuracy - point.values["test_accuracy"])
+    if gap > cfg["tolerance"] or checked.agreement < cfg["min_agreement"]:
+        raise ParityError(
+            f"parity: trial {point.trial}'s .tflite file scores {checked.describe()} on the test split; the trial "
+            f"scored {point.values['test_accuracy']:.2f}%: {gap:.2f} points (tolerance {cfg['tolerance']}), "
+            f"agreement {checked.agreement:.2f}% (min_agreement {cfg['min_agreement']}); nothing registered.")
+    timing = litert_runner.time_model(path, threads=cfg["latency_threads"])
+    return {"tflite_path": str(path), "tflite_test_accuracy": checked.accuracy, "tflite_agreement": checked.agreement,
+            "tflite_host_latency_ms": timing.median_ms, "parity": checked}
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
@@ -178,6 +211,11 @@ def _main(cfg: DictConfig) -> None:
           f"host latency {p.host_latency_ms:.3f} ms (predicted on target: {p.predicted_latency_ms:.3f} ms), "
           f"{p.onnx_kb:.1f} KB file ({p.size_kb:.1f} KB of weights)\n  file: {p.onnx_path}\n"
           f"  load: mlflow.pyfunc.load_model('models:/{p.model_name}@{p.alias}')")
+    if p.tflite_path:
+        print(f"  .tflite: {p.tflite_test_accuracy:.2f}% (agrees on {p.tflite_agreement:.2f}%), host latency on "
+              f"XNNPACK {p.tflite_host_latency_ms:.3f} ms, {p.tflite_kb:.1f} KB: {p.tflite_path}")
+    else:
+        print(f"  no .tflite: {p.tflite_refused}")
     print(json.dumps(asdict(p)))
 
 

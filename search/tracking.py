@@ -131,7 +131,8 @@ class Tracker:
     def register(self, run_id: str, path: Path, example: np.ndarray, output: np.ndarray, promotion: Any,
                  tags: Mapping[str, str]) -> str:
         """Log the ONNX file as the trial run's model (signature and input example included), register it
-        as a new version of `promotion.model_name` with everything a reviewer needs as tags, alias it."""
+        as a new version of `promotion.model_name` with everything a reviewer needs as tags, alias it. The
+        `.tflite` file, when there is one, goes with the run as `litert/<name>` (the version's `tflite` tag)."""
         import mlflow
         import onnx
         from mlflow.models import infer_signature
@@ -148,6 +149,12 @@ class Tracker:
                         **{k: f"{p[k]:.4f}" for k in ("test_accuracy", "onnx_test_accuracy", "predicted_latency_ms",
                                                       "host_latency_ms", "size_kb", "onnx_kb")},
                         **tags, "promotion": json.dumps({k: v for k, v in p.items() if k != "version"})}
+        if promotion.tflite_path:
+            self.client.log_artifact(run_id, promotion.tflite_path, "litert")
+            version_tags |= {"tflite": f"runs:/{run_id}/litert/{Path(promotion.tflite_path).name}",
+                             **{k: f"{p[k]:.4f}" for k in ("tflite_test_accuracy", "tflite_host_latency_ms", "tflite_kb")}}
+        else:
+            version_tags["tflite"] = f"none: {promotion.tflite_refused}"
         version = mlflow.register_model(info.model_uri, promotion.model_name, tags=version_tags).version
         self.set_alias(promotion.model_name, version, promotion.alias)
         self._log(run_id, metrics={"promote.onnx_test_accuracy": promotion.onnx_test_accuracy,

@@ -15,7 +15,13 @@ def _onnx() -> ModuleType:
     return onnx
 
 
-BACKENDS = {"onnx": _onnx}
+def _litert() -> ModuleType:
+    from . import litert
+
+    return litert
+
+
+BACKENDS = {"onnx": _onnx, "litert": _litert}
 
 
 def get(name: str) -> ModuleType:

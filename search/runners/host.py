@@ -82,18 +82,23 @@ def time_model(path: str | Path, threads: int = 1, warmup: int = 10, min_runs: i
     sess = session(path, threads)
     feed = _input(sess, input_shape, seed)
     outputs = [o.name for o in sess.get_outputs()]
+    return timed(lambda: sess.run(outputs, feed), warmup, min_runs, min_seconds)
+
+
+def timed(call, warmup: int, min_runs: int, min_seconds: float) -> Timing:
+    """Median and IQR of `call()`: `warmup` untimed calls, then timed ones until both `min_runs` calls and
+    `min_seconds` seconds are reached (every runtime's timing loop: `time_model`, `runners.litert`)."""
     for _ in range(warmup):
-        sess.run(outputs, feed)
+        call()
     times: list[float] = []
     clock = time.perf_counter
     start = clock()
     while len(times) < min_runs or clock() - start < min_seconds:
         t0 = clock()
-        sess.run(outputs, feed)
+        call()
         times.append(clock() - t0)
     q1, median, q3 = np.percentile(np.asarray(times) * 1e3, [25, 50, 75])
     return Timing(float(median), float(q3 - q1), len(times))
-
 
 def _cpu_name() -> str:
     try:
@@ -146,10 +151,14 @@ class HostRunner:
 
     def settings(self) -> dict:
         """Plain data recorded with a fitted predictor: how the models were measured, and on what."""
+        return {**self.runtime(), "threads": self.threads, "inter_op_threads": 1, "execution_mode": "sequential",
+                "warmup": self.warmup, "min_runs": self.min_runs, "min_seconds": self.min_seconds,
+                "reference_every": self.reference_every, "seed": self.seed, "batch": 1, "cpu": _cpu_name(),
+                "machine": platform.machine(), "cpu_count": os.cpu_count() or 0}
+
+    @staticmethod
+    def runtime() -> dict:
         import onnxruntime as ort
 
         return {"runner": "host", "runtime": "onnxruntime", "onnxruntime": ort.__version__, "provider": PROVIDER,
-                "threads": self.threads, "inter_op_threads": 1, "execution_mode": "sequential",
-                "graph_optimization": "all", "warmup": self.warmup, "min_runs": self.min_runs,
-                "min_seconds": self.min_seconds, "reference_every": self.reference_every, "seed": self.seed,
-                "batch": 1, "cpu": _cpu_name(), "machine": platform.machine(), "cpu_count": os.cpu_count() or 0}
+                "graph_optimization": "all"}

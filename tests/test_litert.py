@@ -1,0 +1,122 @@
+"""search.backends.litert and search.runners.litert: a trained subnet -> one `.tflite` file that LiteRT runs on
+XNNPACK, computing what the torch network computes; refused, by layer, where a precision cannot be expressed.
+
+The networks are tests/test_export.py's (a tiny MobileNetV2 space on scikit-learn's 8 x 8 digits), and every
+file runs in the real LiteRT interpreter. A float file is the torch network to float rounding. An int8 file runs
+integer kernels, whose requantization rounds differently from torch's float arithmetic by one step now and then;
+on these tiny, briefly trained networks that flips 1-2% of predictions (measured), so the bar for int8 agreement
+here is 95%: a file that quantized on grids of its own would agree on 30-60% (measured while building it)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from search.backends import get, litert
+from search.runners.litert import LiteRTRunner, time_model
+from spaces import Candidate
+from tests.test_export import INPUT, build, digits, make_space, sampled, torch_logits, train  # noqa: F401 (digits: a fixture)
+
+pytestmark = pytest.mark.slow  # converts networks (seconds each)
+
+
+@pytest.fixture(scope="module")
+def space():
+    return make_space("channel")
+
+
+@pytest.fixture(scope="module")
+def trained(space, digits):
+    torch.set_num_threads(1)
+    return train(space, digits, steps=300)
+
+
+@pytest.fixture(scope="module")
+def files(space, trained, digits, tmp_path_factory):
+    """The float baseline, a channel-pruned float candidate and the int8 baseline, each as a .tflite."""
+    nets = {kind: build(space, Candidate.of(space.name, params), trained, digits)
+            for kind, params in space.baselines().items()}
+    nets["pruned"] = build(space, sampled(space, 3, **{f"sparsity.{n}": 0.5 for n in space.prunable},
+                                          **{f"bits.{n}": 32 for n in space.layer_names}), trained, digits)
+    folder = tmp_path_factory.mktemp("litert")
+    return {kind: (net, litert.export(net, INPUT, folder / f"{kind}.tflite")) for kind, net in nets.items()}
+
+
+def agreement(net, path, x) -> float:
+    return float((torch_logits(net, x).argmax(1) == litert.outputs(path, x).argmax(1)).mean())
+
+
+def test_the_backend_is_registered_with_the_same_interface_as_onnx():
+    backend = get("litert")
+    assert backend is litert and backend.SUFFIX == ".tflite"
+    onnx = get("onnx")
+    for name in ("NAME", "SUFFIX", "export", "outputs"):
+        assert hasattr(onnx, name) and hasattr(backend, name)
+
+
+@pytest.mark.parametrize("kind", ["float", "pruned"])
+def test_a_float_file_is_the_torch_network(files, digits, kind):
+    net, path = files[kind]
+    x = digits["x_test"]
+    want, got = torch_logits(net, x), litert.outputs(path, x)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+    it = litert.interpreter(path)
+    assert litert.delegated(it) == 1  # XNNPACK runs the whole graph
+    assert it.get_input_details()[0]["dtype"] == np.float32
+
+
+def test_channel_pruning_makes_the_file_smaller(files):
+    assert files["pruned"][1].stat().st_size < 0.8 * files["float"][1].stat().st_size
+
+
+def test_an_int8_file_runs_int8_kernels_on_xnnpack_and_agrees_with_the_network(files, digits):
+    net, path = files["int8"]
+    it = litert.interpreter(path, xnnpack=False)  # every op visible
+    ops = it._get_ops_details()
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    convs = [op for op in ops if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert convs and all(tensors[op["inputs"][1]]["dtype"] == np.int8 for op in convs)
+    assert all(tensors[op["outputs"][0]]["dtype"] == np.int8 for op in convs)
+    assert litert.delegated(litert.interpreter(path)) == 1
+    assert agreement(net, path, digits["x_test"]) >= 0.95
+    assert path.stat().st_size < 0.5 * files["float"][1].stat().st_size
+
+
+def test_mixed_8_bit_and_float_layers_convert_and_run_on_xnnpack(space, trained, digits, tmp_path):
+    c = sampled(space, 5, **{n: 1.0 for n in space.width_names},
+                **{f"bits.{n}": (8, 32)[i % 2] for i, n in enumerate(space.layer_names)})
+    net = build(space, c, trained, digits)
+    path = litert.export(net, INPUT, tmp_path / "mixed.tflite")
+    assert litert.delegated(litert.interpreter(path)) == 1
+    assert agreement(net, path, digits["x_test"]) >= 0.95
+
+
+@pytest.mark.parametrize("bits", [4, 16])
+def test_a_precision_the_file_cannot_hold_is_refused_naming_the_layer(space, trained, digits, tmp_path, bits):
+    names = space.layer_names
+    c = Candidate.of(space.name, space.baselines()["int8"] | {f"bits.{names[2]}": bits})
+    net = build(space, c, trained, digits)
+    with pytest.raises(ValueError, match=rf"layer '{names[2]}': {bits} bits cannot be expressed"):
+        litert.export(net, INPUT, tmp_path / "x.tflite")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_range_never_observed_is_refused_and_nothing_is_written(space, tmp_path):
+    net = space.build(Candidate.of(space.name, space.baselines()["int8"])).eval()
+    with pytest.raises(ValueError, match="never observed"):
+        litert.export(net, INPUT, tmp_path / "x.tflite")
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_runner_times_files_on_xnnpack_with_the_host_discipline(files):
+    timing = time_model(files["float"][1], min_runs=5, min_seconds=0, warmup=1)
+    assert timing.runs >= 5 and timing.median_ms > 0 and timing.iqr_ms >= 0
+    assert time_model(files["int8"][1], min_runs=5, min_seconds=0, warmup=1, xnnpack=False).runs >= 5
+    runner = LiteRTRunner(min_runs=3, min_seconds=0, warmup=1, reference_every=1)
+    timings, references = runner.measure({k: files[k][1] for k in ("int8", "pruned")}, files["float"][1])
+    assert list(timings) == ["int8", "pruned"] and len(references) == 3
+    settings = runner.settings()
+    assert settings["runtime"] == "litert" and settings["provider"] == "XNNPACK" and settings["threads"] == 1
+    assert "onnxruntime" not in settings
+    with pytest.raises(FileNotFoundError):
+        time_model(files["float"][1].with_name("missing.tflite"))
