@@ -184,6 +184,7 @@ def results(tmp_path_factory):
         return dict(pool.map(one, CASES))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,names", [(c[0], c[4]) for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_gives_one_line_naming_it_and_writes_nothing(results, name, names):
     tmp, before, result = results[name]

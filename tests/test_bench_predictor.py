@@ -30,6 +30,7 @@ def cells(section: str, label: str, rows: int) -> list[str]:
     return [c.strip() for c in line.strip("|").split("|")]
 
 
+@pytest.mark.slow
 def test_quick_run_writes_table_plot_and_readme_copy(tmp_path):
     real = hashlib.sha256((ROOT / "README.md").read_bytes()).hexdigest()
     readme = tmp_path / "README.md"

@@ -21,7 +21,9 @@ from tests.cli import DIGITS, env
 pytestmark = pytest.mark.slow
 STUDY = "faults"
 N_TRIALS = 40
-ARGS = [*DIGITS, "finetune.steps=250", "ray.num_cpus=1", "ray.max_retries=0", f"study.name={STUDY}",
+# a trial long enough (40 fine-tune steps, a few seconds) that a poll finds it running, short enough not to
+# make the afternoon long: about ten trials run in it
+ARGS = [*DIGITS, "finetune.steps=40", "ray.num_cpus=1", "ray.max_retries=0", f"study.name={STUDY}",
         "cache_dir=cache", "pareto.every=100"]
 LONG = f"n_trials={N_TRIALS}"  # more than the interrupted drivers can finish, however fast the machine
 
@@ -77,18 +79,38 @@ def count(folder: Path, state: TrialState) -> int:
     return len(study(folder).get_trials(states=(state,))) if journal.exists() else 0
 
 
+def running_task(pid: int) -> bool:
+    """Whether a process is a Ray worker running a task now (Ray titles it ray::<function>, ray::IDLE between tasks)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_task")
+    except OSError:
+        return False
+
+
 def trial_tasks(session: int) -> list[int]:
-    """Pids of the Ray worker processes of a driver's session running a task now (Ray titles them
-    ray::<function>); other Ray sessions on the machine are left alone."""
+    """Pids of the Ray worker processes of a driver's session running a task now; other Ray sessions on the
+    machine are left alone."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::_task") \
-                    and os.getsid(int(entry.name)) == session:
+            if entry.name.isdigit() and running_task(int(entry.name)) and os.getsid(int(entry.name)) == session:
                 pids.append(int(entry.name))
         except OSError:
             continue
     return pids
+
+
+def kill_a_running_trial(driver: Driver) -> None:
+    """SIGKILL a worker process of the driver's session while it runs a trial: its title is read again just
+    before the signal, so a trial that ended after the scan is not mistaken for a running one (that worker
+    would be idle, and no trial would fail)."""
+    def killed() -> bool:
+        for pid in trial_tasks(driver.proc.pid):
+            if running_task(pid):
+                os.kill(pid, signal.SIGKILL)
+                return True
+        return False
+    driver.wait_for(killed, "a running trial to kill")
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +122,8 @@ def afternoon(tmp_path_factory, shared_cache):
     first = Driver(folder, LONG)
     try:
         first.wait_for(lambda: "full-width validation accuracy" in first.output(), "the supernet")
-        first.wait_for(lambda: count(folder, TrialState.COMPLETE) >= 1 and trial_tasks(first.proc.pid), "a running trial")
-        os.kill(trial_tasks(first.proc.pid)[0], signal.SIGKILL)  # a worker process dies mid-trial
+        first.wait_for(lambda: count(folder, TrialState.COMPLETE) >= 1, "a complete trial")
+        kill_a_running_trial(first)  # a worker process dies mid-trial
         first.wait_for(lambda: count(folder, TrialState.FAIL) >= 1, "the crashed trial to FAIL")
         first.wait_for(lambda: count(folder, TrialState.COMPLETE) >= 2, "2 complete trials")
 
@@ -128,8 +150,8 @@ def afternoon(tmp_path_factory, shared_cache):
     events["target"] = count(folder, TrialState.COMPLETE) + 3  # the last driver finishes the study here
     last = Driver(folder, f"n_trials={events['target']}", "ray.max_retries=1")  # a retry covers a dying worker
     try:
-        last.wait_for(lambda: "resumed:" in last.output() and trial_tasks(last.proc.pid), "a trial after the second resume")
-        os.kill(trial_tasks(last.proc.pid)[0], signal.SIGKILL)
+        last.wait_for(lambda: "resumed:" in last.output(), "the second resume")
+        kill_a_running_trial(last)
     finally:
         events["last"] = (last.finish(), last.output())
     return folder, events

@@ -213,6 +213,7 @@ def test_a_local_ray_listens_on_loopback_only(tmp_path):
     assert [s for s in sockets if not loopback(s)] == []
 
 
+@pytest.mark.slow
 def test_the_readme_gives_the_opt_out_that_keeps_mlflow_telemetry_out_of_home(tmp_path, monkeypatch):
     """Outside pytest and CI, importing MLflow writes an installation id to ~/.config/mlflow/telemetry.json
     (its default, left as it is); the README names that file and the variable MLflow reads to opt out,

@@ -45,6 +45,7 @@ def children(client: MlflowClient, folder_uri: str):
     return parents, trials
 
 
+@pytest.mark.slow
 def test_study_logs_one_parent_and_one_child_run_per_trial(finished):
     folder, uri, _ = finished
     parents, trials = children(MlflowClient(uri), uri)
@@ -69,6 +70,7 @@ def test_study_logs_one_parent_and_one_child_run_per_trial(finished):
     assert {r.data.tags["trial"] for r in trials} == {"0", "1", "2", "3"}
 
 
+@pytest.mark.slow
 def test_optuna_study_agrees_with_mlflow(finished):
     folder, uri, _ = finished
     storage = JournalStorage(JournalFileBackend(str(folder / "outputs" / STUDY / "optuna.journal")))
@@ -83,6 +85,7 @@ def test_optuna_study_agrees_with_mlflow(finished):
         assert by_number[t.number].data.metrics["latency_ms"] == pytest.approx(t.values[1])
 
 
+@pytest.mark.slow
 def test_prints_progress_and_a_summary(finished):
     _, uri, first = finished
     assert "supernet" in first.stdout and "Pareto front" in first.stdout and "mlflow ui" in first.stdout
@@ -92,6 +95,7 @@ def test_prints_progress_and_a_summary(finished):
     assert f"http://127.0.0.1:5000/#/experiments/{experiment}/runs" in first.stdout
 
 
+@pytest.mark.slow
 def test_libraries_log_to_the_file_and_only_warnings_reach_the_console(finished):
     folder, _, first = finished
     console = first.stdout + first.stderr
@@ -103,12 +107,14 @@ def test_libraries_log_to_the_file_and_only_warnings_reach_the_console(finished)
     assert "Creating initial MLflow database tables" in log and "A new study created" in log
 
 
+@pytest.mark.slow
 def test_objectives_are_named_in_the_optuna_storage(finished):
     folder, _, _ = finished
     storage = JournalStorage(JournalFileBackend(str(folder / "outputs" / STUDY / "optuna.journal")))
     assert optuna.load_study(study_name=STUDY, storage=storage).metric_names == ["accuracy", "latency_ms"]
 
 
+@pytest.mark.slow
 def test_resuming_with_another_seed_is_refused_and_writes_nothing(finished, shared_cache):
     folder, uri, _ = finished
     before = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
@@ -119,6 +125,7 @@ def test_resuming_with_another_seed_is_refused_and_writes_nothing(finished, shar
     assert {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_rerun_resumes_the_study_and_reuses_the_supernet(finished, shared_cache):
     folder, uri, _ = finished
     again = search(folder, *FAST, "n_trials=6", f"tracking.uri={uri}", f"cache_dir={shared_cache}")
@@ -129,6 +136,7 @@ def test_rerun_resumes_the_study_and_reuses_the_supernet(finished, shared_cache)
     assert sorted(int(r.data.tags["trial"]) for r in trials) == list(range(6))
 
 
+@pytest.mark.slow
 def test_nothing_is_written_to_the_home_folder(finished):
     folder, _, _ = finished
     assert list((folder / "home").iterdir()) == []
