@@ -52,22 +52,29 @@ def calibration_set(space: Any, n: int, seed: int) -> list[spaces.Candidate]:
 
 
 def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int) -> tuple[list[Measurement], dict, float]:
-    """Export each candidate to ONNX at its real per-layer precision and shapes, time it with the
-    runner, and return measurements, the runner's settings and the noise floor: the relative spread
-    (IQR / median) of the reference network's repeated measurements through the run."""
-    import torch
+    """Export each candidate at its real per-layer precision and shapes (a `.tflite` for the litert runner, else
+    ONNX), time it with the runner, and return measurements, the runner's settings and the noise floor: the
+    relative spread (IQR / median) of the reference network's repeated measurements through the run."""
+    from .workers import Workers
 
-    from .backends import onnx as backend
-
+    backend = "litert" if runner_cfg["kind"] == "litert" else "onnx"
     runner = make_runner(runner_cfg, seed)
-    rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
-        for i, candidate in enumerate(tqdm(candidates, desc="exporting", unit="network", dynamic_ncols=True)):
-            net = space.build(candidate).eval()
-            with torch.no_grad():  # random images set the quantizers' ranges: the speed, not the values, matters
-                net(torch.from_numpy(rng.standard_normal((8, *space.input_shape)).astype(np.float32)))
-            paths[str(i)] = backend.export(net, space.input_shape, Path(tmp) / f"net{i}.onnx")
+        with Workers(None, None, cpus_per_trial=1, gpus_per_trial=0) as workers:
+            # Converting is the slow part (seconds per .tflite): one Ray task per network, as many at once as CPUs;
+            # Ray is shut down again before anything is timed.
+            pending = {workers.submit(_export, space, c, backend, seed * 100_003 + i): str(i)
+                       for i, c in enumerate(candidates)}
+            with tqdm(total=len(pending), desc="exporting", unit="network", dynamic_ncols=True) as bar:
+                while pending:
+                    for ref in workers.wait(list(pending)):
+                        key = pending.pop(ref)
+                        content, suffix = workers.result(ref)[0]
+                        paths[key] = Path(tmp) / f"net{key}{suffix}"
+                        paths[key].write_bytes(content)
+                        bar.update()
+        paths = {str(i): paths[str(i)] for i in range(len(candidates))}
         timings, reference = runner.measure(paths, paths["0"])
         rows = [Measurement(str(i), c, timings[str(i)].median_ms, timings[str(i)].iqr_ms, timings[str(i)].runs)
                 for i, c in enumerate(candidates)]
@@ -79,14 +86,33 @@ def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[
     return rows, runner.settings(), floor
 
 
+def _export(space: Any, candidate: spaces.Candidate, backend: str, seed: int) -> tuple[bytes, str]:
+    """One calibration network as a file's bytes (a Ray task): built at its real precision and shapes, its
+    quantizers' ranges set by random images (the speed, not the values, matters)."""
+    import torch
+
+    from . import backends
+
+    module = backends.get(backend)
+    net = space.build(candidate).eval()
+    with torch.no_grad():
+        net(torch.from_numpy(np.random.default_rng(seed).standard_normal((8, *space.input_shape)).astype(np.float32)))
+    with tempfile.TemporaryDirectory() as tmp:
+        return module.export(net, space.input_shape, Path(tmp) / f"net{module.SUFFIX}").read_bytes(), module.SUFFIX
+
+
 def make_runner(runner_cfg: Mapping[str, Any], seed: int) -> Any:
-    """The host or adb runner with its settings (a bad setting is a ConfigError naming the runner)."""
+    """The host, litert or adb runner with its settings (a bad setting is a ConfigError naming the runner)."""
     from .runners.adb import AdbRunner
     from .runners.host import HostRunner
+    from .runners.litert import LiteRTRunner
 
     settings = {k: v for k, v in runner_cfg.items() if k != "kind"}
+    kind = runner_cfg["kind"]
     try:
-        return HostRunner(seed=seed, **settings) if runner_cfg["kind"] == "host" else AdbRunner(**settings)
+        if kind == "adb":
+            return AdbRunner(**settings)
+        return (LiteRTRunner if kind == "litert" else HostRunner)(seed=seed, **settings)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"runner: {runner_cfg['kind']} runner: {e}") from None
 
@@ -181,7 +207,7 @@ def _plan(cfg: Mapping[str, Any]) -> tuple[str, Path | None]:
     target = cfg["target"]
     runner = cfg["runner"]["kind"]
     if runner == "auto":
-        runner = "host" if target["runner"]["kind"] == "host" else "file"
+        runner = target["runner"]["kind"] if target["runner"]["kind"] in ("host", "litert") else "file"
     if cfg["benchmarks"]:
         return runner, Path(cfg["benchmarks"])
     if runner == "file":

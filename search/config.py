@@ -101,12 +101,18 @@ def _first_line(e: Exception) -> str:
 
 
 def resolve(cfg: DictConfig) -> dict[str, Any]:
-    """Plain data (no Hydra section), interpolations resolved; a missing value names its key."""
+    """Plain data (no Hydra section), interpolations resolved; a missing value names its key. A target that
+    declares `bits` (the precisions its files can hold) narrows the space's bits to those."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"{key}: a value is required here" if key else _first_line(e)) from None
+    target, space = out.get("target"), out.get("space")
+    if isinstance(target, dict) and isinstance(target.get("bits"), list) and isinstance(space, dict) \
+            and isinstance(space.get("bits"), list):
+        space["bits"] = [b for b in space["bits"] if b in target["bits"]]
+    return out
 
 
 def _int(cfg: Mapping, key: str, minimum: int, allow_none: bool = False) -> None:
@@ -248,8 +254,8 @@ def validate_calibration(cfg: Mapping[str, Any]) -> None:
     _text(cfg, "tracking.uri", "an MLflow tracking URI")
     _text(cfg, "tracking.experiment", "an MLflow experiment name")
     _text(cfg, "cache_dir", "a folder path")
-    if _mapping(cfg, "runner").get("kind") not in ("auto", "file", "host", "adb"):
-        raise ConfigError(f"runner.kind: must be auto, file, host or adb, got {cfg['runner'].get('kind')!r}")
+    if _mapping(cfg, "runner").get("kind") not in ("auto", "file", "host", "litert", "adb"):
+        raise ConfigError(f"runner.kind: must be auto, file, host, litert or adb, got {cfg['runner'].get('kind')!r}")
     _space_name(cfg)
     validate_target(_get(cfg, "target"), [])
 
@@ -352,6 +358,9 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
         if b not in kernels:
             raise ConfigError(f"target.kernels: no entry for {b}-bit layers (space.bits); "
                               f"{target['name']} declares {sorted(kernels)}")
+    held = target.get("bits")
+    if held is not None and (not isinstance(held, list) or not held or any(b not in kernels for b in held)):
+        raise ConfigError(f"target.bits: a non-empty list of bit-widths that target.kernels declares, got {held!r}")
     if not isinstance(_get(cfg, "target.sparse_kernels"), bool):
         raise ConfigError("target.sparse_kernels: must be true or false")
     for kernel in _mapping(cfg, "target.speedups"):
@@ -369,5 +378,5 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
         for key in ("device", "assumption"):
             if not isinstance(_get(cfg, f"target.proxy.{key}"), str):
                 raise ConfigError(f"target.proxy.{key}: a proxy target must say which device was measured and why it stands in")
-    if _mapping(cfg, "target.runner").get("kind") not in ("host", "adb"):
-        raise ConfigError(f"target.runner.kind: must be host or adb, got {target['runner'].get('kind')!r}")
+    if _mapping(cfg, "target.runner").get("kind") not in ("host", "litert", "adb"):
+        raise ConfigError(f"target.runner.kind: must be host, litert or adb, got {target['runner'].get('kind')!r}")

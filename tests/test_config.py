@@ -28,7 +28,7 @@ def test_every_calibration_option_composes(group, option):
     extra = ["runner.serial=S1", "runner.binary=/bin/true"] if option == "adb" else []
     cfg = resolve(compose([f"{group}={option}", *extra], "calibrate"))
     validate_target(cfg["target"], cfg["space"].get("bits", []))
-    assert cfg["runner"]["kind"] in ("auto", "file", "host", "adb")
+    assert cfg["runner"]["kind"] in ("auto", "file", "host", "litert", "adb")
 
 
 def test_defaults_are_the_documented_ones():
@@ -40,7 +40,7 @@ def test_defaults_are_the_documented_ones():
 
 
 BAD = [
-    (["target=nope"], "target: unknown option 'nope'; allowed: host, snapdragon665"),
+    (["target=nope"], "target: unknown option 'nope'; allowed: host, host-litert, snapdragon665"),
     (["sampler=cmaes"], "sampler: unknown option"),
     (["data=svhn"], "data: unknown option"),
     (["space=resnet"], "space: unknown option"),

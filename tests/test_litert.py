@@ -8,6 +8,8 @@ on these tiny, briefly trained networks that flips 1-2% of predictions (measured
 here is 95%: a file that quantized on grids of its own would agree on 30-60% (measured while building it)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,31 @@ def test_the_runner_times_files_on_xnnpack_with_the_host_discipline(files):
     assert "onnxruntime" not in settings
     with pytest.raises(FileNotFoundError):
         time_model(files["float"][1].with_name("missing.tflite"))
+
+
+def test_calibration_measures_tflite_files_with_the_litert_runner(space):
+    """`python -m search.calibrate target=host-litert`'s measuring step: each network converted in a Ray task,
+    timed on XNNPACK, described by the runner's settings."""
+    from search import calibrate
+
+    candidates = [Candidate.of(space.name, params) for params in space.baselines().values()]
+    runner = {"kind": "litert", "threads": 1, "warmup": 1, "min_runs": 3, "min_seconds": 0, "reference_every": 1}
+    rows, settings, floor = calibrate.measure(space, candidates, runner, seed=0)
+    assert [r.candidate for r in rows] == candidates and all(r.latency_ms > 0 and r.runs >= 3 for r in rows)
+    assert settings["runtime"] == "litert" and settings["provider"] == "XNNPACK" and floor is not None
+
+
+def test_the_host_litert_target_narrows_the_space_to_what_its_files_hold():
+    import yaml
+
+    from search.config import ConfigError, compose, resolve, validate_target
+
+    for name in ("search", "calibrate"):
+        cfg = resolve(compose(["target=host-litert"], name))
+        assert cfg["space"]["bits"] == [8, 32]  # the space offers [4, 8, 16, 32]
+        validate_target(cfg["target"], cfg["space"]["bits"])
+    target = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "target" / "host-litert.yaml").read_text())
+    with pytest.raises(ConfigError, match="no entry for 4-bit layers"):
+        validate_target(target, [4, 8, 16, 32])
+    with pytest.raises(ConfigError, match="target.bits"):
+        validate_target(target | {"bits": [4, 8]}, [8])
