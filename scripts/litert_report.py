@@ -1,0 +1,129 @@
+"""Calibrate `host-litert`, run the default study on it, promote its knee and both baselines, time their `.tflite`
+files on XNNPACK together, and write the measured results into the README.
+
+    .venv/bin/python scripts/litert_report.py            # calibrate, search, promote, time, rewrite README
+    .venv/bin/python scripts/litert_report.py --no-run   # only re-read the last run
+
+Everything runs as a user runs it (`python -m search.calibrate target=host-litert`, `python -m search
+target=host-litert`, `python -m search.promote`), in a scratch folder with a fresh cache. The three files are timed
+in one run, interleaved (shuffled order, re-measured reference), so their ratios are what this script reports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+from readme_results import machine, write_readme
+
+from search import pareto
+from search.runners.litert import LiteRTRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = "report-litert"
+MARK = "litert"  # README section between <!-- results:litert --> and <!-- /results:litert -->
+
+
+def common(folder: Path) -> list[str]:
+    return [f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", f"cache_dir={folder / 'cache'}"]
+
+
+def timed(command: list[str], folder: Path) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", *command, *common(folder)], check=True, cwd=folder,
+                          stdout=subprocess.PIPE, text=True)
+    return (time.perf_counter() - started) / 60, done.stdout.strip().splitlines()[-1]
+
+
+def run(folder: Path, networks: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    study = [f"study.name={STUDY}", f"study.dir={folder / STUDY}"]
+    calibrate_min, calibration = timed(["search.calibrate", "target=host-litert", f"networks={networks}"], folder)
+    search_min, _ = timed(["search", "target=host-litert", *study], folder)
+    done = load(folder).get_trials(states=(TrialState.COMPLETE,))
+    baselines = {t.user_attrs["baseline"]: t.number for t in done if t.user_attrs.get("baseline")}
+    promoted = {}
+    for label, overrides in (("knee", ["pick=knee"]), *((k, [f"trial={n}", f"alias={k}"]) for k, n in baselines.items())):
+        promoted[label] = json.loads(timed(["search.promote", *study, *overrides], folder)[1])
+    files = {k: Path(p["tflite_path"]) for k, p in promoted.items()}
+    timings, references = LiteRTRunner(seed=0).measure(files, files["float"])
+    (folder / "report.json").write_text(json.dumps({
+        "calibrate_minutes": calibrate_min, "calibration": json.loads(calibration), "networks": networks,
+        "search_minutes": search_min, "promoted": promoted,
+        "xnnpack_ms": {k: t.median_ms for k, t in timings.items()},
+        "reference_ms": [t.median_ms for t in references]}, indent=1))
+
+
+def load(folder: Path) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(folder / STUDY / "optuna.journal")))
+    return optuna.load_study(study_name=STUDY, storage=storage)
+
+
+def report(folder: Path) -> str:
+    r = json.loads((folder / "report.json").read_text())
+    cal, promoted, ms = r["calibration"], r["promoted"], r["xnnpack_ms"]
+    done = load(folder).get_trials(states=(TrialState.COMPLETE,))
+    float_ = next(t for t in done if t.user_attrs.get("baseline") == "float")
+    front = pareto.front(pareto.points(done, ["accuracy", "latency_ms"]))
+    close = [p for p in front if done_by(done, p.trial).user_attrs["accuracy"] >= float_.user_attrs["accuracy"] - 1.0]
+    small = min(close, key=lambda p: done_by(done, p.trial).user_attrs["size_kb"])
+    spread = (max(r["reference_ms"]) - min(r["reference_ms"])) / min(r["reference_ms"])
+
+    def row(label: str, key: str) -> str:
+        p = promoted[key]
+        return (f"| {label} | {p['trial']} | {p['test_accuracy']:.2f} | {p['tflite_test_accuracy']:.2f} "
+                f"| {p['tflite_agreement']:.2f} | {p['tflite_kb']:.1f} | {ms[key]:.4f} | {ms['float'] / ms[key]:.2f}x "
+                f"| {p['predicted_latency_ms']:.4f} | {ms[key] / p['predicted_latency_ms']:.2f} |")
+
+    return "\n".join([
+        f"`python -m search.calibrate target=host-litert networks={r['networks']}`: {r['calibrate_minutes']:.1f} minutes; "
+        f"held-out networks (n={cal['n']}): {cal['within_10pct']:.0%} within ±10%, Spearman {cal['spearman']:.3f}, "
+        f"MAPE {cal['mape']:.1%}, noise floor {cal['noise_floor']:.1%}.",
+        "",
+        f"`python -m search target=host-litert` (bits narrowed to [8, 32]): {len(done)} complete trials in "
+        f"{r['search_minutes']:.1f} minutes, on {machine()}. Promoted with `python -m search.promote`, then the three "
+        f"`.tflite` files timed together on XNNPACK (1 thread, batch 1, median, shuffled; the reference moved by "
+        f"{spread:.0%} during the run):",
+        "",
+        "| network | trial | test accuracy % (trial) | test accuracy % (.tflite) | top-1 agreement % | file KB "
+        "| XNNPACK ms (measured) | speed-up over float (measured) | predicted ms | measured / predicted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        row("float full-width baseline", "float"),
+        *([row("uniform 8-bit baseline", "int8")] if "int8" in promoted else []),
+        row("knee of the front (`pick=knee`)", "knee"),
+        "",
+        f"Smallest front point within 1 point of float on validation: trial {small.trial}, "
+        f"{done_by(done, small.trial).user_attrs['accuracy']:.2f}% (float {float_.user_attrs['accuracy']:.2f}%), "
+        f"size_kb {done_by(done, small.trial).user_attrs['size_kb']:.1f}, predicted "
+        f"{done_by(done, small.trial).user_attrs['latency_ms']:.4f} ms.",
+    ])
+
+
+def done_by(trials: list, number: int):
+    return next(t for t in trials if t.number == number)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-run", action="store_true", help="report the last run without running again")
+    parser.add_argument("--folder", type=Path, default=ROOT / "outputs" / "litert-report")
+    parser.add_argument("--networks", type=int, default=100, help="calibration networks")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args()
+    if not args.no_run:
+        if (args.folder / STUDY).exists():
+            raise SystemExit(f"{args.folder / STUDY} exists: remove {args.folder} to measure from scratch")
+        run(args.folder, args.networks)
+    section = report(args.folder)
+    print(section)
+    write_readme(section, args.readme, MARK)
+
+
+if __name__ == "__main__":
+    main()
