@@ -29,6 +29,7 @@ from spaces import Candidate
 from tests.nets import randomize_bn
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.slow  # trains and exports networks (seconds each)
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "space" / "mobilenetv2.yaml"
 INPUT = (1, 8, 8)
