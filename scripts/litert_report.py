@@ -70,9 +70,9 @@ def report(folder: Path) -> str:
     cal, promoted, ms = r["calibration"], r["promoted"], r["xnnpack_ms"]
     done = load(folder).get_trials(states=(TrialState.COMPLETE,))
     float_ = next(t for t in done if t.user_attrs.get("baseline") == "float")
-    front = pareto.front(pareto.points(done, ["accuracy", "latency_ms"]))
-    close = [p for p in front if done_by(done, p.trial).user_attrs["accuracy"] >= float_.user_attrs["accuracy"] - 1.0]
-    small = min(close, key=lambda p: done_by(done, p.trial).user_attrs["size_kb"])
+    front = {p.trial for p in pareto.front(pareto.points(done, ["accuracy", "latency_ms"]))}
+    close = [t for t in done if t.number in front and t.user_attrs["accuracy"] >= float_.user_attrs["accuracy"] - 1.0]
+    small = min(close, key=lambda t: t.user_attrs["size_kb"])
     spread = (max(r["reference_ms"]) - min(r["reference_ms"])) / min(r["reference_ms"])
 
     def row(label: str, key: str) -> str:
@@ -98,15 +98,10 @@ def report(folder: Path) -> str:
         *([row("uniform 8-bit baseline", "int8")] if "int8" in promoted else []),
         row("knee of the front (`pick=knee`)", "knee"),
         "",
-        f"Smallest front point within 1 point of float on validation: trial {small.trial}, "
-        f"{done_by(done, small.trial).user_attrs['accuracy']:.2f}% (float {float_.user_attrs['accuracy']:.2f}%), "
-        f"size_kb {done_by(done, small.trial).user_attrs['size_kb']:.1f}, predicted "
-        f"{done_by(done, small.trial).user_attrs['latency_ms']:.4f} ms.",
+        f"Smallest front point within 1 point of float on validation: trial {small.number}, "
+        f"{small.user_attrs['accuracy']:.2f}% (float {float_.user_attrs['accuracy']:.2f}%), "
+        f"size_kb {small.user_attrs['size_kb']:.1f}, predicted {small.user_attrs['latency_ms']:.4f} ms.",
     ])
-
-
-def done_by(trials: list, number: int):
-    return next(t for t in trials if t.number == number)
 
 
 def main() -> None:

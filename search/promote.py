@@ -146,15 +146,9 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     with tempfile.TemporaryDirectory() as tmp:
         path = backend.export(net, data.input_shape, Path(tmp) / "model.onnx")
         checked = parity.compare(backend.outputs(path, x_test), net_logits, data.test.y)
-        gap = abs(checked.accuracy - point.values["test_accuracy"])
-        if gap > cfg["tolerance"] or checked.agreement < cfg["min_agreement"]:
-            worst = parity.worst_layers(parity.layer_errors(net, path, x_test[:64]))
-            raise ParityError(
-                f"parity: trial {point.trial}'s ONNX file scores {checked.describe()} on the test split; the trial "
-                f"scored {point.values['test_accuracy']:.2f}%: {gap:.2f} points (tolerance {cfg['tolerance']}), "
-                f"agreement {checked.agreement:.2f}% (min_agreement {cfg['min_agreement']}); nothing registered. "
-                "Layers where the file starts to differ: "
-                + ", ".join(f"{layer} ({error:.1%} of its output)" for layer, error in worst))
+        gate(checked, point, cfg, "ONNX file", lambda: " Layers where the file starts to differ: " + ", ".join(
+            f"{layer} ({error:.1%} of its output)"
+            for layer, error in parity.worst_layers(parity.layer_errors(net, path, x_test[:64]))))
         host = time_model(path, threads=cfg["latency_threads"])
         tflite = _tflite(net, data, x_test, net_logits, point, cfg, Path(tmp) / "model.tflite")
         folder.mkdir(parents=True, exist_ok=True)
@@ -180,6 +174,19 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     return Promotion(**{**asdict(promotion), "version": version})
 
 
+def gate(checked: parity.Parity, point: pareto.Point, cfg: Mapping[str, Any], what: str,
+         where=lambda: "") -> None:
+    """ParityError unless the file's test accuracy is within `tolerance` of the trial's and its top-1 agreement
+    with the trial's network at least `min_agreement`; `where()` (computed only then) says where it differs."""
+    gap = abs(checked.accuracy - point.values["test_accuracy"])
+    if gap > cfg["tolerance"] or checked.agreement < cfg["min_agreement"]:
+        raise ParityError(
+            f"parity: trial {point.trial}'s {what} scores {checked.describe()} on the test split; the trial "
+            f"scored {point.values['test_accuracy']:.2f}%: {gap:.2f} points (tolerance {cfg['tolerance']}), "
+            f"agreement {checked.agreement:.2f}% (min_agreement {cfg['min_agreement']}); nothing registered."
+            + where())
+
+
 def _tflite(net, data, x_test, net_logits, point, cfg, path: Path) -> dict:
     """The trial as a `.tflite` file, gated like the ONNX file and timed on XNNPACK; or why it cannot be one."""
     try:
@@ -187,12 +194,7 @@ def _tflite(net, data, x_test, net_logits, point, cfg, path: Path) -> dict:
     except ValueError as e:
         return {"tflite_refused": str(e)}
     checked = parity.compare(litert.outputs(path, x_test), net_logits, data.test.y)
-    gap = abs(checked.accuracy - point.values["test_accuracy"])
-    if gap > cfg["tolerance"] or checked.agreement < cfg["min_agreement"]:
-        raise ParityError(
-            f"parity: trial {point.trial}'s .tflite file scores {checked.describe()} on the test split; the trial "
-            f"scored {point.values['test_accuracy']:.2f}%: {gap:.2f} points (tolerance {cfg['tolerance']}), "
-            f"agreement {checked.agreement:.2f}% (min_agreement {cfg['min_agreement']}); nothing registered.")
+    gate(checked, point, cfg, ".tflite file")
     timing = litert_runner.time_model(path, threads=cfg["latency_threads"])
     return {"tflite_path": str(path), "tflite_test_accuracy": checked.accuracy, "tflite_agreement": checked.agreement,
             "tflite_host_latency_ms": timing.median_ms, "parity": checked}
