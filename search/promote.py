@@ -36,6 +36,7 @@ from .errors import UserError
 from .backends import litert
 from .backends import onnx as backend
 from .runners import litert as litert_runner
+from .runners.adb import AdbError, AdbRunner
 from .runners.host import time_model
 from .study import storage
 from .tracking import Tracker
@@ -74,6 +75,14 @@ class Promotion:
     tflite_host_latency_ms: float | None = None  # measured on this CPU with XNNPACK
     tflite_kb: float | None = None
     tflite_refused: str | None = None
+    # an Android phone over adb (`phone.serial=`), timed with the phone's benchmark tool in one sustained run
+    phone_device: str | None = None
+    phone_file: str | None = None  # "tflite" (benchmark_model) or "onnx" (onnxruntime_perf_test)
+    phone_latency_ms: float | None = None  # median of the run's first part
+    phone_sustained_latency_ms: float | None = None  # median of its last part
+    phone_slowdown: float | None = None  # last over first: > 1 when the phone throttled
+    phone_peak_memory_mb: float | None = None
+    phone_measured_over_predicted: float | None = None  # phone_latency_ms / predicted_latency_ms
 
 
 def check(cfg: Mapping[str, Any]) -> None:
@@ -95,6 +104,21 @@ def check(cfg: Mapping[str, Any]) -> None:
         value = _get(cfg, key)
         if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
             raise ConfigError(f"{key}: letters, digits and . _ - only, got {value!r}")
+    phone(cfg)
+
+
+def phone(cfg: Mapping[str, Any]) -> AdbRunner | None:
+    """The adb runner `phone.*` asks for (checked before anything is exported), or None without `phone.serial`."""
+    p = _get(cfg, "phone")
+    if p["serial"] is None:
+        return None
+    _number(cfg, "phone.seconds")
+    _int(cfg, "phone.parts", 2)
+    try:
+        return AdbRunner(str(p["serial"]), p["tool"], p["binary"] or "", list(p["flags"]), threads=p["threads"],
+                         warmup=p["warmup"])
+    except AdbError as e:
+        raise ConfigError(f"phone: {e} (phone.tool, phone.binary, phone.threads, phone.warmup)") from None
 
 
 def choose(pts: list[pareto.Point], cfg: Mapping[str, Any], objectives: list[str]) -> pareto.Point:
@@ -151,6 +175,7 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
             for layer, error in parity.worst_layers(parity.layer_errors(net, path, x_test[:64]))))
         host = time_model(path, threads=cfg["latency_threads"])
         tflite = _tflite(net, data, x_test, net_logits, point, cfg, Path(tmp) / "model.tflite")
+        on_phone = _on_phone(cfg, path, tflite, point.values["latency_ms"])
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"trial-{point.trial}.onnx"
         path.replace(final)
@@ -164,7 +189,7 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         onnx_agreement=checked.agreement, onnx_max_logit_diff=checked.max_logit_diff,
         predicted_latency_ms=point.values["latency_ms"], host_latency_ms=host.median_ms,
         size_kb=point.values["size_kb"], onnx_kb=final.stat().st_size / 1024,
-        **{k: v for k, v in tflite.items() if k != "parity"})
+        **{k: v for k, v in tflite.items() if k != "parity"}, **on_phone)
     example = parity.inputs(data.test, data.mean, data.std, 0, 2)
     version = tracker.register(run_id, final, example, backend.outputs(final, example), promotion, {
         "target": study_cfg["target"]["name"], "torch_test_accuracy": f"{checked.torch_accuracy:.4f}",
@@ -200,6 +225,23 @@ def _tflite(net, data, x_test, net_logits, point, cfg, path: Path) -> dict:
             "tflite_host_latency_ms": timing.median_ms, "parity": checked}
 
 
+def _on_phone(cfg: Mapping[str, Any], onnx_path: Path, tflite: Mapping[str, Any], predicted_ms: float) -> dict:
+    """The file the phone's tool runs, timed on the phone in one sustained run; nothing without `phone.serial`."""
+    runner = phone(cfg)
+    if runner is None:
+        return {}
+    kind = "tflite" if runner.tool == "benchmark_model" else "onnx"
+    if kind == "tflite" and "tflite_path" not in tflite:
+        raise UserError(f"phone.tool: benchmark_model runs .tflite files, and this trial has none "
+                        f"({tflite['tflite_refused']}); use phone.tool=onnxruntime_perf_test; nothing registered")
+    s = runner.sustained(Path(tflite["tflite_path"]) if kind == "tflite" else onnx_path, cfg["phone"]["seconds"],
+                         cfg["phone"]["parts"])
+    return {"phone_device": runner.settings()["device_model"], "phone_file": kind,
+            "phone_latency_ms": s.first.median_ms, "phone_sustained_latency_ms": s.last.median_ms,
+            "phone_slowdown": s.slowdown, "phone_peak_memory_mb": s.peak_memory_mb,
+            "phone_measured_over_predicted": s.first.median_ms / predicted_ms}
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     try:
@@ -218,6 +260,11 @@ def _main(cfg: DictConfig) -> None:
               f"XNNPACK {p.tflite_host_latency_ms:.3f} ms, {p.tflite_kb:.1f} KB: {p.tflite_path}")
     else:
         print(f"  no .tflite: {p.tflite_refused}")
+    if p.phone_device:
+        memory = "" if p.phone_peak_memory_mb is None else f", peak memory {p.phone_peak_memory_mb:.1f} MB"
+        print(f"  on {p.phone_device} ({p.phone_file}): {p.phone_latency_ms:.3f} ms at first, "
+              f"{p.phone_sustained_latency_ms:.3f} ms at the end of the sustained run ({p.phone_slowdown:.2f}x)"
+              f"{memory}; measured/predicted {p.phone_measured_over_predicted:.2f}")
     print(json.dumps(asdict(p)))
 
 

@@ -155,6 +155,8 @@ class Tracker:
                              **{k: f"{p[k]:.4f}" for k in ("tflite_test_accuracy", "tflite_host_latency_ms", "tflite_kb")}}
         else:
             version_tags["tflite"] = f"none: {promotion.tflite_refused}"
+        version_tags |= {k: v if isinstance(v, str) else f"{v:.4f}"  # measured on a phone, when one was
+                         for k, v in p.items() if k.startswith("phone_") and v is not None}
         version = mlflow.register_model(info.model_uri, promotion.model_name, tags=version_tags).version
         self.set_alias(promotion.model_name, version, promotion.alias)
         self._log(run_id, metrics={"promote.onnx_test_accuracy": promotion.onnx_test_accuracy,

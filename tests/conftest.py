@@ -1,4 +1,13 @@
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
 import pytest
+
+ADB_FIXTURES = Path(__file__).parent / "fixtures" / "adb"
+SERIAL = "R5CT12ABC"  # the phone the fake adb has; OFFLINE9 is there but offline
 
 
 @pytest.fixture(scope="session")
@@ -6,3 +15,18 @@ def shared_cache(tmp_path_factory):
     """One cache folder for the session's end-to-end studies: the digits supernet (tests/cli.DIGITS) is
     trained by the first study and loaded by the others."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def fake_adb(tmp_path, monkeypatch):
+    """`adb` first on PATH, running fixtures/adb/fake_adb.py under this interpreter; returns the call log reader."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "adb"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ADB_FIXTURES / "fake_adb.py"}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "adb.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
+    monkeypatch.setenv("FAKE_ADB_DEVICES", f"{SERIAL}:device,OFFLINE9:offline")
+    return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

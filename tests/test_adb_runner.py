@@ -1,35 +1,17 @@
 """The adb runner against a fake `adb` that replays recorded output of the real benchmark tools
 (tests/fixtures/adb, README there for where each format comes from)."""
-import json
 import os
-import stat
-import sys
 from pathlib import Path
 
 import pytest
 
 from search.errors import UserError
 from search.runners import adb as adb_module
-from search.runners.adb import AdbError, AdbRunner, parse_benchmark_model, parse_perf_test
+from search.runners.adb import AdbError, AdbRunner, parse_benchmark_model, parse_peak_memory, parse_perf_test
 
-FIXTURES = Path(__file__).parent / "fixtures" / "adb"
-SERIAL = "R5CT12ABC"
+from tests.conftest import ADB_FIXTURES as FIXTURES, SERIAL
+
 REMOTE = "/data/local/tmp/compression-search"
-
-
-@pytest.fixture
-def fake_adb(tmp_path, monkeypatch):
-    """`adb` first on PATH, running fixtures/adb/fake_adb.py under this interpreter; returns the call log reader."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "adb"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FIXTURES / "fake_adb.py"}" "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    log = tmp_path / "adb.log"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
-    monkeypatch.setenv("FAKE_ADB_DEVICES", f"{SERIAL}:device,OFFLINE9:offline")
-    return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def files(tmp_path: Path, tool: str, n: int, suffix: str) -> tuple[Path, dict[str, Path], Path]:
@@ -112,6 +94,44 @@ def test_onnxruntime_commands_and_settings(tmp_path, fake_adb):
                                  "binary": "onnxruntime_perf_test", "flags": [], "threads": 3, "runs": 40,
                                  "warmup": 1, "device_model": "Pixel 7", "abi": "arm64-v8a"}
     assert sum(c[2:3] == ["get-state"] for c in fake_adb()) == 1  # the device is checked once
+
+
+def test_peak_memory_of_either_tool():
+    assert parse_peak_memory((FIXTURES / "benchmark_model_10s.txt").read_text()) == 17.4102
+    assert parse_peak_memory((FIXTURES / "onnxruntime_perf_test.txt").read_text()) == pytest.approx(46.046, abs=1e-3)
+    assert parse_peak_memory((FIXTURES / "benchmark_model.txt").read_text()) is None  # not asked for: not printed
+
+
+def test_sustained_run_compares_its_last_part_with_its_first(tmp_path, fake_adb, monkeypatch):
+    binary, models, _ = files(tmp_path, "benchmark_model", 1, ".tflite")
+    cool, hot = FIXTURES / "benchmark_model_10s.txt", FIXTURES / "benchmark_model_10s_throttled.txt"
+    monkeypatch.setenv("FAKE_ADB_TOOL_OUTPUT", os.pathsep.join(map(str, [cool, cool, hot])))
+    s = AdbRunner(SERIAL, "benchmark_model", binary, threads=4, warmup=10).sustained(models["m0"], 30, parts=3)
+    runs = tool_calls(fake_adb(), "benchmark_model")
+    assert len(runs) == 3 and all(r[4:] == [f"--graph={REMOTE}/model.tflite", "--num_threads=4", "--num_runs=1",
+                                            "--min_secs=10", "--max_secs=10", "--report_peak_memory_footprint=true",
+                                            "--warmup_runs=10"] for r in runs)
+    # medians of the timed runs in each part's last count= line: 19.926 ms cool, 26.293 ms throttled
+    assert (s.first.median_ms, s.last.median_ms) == (pytest.approx(19.926), pytest.approx(26.293))
+    assert s.slowdown == pytest.approx(26.293 / 19.926) and s.first.runs > 400
+    assert (s.seconds, s.parts, s.peak_memory_mb) == (30.0, 3, 17.5352)  # the largest peak of the three parts
+
+
+def test_sustained_run_with_onnxruntime_runs_for_a_duration(tmp_path, fake_adb):
+    binary, models, _ = files(tmp_path, "onnxruntime_perf_test", 1, ".onnx")
+    s = AdbRunner(SERIAL, "onnxruntime_perf_test", binary, threads=2).sustained(models["m0"], 60)
+    runs = tool_calls(fake_adb(), "onnxruntime_perf_test")
+    assert len(runs) == 6 and runs[0][4:] == ["-I", "-s", "-m", "duration", "-t", "10", "-x", "2", "-e", "cpu",
+                                              f"{REMOTE}/model.onnx"]
+    assert s.slowdown == 1.0 and s.peak_memory_mb == pytest.approx(46.046, abs=1e-3)
+
+
+@pytest.mark.parametrize("seconds,parts", [(0, 6), (60, 1), (60, 2.5)])
+def test_sustained_run_refuses_bad_settings_before_touching_the_phone(tmp_path, fake_adb, seconds, parts):
+    binary, models, _ = files(tmp_path, "benchmark_model", 1, ".tflite")
+    with pytest.raises(AdbError, match="seconds > 0 and parts >= 2"):
+        AdbRunner(SERIAL, "benchmark_model", binary).sustained(models["m0"], seconds, parts)
+    assert fake_adb() == []
 
 
 @pytest.mark.parametrize("serial", ["OFFLINE9", "NOSUCH42"])

@@ -4,6 +4,7 @@ deliberately broken export), and idempotent re-promotion."""
 import csv
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from search.backends.files import INPUT_NAME, OUTPUT_NAME
 from search.data import load
 from search.parity import inputs
 from tests.cli import DIGITS, command, env
+from tests.conftest import ADB_FIXTURES, SERIAL
 
 pytestmark = pytest.mark.slow
 STUDY = "promo"
@@ -199,6 +201,42 @@ def test_a_broken_export_is_refused_and_nothing_is_registered(study, knee, monke
     assert "\n" not in str(refused.value)
     assert MlflowClient(uri(study)).search_registered_models("name = 'broken'") == []
     assert sorted(promoted.rglob("*")) == before  # no file written either
+
+
+def test_a_phone_times_the_tflite_in_one_sustained_run(study, knee, fake_adb, monkeypatch, tmp_path):
+    """The fake adb replays benchmark_model's real output: a cool first part and a throttled last one."""
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(b"\x7fELF")
+    cool, hot = ADB_FIXTURES / "benchmark_model_10s.txt", ADB_FIXTURES / "benchmark_model_10s_throttled.txt"
+    monkeypatch.setenv("FAKE_ADB_TOOL_OUTPUT", os.pathsep.join(map(str, [cool, cool, hot])))
+    monkeypatch.chdir(study)
+    cfg = config.resolve(config.compose([f"study.name={STUDY}", "trial=0", f"tracking.uri={uri(study)}",
+                                         "cache_dir=cache", "model_name=phone", f"phone.serial={SERIAL}",
+                                         f"phone.binary={binary}", "phone.seconds=30", "phone.parts=3"], "promote"))
+    p = search.promote.promote(cfg)
+    pushed = [c for c in fake_adb() if c[2] == "push" and c[3].endswith(".tflite")]
+    assert len(pushed) == 1 and pushed[0][4].endswith("/model.tflite")  # the .tflite, pushed once for the run
+    assert (p.phone_device, p.phone_file) == ("Pixel 7", "tflite")
+    assert (p.phone_latency_ms, p.phone_sustained_latency_ms) == (pytest.approx(19.926), pytest.approx(26.293))
+    assert p.phone_slowdown == pytest.approx(26.293 / 19.926) and p.phone_peak_memory_mb == 17.5352
+    assert p.phone_measured_over_predicted == pytest.approx(19.926 / p.predicted_latency_ms)
+    tags = MlflowClient(uri(study)).get_model_version("phone", p.version).tags
+    assert float(tags["phone_slowdown"]) == pytest.approx(p.phone_slowdown, abs=1e-4)
+    assert tags["phone_device"] == "Pixel 7" and float(tags["phone_peak_memory_mb"]) == 17.5352
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["phone.serial=R5CT12ABC", "phone.binary=/no/benchmark_model"], "phone: .*binary not found"),
+    (["phone.serial=R5CT12ABC", "phone.tool=snpe"], "phone: .*unknown tool"),
+    (["phone.serial=R5CT12ABC", "phone.parts=1"], "phone.parts"),
+])
+def test_bad_phone_settings_name_the_key_before_any_export(study, overrides, key, monkeypatch):
+    monkeypatch.chdir(study)
+    cfg = config.resolve(config.compose([f"study.name={STUDY}", f"tracking.uri={uri(study)}", "cache_dir=cache",
+                                         *overrides], "promote"))
+    monkeypatch.setattr(onnx_backend, "export", lambda *a: pytest.fail("exported before the settings were checked"))
+    with pytest.raises(search.promote.UserError, match=key):
+        search.promote.promote(cfg)
 
 
 @pytest.mark.parametrize("overrides,key", [

@@ -9,6 +9,10 @@ Both tools print summary statistics only, never the individual runs, so a Timing
 - onnxruntime_perf_test (onnxruntime/test/perftest/performance_runner.cc, PerformanceRunner::Run and
   PerformanceResult::DumpToFile): `Total inference requests: N`, `Average inference time cost: X ms`, and, when no
   result file is given, `Min/Max/P50/P90/P95/P99/P999 Latency: X s` in seconds (older builds: `P50 Latency is X sec`).
+
+Peak memory: benchmark_model with `--report_peak_memory_footprint=true` prints `Overall peak memory footprint (MB)
+via periodic monitoring: X` (BenchmarkLoggingListener::OnBenchmarkEnd); onnxruntime_perf_test always prints
+`Peak working set size: N bytes`.
 """
 from __future__ import annotations
 
@@ -23,16 +27,7 @@ from statistics import NormalDist
 from tqdm import tqdm
 
 from search.errors import UserError
-
-try:  # one Timing type for every runner once the host runner defines it
-    from search.runners.host import Timing
-except ImportError:
-    @dataclass(frozen=True)
-    class Timing:  # type: ignore[no-redef]
-        """One model's latency: median and interquartile range in milliseconds over `runs` timed runs."""
-        median_ms: float
-        iqr_ms: float
-        runs: int
+from search.runners.host import Timing
 
 MODEL_SUFFIXES = {"benchmark_model": (".tflite",), "onnxruntime_perf_test": (".onnx", ".ort")}
 ADB_TIMEOUT_S, PUSH_TIMEOUT_S, RUN_TIMEOUT_S = 60.0, 600.0, 1800.0
@@ -87,6 +82,32 @@ def parse_perf_test(text: str) -> Timing:
     return Timing(pct[50], iqr, int(runs.group(1)))
 
 
+def parse_peak_memory(text: str) -> float | None:
+    """The tool's peak memory footprint in MB, or None when it did not print one."""
+    if m := re.search(rf"Overall peak memory footprint \(MB\) via periodic monitoring: ({_NUM})", text):
+        return float(m.group(1))
+    if m := re.search(r"^Peak working set size: ?(\d+)(?: bytes)?", text, re.M):
+        return int(m.group(1)) / 2**20
+    return None
+
+
+@dataclass(frozen=True)
+class Sustained:
+    """One model run without pause for `seconds`, timed in `parts` consecutive parts: a phone that throttles when
+    it heats up shows it as `last` slower than `first` ("fast for 10 seconds but overheated after 30")."""
+
+    first: Timing
+    last: Timing
+    seconds: float
+    parts: int
+    peak_memory_mb: float | None  # the largest the tool reported over the parts
+
+    @property
+    def slowdown(self) -> float:
+        """Median latency of the last part over the first: 1.0 when the phone holds its speed."""
+        return self.last.median_ms / self.first.median_ms
+
+
 PARSERS: dict[str, Callable[[str], Timing]] = {"benchmark_model": parse_benchmark_model,
                                                "onnxruntime_perf_test": parse_perf_test}
 
@@ -130,10 +151,7 @@ class AdbRunner:
         """Every model, plus the reference at the start, after every 10 models and at the end, so drift of the
         phone (thermal throttling, background load) over the run shows in the reference's timings."""
         for path in (reference, *models.values()):
-            if Path(path).suffix not in MODEL_SUFFIXES[self.tool]:
-                raise AdbError(f"{self.tool} cannot run {path}: expected a {' or '.join(MODEL_SUFFIXES[self.tool])} file")
-            if not Path(path).is_file():
-                raise AdbError(f"model file not found: {path}")
+            self._check_model(Path(path))
         self._install()
         remote_reference = self._push(Path(reference), "reference")
         references = [self._time(Path(reference), remote_reference)]
@@ -143,6 +161,27 @@ class AdbRunner:
             if i % 10 == 0 or i == len(models):
                 references.append(self._time(Path(reference), remote_reference))
         return timings, references
+
+    def sustained(self, model: Path, seconds: float = 60.0, parts: int = 6) -> Sustained:
+        """`model` run for `seconds` without pause, as `parts` back-to-back runs of the tool of `seconds / parts`
+        each (neither tool prints single run times, so a part's median is the finest view of speed over time),
+        with the tool's peak memory footprint."""
+        if not seconds > 0 or isinstance(parts, bool) or not isinstance(parts, int) or parts < 2:
+            raise AdbError(f"sustained run: need seconds > 0 and parts >= 2 (got {seconds!r}, {parts!r})")
+        self._check_model(Path(model))
+        self._install()
+        remote = self._push(Path(model), "model")
+        outputs = [self._run(Path(model), remote, seconds / parts)
+                   for _ in tqdm(range(parts), desc=f"sustained {seconds:g} s", unit="part", dynamic_ncols=True)]
+        timings = [self._parse(Path(model), out) for out in outputs]
+        memory = [m for m in map(parse_peak_memory, outputs) if m is not None]
+        return Sustained(timings[0], timings[-1], float(seconds), parts, max(memory, default=None))
+
+    def _check_model(self, path: Path) -> None:
+        if path.suffix not in MODEL_SUFFIXES[self.tool]:
+            raise AdbError(f"{self.tool} cannot run {path}: expected a {' or '.join(MODEL_SUFFIXES[self.tool])} file")
+        if not path.is_file():
+            raise AdbError(f"model file not found: {path}")
 
     def _adb(self, *args: str, timeout: float = ADB_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         cmd = [self.adb, "-s", self.serial, *args]
@@ -185,20 +224,32 @@ class AdbRunner:
         self._ok("push", str(model), remote, timeout=PUSH_TIMEOUT_S)
         return remote
 
-    def _tool_args(self, remote_model: str) -> list[str]:
+    def _tool_args(self, remote_model: str, seconds: float | None) -> list[str]:
+        """The tool's flags for one run: `runs` timed runs, or as many as fit in `seconds` (then with the peak
+        memory footprint, which benchmark_model reports only when asked)."""
         if self.tool == "benchmark_model":
-            return [f"--graph={remote_model}", f"--num_threads={self.threads}", f"--num_runs={self.runs}",
+            runs = ([f"--num_runs={self.runs}"] if seconds is None else
+                    ["--num_runs=1", f"--min_secs={seconds:g}", f"--max_secs={seconds:g}",
+                     "--report_peak_memory_footprint=true"])
+            return [f"--graph={remote_model}", f"--num_threads={self.threads}", *runs,
                     f"--warmup_runs={self.warmup}", *self.flags]
         # -I: random inputs (no test_data_set dirs); -s: print the percentiles; the model path comes last
-        return ["-I", "-s", "-m", "times", "-r", str(self.runs), "-x", str(self.threads), "-e", "cpu",
-                *self.flags, remote_model]
+        runs = ["-m", "times", "-r", str(self.runs)] if seconds is None else ["-m", "duration", "-t", f"{seconds:g}"]
+        return ["-I", "-s", *runs, "-x", str(self.threads), "-e", "cpu", *self.flags, remote_model]
 
     def _time(self, model: Path, remote_model: str) -> Timing:
-        words = [self._install(), *self._tool_args(remote_model)]
+        return self._parse(model, self._run(model, remote_model))
+
+    def _run(self, model: Path, remote_model: str, seconds: float | None = None) -> str:
+        """The tool's output for one run on the phone; AdbError naming the tool and its error if it failed."""
+        words = [self._install(), *self._tool_args(remote_model, seconds)]
         p = self._adb("shell", *map(shlex.quote, words), timeout=RUN_TIMEOUT_S)  # the phone's sh re-splits them
         out = p.stdout + "\n" + p.stderr
         if p.returncode != 0:
             raise AdbError(f"{self.tool} failed on {self.serial} for {model} (exit {p.returncode}): {_useful_line(out)}")
+        return out
+
+    def _parse(self, model: Path, out: str) -> Timing:
         try:
             return PARSERS[self.tool](out)
         except (ValueError, KeyError) as e:
