@@ -79,7 +79,8 @@ def _float_dense(folder: Path, name: str, seed: int, quick: bool) -> dict:
 
 
 def curve(folder: Path, name: str, seed: int, trials: int, quick: bool) -> dict:
-    """Hypervolume after each completed trial, and where the baselines stand."""
+    """Hypervolume after each completed trial, where the baselines stand, and how many trials repeated a network
+    evaluated before (told its result, not trained again)."""
     cfg = compose(folder, name, seed, trials, quick)
     study = optuna.load_study(study_name=name, storage=storage(cfg))
     done = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.datetime_complete)
@@ -88,7 +89,8 @@ def curve(folder: Path, name: str, seed: int, trials: int, quick: bool) -> dict:
     pts = pareto.points(done, objectives)
     baselines = {b.baseline: {"dominated_by": dominators(b, pts, objectives), **{k: b.values[k] for k in objectives}}
                  for b in pts if b.baseline}
-    return {"hypervolume": hv, "baselines": baselines, "front": len(pareto.front(pts))}
+    return {"hypervolume": hv, "baselines": baselines, "front": len(pareto.front(pts)),
+            "repeats": sum(pareto.REPEAT_OF in t.user_attrs for t in done)}
 
 
 def dominators(baseline: pareto.Point, pts: list[pareto.Point], objectives: list[str]) -> list[int]:
@@ -114,10 +116,13 @@ def report(results: dict, trials: int, seeds: list[int], plot: Path, minutes: fl
     took = f", {minutes:.0f} minutes in all" if minutes is not None else ""
     lines = [f"{len(seeds)} seeds x {trials} trials per method ({machine()}{took}); hypervolume "
              "of (validation accuracy, predicted latency) against the fixed reference point `pareto.reference`.", "",
-             "| method | final hypervolume (mean) | per seed | front size (mean) |", "|---|---|---|---|"]
+             "| method | final hypervolume (mean) | per seed | front size (mean) | repeats (mean) |",
+             "|---|---|---|---|---|"]
     for m in METHODS:
         sizes = np.mean([results[m][s]["front"] for s in seeds])
-        lines.append(f"| {m} | {np.mean(final[m]):.1f} | {', '.join(f'{v:.1f}' for v in final[m])} | {sizes:.1f} |")
+        repeats = np.mean([results[m][s]["repeats"] for s in seeds])
+        lines.append(f"| {m} | {np.mean(final[m]):.1f} | {', '.join(f'{v:.1f}' for v in final[m])} | {sizes:.1f} "
+                     f"| {repeats:.1f} |")
     shown = [f"{n}/{trials} ({n / trials:.2f})" if n else f"not within {trials}" for n in needs]
     beats = sum(j > q for j, q in zip(final["joint"], final["sequential"]))
     int8 = [bool(results["joint"][s]["baselines"].get("int8", {}).get("dominated_by")) for s in seeds]
@@ -126,6 +131,8 @@ def report(results: dict, trials: int, seeds: list[int], plot: Path, minutes: fl
               f"- Joint beats the sequential pipeline at equal budget on {beats} of {len(seeds)} seeds (goal: every seed).",
               f"- The uniform 8-bit baseline is dominated by another network of the joint search on {sum(int8)} of "
               f"{len(seeds)} seeds (goal: every seed).",
+              "- Repeats: trials whose network the study had already evaluated; they are told its result, not "
+              "trained again, and count toward the trial budget.",
               "", f"![hypervolume against completed trials]({plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot})"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in METHODS:

@@ -34,9 +34,15 @@ class Point:
     pareto: bool = False
 
 
+REPEAT_OF = "repeat_of"  # user attr of a trial told an earlier trial's result: the same network (`study.Driver.repeat`)
+
+
 def points(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[Point]:
-    """The complete trials, ranked on `objectives` (names from objectives.DIRECTIONS)."""
+    """The complete trials, one per network, ranked on `objectives` (names from objectives.DIRECTIONS). A repeat
+    is left out when the trial it repeats is among `trials`: the same point twice would crowd the front."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
+    numbers = {t.number for t in done}
+    done = [t for t in done if t.user_attrs.get(REPEAT_OF) not in numbers]
     if not done:
         return []
     loss = losses([t.user_attrs for t in done], objectives)
@@ -88,7 +94,8 @@ def most_accurate(pts: Sequence[Point], budgets: Mapping[str, float | None]) -> 
 
 
 def write_csv(pts: Sequence[Point], path: Path) -> None:
-    """One row per complete trial: its number, front membership and rank, every choice, every value."""
+    """One row per point (complete trial, repeats left out): its number, front membership and rank, every
+    choice, every value."""
     params = sorted({k for p in pts for k in p.params})
     values = sorted({k for p in pts for k in p.values})
     with open(path, "w", newline="") as f:

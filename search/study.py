@@ -20,12 +20,14 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 import spaces
+from spaces.candidate import identity
 
 from . import data as datasets
 from . import latency, locks, objectives, pareto, plots, preflight, supernet
 from .config import ConfigError, validate
 from .errors import UserError
 from .evaluate import evaluate
+from .pareto import REPEAT_OF
 from .tracking import Tracker
 from .workers import TrialFailed, Workers
 
@@ -86,8 +88,8 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
             driver.stop(overrides)
             raise
         pts = publish_front(study, tracker, cfg, driver.complete)
-        tracker.end_study({"complete_trials": driver.complete})
-    _summary(pts, cfg, tracker.experiment_id)
+        tracker.end_study({"complete_trials": driver.complete, "repeats": driver.repeats})
+    _summary(pts, cfg, tracker.experiment_id, driver.complete, driver.repeats)
     return study
 
 
@@ -144,7 +146,8 @@ def recover(study: optuna.Study, tracker: Tracker) -> int:
             continue
         t = states.get(number)
         if t is not None and t.state == TrialState.COMPLETE:
-            tracker.end_trial(run.info.run_id, "COMPLETE", _numbers(t.user_attrs))
+            repeat = {REPEAT_OF: str(t.user_attrs[REPEAT_OF])} if REPEAT_OF in t.user_attrs else {}
+            tracker.end_trial(run.info.run_id, "COMPLETE", _numbers(t.user_attrs), repeat)
         else:
             tracker.end_trial(run.info.run_id, "KILLED", {}, {"error": "the driver stopped while the trial ran"})
     return len(stale)
@@ -167,7 +170,8 @@ def _interruptible() -> Iterator[None]:
 @dataclass
 class Driver:
     """The running study: asks Optuna for trials while slots are free, sends them to Ray, and tells
-    Optuna and MLflow how each one ended."""
+    Optuna and MLflow how each one ended. No network is trained twice: a trial of a network the study
+    has evaluated, or is evaluating, is told that result instead (`repeat`)."""
 
     cfg: Mapping[str, Any]
     study: optuna.Study
@@ -179,67 +183,142 @@ class Driver:
     trial_args: tuple  # (space settings, data ref, supernet ref, fine-tune settings) for `evaluate`
     complete: int
     failed: int = 0
-    running: dict = field(default_factory=dict)  # Ray ref -> (trial, predicted metrics, run id)
+    repeats: int = 0  # complete trials told another trial's result, this study's (a resumed one's too)
+    running: dict = field(default_factory=dict)  # Ray ref -> (trial, predicted metrics, run id, network)
+    waiting: dict = field(default_factory=dict)  # network being evaluated -> [(trial, predicted, run id)] repeating it
+    evaluated: dict = field(default_factory=dict)  # network -> (number, values, metrics) of its first complete trial
+    run_ids: dict = field(default_factory=dict)  # trial number -> MLflow run id, for the trials this driver started
+
+    def __post_init__(self) -> None:
+        """Index the complete trials by network, a resumed study's too: the identity is recomputed from the
+        stored params (`FixedTrial`) by the code that runs now, so it holds for trials stored before it existed."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            self.repeats += REPEAT_OF in t.user_attrs
+            network = identity(self.space, self.space.sample(optuna.trial.FixedTrial(t.params)))
+            self.evaluated.setdefault(network, (t.number, t.values, _numbers(t.user_attrs)))
 
     def loop(self) -> None:
-        """Keep every slot busy until the study holds n_trials complete trials."""
+        """Keep every slot busy until the study holds n_trials complete trials.
+
+        A repeat is a complete trial (as in Optuna's recipe for duplicated samples) and counts: n_trials means
+        what Optuna, a resume and `study.optimize` count, and a sampler that keeps proposing evaluated networks
+        ends the study rather than spinning. So a study may train fewer than n_trials networks: `repeats` says
+        how many fewer."""
         n_trials = self.cfg["n_trials"]
         bar = tqdm(total=n_trials, initial=self.complete, unit="trial", dynamic_ncols=True)
         try:
             while self.complete < n_trials:
-                while len(self.running) < self.workers.slots and self.complete + len(self.running) < n_trials:
+                while len(self.running) < self.workers.slots and self.complete + self.pending < n_trials:
                     self.start()
                 for ref in self.workers.wait(list(self.running)):
-                    if self.finish(ref) and self.complete % self.cfg["pareto"]["every"] == 0:
-                        publish_front(self.study, self.tracker, self.cfg, self.complete)
+                    self.finish(ref)
                 bar.n = self.complete
-                bar.set_postfix(running=len(self.running), failed=self.failed)
+                bar.set_postfix(running=len(self.running), failed=self.failed, repeats=self.repeats)
                 if self.failed >= n_trials:
                     raise UserError(f"stopping: {self.failed} trials failed; see the FAILED runs in MLflow")
         finally:
             bar.close()
 
+    @property
+    def pending(self) -> int:
+        """Trials asked and not told yet: on a worker, or waiting for one that is."""
+        return len(self.running) + sum(map(len, self.waiting.values()))
+
     def start(self) -> None:
-        """Ask for a trial, predict what needs no training on the driver, evaluate the rest on a worker."""
+        """Ask for a trial, predict what needs no training on the driver, evaluate the rest on a worker.
+        A network evaluated before is told its result now; one on a worker waits for it, without a slot."""
         trial = self.study.ask()
         candidate = self.space.sample(trial)
         layers = self.space.layers(candidate)
         predicted = objectives.metrics(layers, self.predictor.predict(layers))
         constrain(trial, predicted, self.cfg["budget"])
-        run_id = self.tracker.start_trial(trial.number, candidate.as_dict(),
-                                          self.tags | {"baseline": trial.user_attrs.get("baseline", "")})
-        space_settings, data_ref, supernet_ref, finetune = self.trial_args
-        ref = self.workers.submit(evaluate, space_settings, candidate, data_ref, supernet_ref, finetune,
-                                  self.cfg["seed"] * 100_003 + trial.number)
-        self.running[ref] = (trial, predicted, run_id)
+        run_id = self.run_ids[trial.number] = self.tracker.start_trial(
+            trial.number, candidate.as_dict(), self.tags | {"baseline": trial.user_attrs.get("baseline", "")})
+        network = identity(self.space, candidate)
+        if network in self.evaluated:
+            self.repeat(trial, run_id, self.evaluated[network])
+        elif network in self.waiting:
+            self.waiting[network].append((trial, predicted, run_id))
+        else:
+            space_settings, data_ref, supernet_ref, finetune = self.trial_args
+            ref = self.workers.submit(evaluate, space_settings, candidate, data_ref, supernet_ref, finetune,
+                                      self.cfg["seed"] * 100_003 + trial.number)
+            self.running[ref] = (trial, predicted, run_id, network)
+            self.waiting[network] = []
 
     def finish(self, ref: Any) -> bool:
-        """Tell Optuna and MLflow how a trial ended; True if it completed."""
-        trial, predicted, run_id = self.running.pop(ref)
+        """Tell Optuna and MLflow how a trial ended, and the trials waiting for its network the same; True if it
+        completed. If it failed, they fail with it: simplest, and the sampler may propose the network again."""
+        trial, predicted, run_id, network = self.running.pop(ref)
+        waiting = self.waiting.pop(network)
         try:
-            (measured, weights), node = Workers.result(ref)
+            (measured, weights), node = self.workers.result(ref)
         except TrialFailed as e:
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.tracker.end_trial(run_id, "FAIL", predicted, {"error": str(e)[:5000]})
-            self.failed += 1
+            self._fail(trial, predicted, run_id, str(e))
+            for t, p, r in waiting:
+                self._fail(t, p, r, f"repeat of trial {trial.number}, which failed: {e}")
             return False
         values = predicted | measured
         for key, value in values.items():
             trial.set_user_attr(key, value)
         self.tracker.log_weights(run_id, weights)  # before Optuna hears of it: a complete trial has its weights
-        self.study.tell(trial, [values[n] for n in self.cfg["objectives"]])
+        self.evaluated[network] = (trial.number, [values[n] for n in self.cfg["objectives"]], values)
+        self.study.tell(trial, self.evaluated[network][1])
         self.tracker.end_trial(run_id, "COMPLETE", values, {"node": node})
-        self.complete += 1
+        self._completed()
+        for t, _, r in waiting:
+            self.repeat(t, r, self.evaluated[network], weights)
         return True
 
+    def repeat(self, trial: optuna.Trial, run_id: str, of: tuple[int, list[float], dict[str, float]],
+               weights: Mapping[str, Any] | None = None) -> None:
+        """Tell `trial` the result of trial `of`, the same network, instead of training it again (no Ray slot):
+        its values, metrics and weights (so promote can export either), user attr and MLflow tag repeat_of."""
+        number, values, metrics = of
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr(REPEAT_OF, number)
+        weights = self._weights(number) if weights is None else weights
+        if weights is not None:
+            self.tracker.log_weights(run_id, weights)
+        self.study.tell(trial, values)
+        self.tracker.end_trial(run_id, "COMPLETE", metrics, {REPEAT_OF: str(number)})
+        self.repeats += 1
+        self._completed()
+
+    def _fail(self, trial: optuna.Trial, predicted: Mapping[str, float], run_id: str, error: str) -> None:
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.tracker.end_trial(run_id, "FAIL", predicted, {"error": error[:5000]})
+        self.failed += 1
+
+    def _weights(self, number: int) -> Mapping[str, Any] | None:
+        """Trial `number`'s stored weights; None if its run has none (tracking changed on resume, an old study)."""
+        run_id = self.run_ids.get(number)
+        if run_id is None:  # a trial of an earlier driver
+            run = self.tracker.trial_runs().get(number)
+            run_id = run.info.run_id if run else None
+        try:
+            return self.tracker.weights(run_id) if run_id else None
+        except UserError:
+            return None
+
+    def _completed(self) -> None:
+        """Count a complete trial; every pareto.every of them, publish the front."""
+        self.complete += 1
+        if self.complete % self.cfg["pareto"]["every"] == 0:
+            publish_front(self.study, self.tracker, self.cfg, self.complete)
+
     def stop(self, overrides: list[str]) -> None:
-        """Ctrl-C: cancel the running trials, FAIL them in Optuna, KILLED in MLflow, and say how to resume."""
-        for ref, (trial, predicted, run_id) in self.running.items():
+        """Ctrl-C: cancel the running trials, FAIL them (and those waiting for them) in Optuna, KILLED in MLflow,
+        and say how to resume."""
+        for ref in self.running:
             self.workers.cancel(ref)
+        stopped = [(t, p, r) for t, p, r, _ in self.running.values()] + [w for ws in self.waiting.values() for w in ws]
+        for trial, predicted, run_id in stopped:
             self.study.tell(trial, state=TrialState.FAIL)
             self.tracker.end_trial(run_id, "KILLED", predicted, {"error": "stopped by the user"})
-        self.tracker.end_study({"complete_trials": self.complete}, status="KILLED")
-        print(f"\nstopped: {self.complete} complete trials kept, {len(self.running)} running trial(s) marked "
+        self.tracker.end_study({"complete_trials": self.complete, "repeats": self.repeats}, status="KILLED")
+        print(f"\nstopped: {self.complete} complete trials kept, {len(stopped)} running trial(s) marked "
               f"FAIL. Resume with the same command: python -m search {' '.join(overrides)}".rstrip(), flush=True)
 
 
@@ -252,7 +331,9 @@ def constrain(trial: optuna.Trial, predicted: Mapping[str, float], budget: Mappi
 
 
 def _numbers(attrs: Mapping[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """A trial's metrics: its numeric user attrs (repeat_of is a trial number, not a metric)."""
+    return {k: v for k, v in attrs.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != REPEAT_OF}
 
 
 def publish_front(study: optuna.Study, tracker: Tracker, cfg: Mapping[str, Any], step: int) -> list[pareto.Point]:
@@ -263,7 +344,7 @@ def publish_front(study: optuna.Study, tracker: Tracker, cfg: Mapping[str, Any],
     folder = Path(cfg["study"]["dir"])
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / "pareto.csv", folder / "pareto.html", folder / "pareto.png"]
-    title = f"{study.study_name}: {len(pts)} complete trials, {len(pareto.front(pts))} on the front"
+    title = f"{study.study_name}: {len(pts)} networks evaluated, {len(pareto.front(pts))} on the front"
     pareto.write_csv(pts, files[0])
     plots.write_html(pts, names, files[1], title)
     plots.write_png(pts, names, files[2], title)
@@ -278,11 +359,11 @@ def _target_tags(cfg: Mapping[str, Any], predictor: latency.Predictor) -> dict[s
             "space": cfg["space"]["name"], "data": cfg["data"]["name"], **predictor.describe()}
 
 
-def _summary(pts: list[pareto.Point], cfg: Mapping[str, Any], experiment_id: str) -> None:
+def _summary(pts: list[pareto.Point], cfg: Mapping[str, Any], experiment_id: str, complete: int, repeats: int) -> None:
     front = sorted(pareto.front(pts), key=lambda p: p.values["latency_ms"])
     name = cfg["study"]["name"]
-    print(f"\nstudy {name}: {len(pts)} complete trials, "
-          f"{len(front)} on the Pareto front of {' / '.join(cfg['objectives'])}:")
+    print(f"\nstudy {name}: {complete} complete trials ({repeats} repeats of a network already evaluated, "
+          f"not trained again), {len(front)} on the Pareto front of {' / '.join(cfg['objectives'])}:")
     print(f"{'trial':>6} {'accuracy %':>10} {'latency ms':>10} {'size KB':>9}  baseline")
     for p in front:
         v = p.values

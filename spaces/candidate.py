@@ -1,7 +1,8 @@
-"""The two plain values a space hands to the rest of the system: a candidate and its layers."""
+"""The two plain values a space hands to the rest of the system, a candidate and its layers, and which
+network a candidate is (`identity`)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from typing import Any, Mapping
 
 
@@ -67,3 +68,13 @@ class Layer:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"weights": self.weights, "params": self.params, "macs": self.macs}
+
+
+def identity(space: Any, candidate: Candidate) -> tuple:
+    """Which network a candidate is: its space and every layer as built (shapes, bits, the sparsity rounding
+    leaves), not the choices that led there. Choices that build the same network (widths or sparsities that round
+    to the same channels, a setting of a layer the network does not have) are the same network. Layers are what a
+    space builds the network from and all a latency predictor reads, so equal identities train and predict
+    alike (a weight-granularity sparsity stays as chosen: two that zero the same count in a tiny layer stay apart).
+    Plain hashable tuples: no pickles, and recomputed from params, so a stored study needs no new field."""
+    return (candidate.space, *(astuple(layer) for layer in space.layers(candidate)))
