@@ -52,12 +52,12 @@ def calibration_set(space: Any, n: int, seed: int) -> list[spaces.Candidate]:
 
 
 def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int) -> tuple[list[Measurement], dict, float]:
-    """Export each candidate at its real per-layer precision and shapes (a `.tflite` for the litert runner, else
-    ONNX), time it with the runner, and return measurements, the runner's settings and the noise floor: the
+    """Export each candidate at its real per-layer precision and shapes (a `.tflite` for the litert runner and
+    benchmark_model, else ONNX), time it with the runner, and return measurements, the runner's settings and the noise floor: the
     relative spread (IQR / median) of the reference network's repeated measurements through the run."""
     from .workers import Workers
 
-    backend = "litert" if runner_cfg["kind"] == "litert" else "onnx"
+    backend = "litert" if runner_cfg["kind"] == "litert" or runner_cfg.get("tool") == "benchmark_model" else "onnx"
     runner = make_runner(runner_cfg, seed)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
@@ -156,10 +156,10 @@ def calibrate(cfg: Mapping[str, Any]) -> latency.Report:
         measurements.write(source, space, rows)
     fit_rows, held_out = split(rows, cfg)
     networks = [space.layers(r.candidate) for r in fit_rows]
-    coefficients = latency.fit(networks, [r.latency_ms for r in fit_rows], _kernels(target), target["sparse_kernels"])
+    coefficients = latency.fit(networks, [r.latency_ms for r in fit_rows], latency.declared(target)["kernels"],
+                               target["sparse_kernels"])
     proxy = target.get("proxy")
-    predictor = latency.Predictor(target["name"], _kernels(target), target["sparse_kernels"], coefficients,
-                                  dict(target["speedups"]), proxy["scale"] if proxy else 1.0)
+    predictor = latency.Predictor(target["name"], coefficients=coefficients, **latency.declared(target))
     # Scored unscaled: the held-out rows are measurements of the measured device itself.
     measured_device = latency.Predictor(**{**asdict(predictor), "scale": 1.0})
     report = latency.Report.of([measured_device.predict(space.layers(r.candidate)) for r in held_out],
@@ -234,10 +234,6 @@ def _shown(path: str | Path) -> str:
 def _space_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A space that fixes its input (fbnet) keeps it; others are measured at the configured one."""
     return {"input_shape": cfg["input_shape"], "num_classes": cfg["num_classes"], **cfg["space"]}
-
-
-def _kernels(target: Mapping[str, Any]) -> dict[int, str]:
-    return {int(k): v for k, v in target["kernels"].items()}
 
 
 def _log(cfg: Mapping[str, Any], predictor: latency.Predictor, report: latency.Report, source: Path) -> None:

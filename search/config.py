@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 import yaml
 
 import spaces
+from spaces.precision import BITS
 
 from .errors import UserError
 from .latency import KERNELS
@@ -111,7 +112,8 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
     target, space = out.get("target"), out.get("space")
     if isinstance(target, dict) and isinstance(target.get("bits"), list) and isinstance(space, dict) \
             and isinstance(space.get("bits"), list):
-        space["bits"] = [b for b in space["bits"] if b in target["bits"]]
+        # only bit-widths a space may offer are narrowed: anything else stays, for validation to name
+        space["bits"] = [b for b in space["bits"] if b in target["bits"] or isinstance(b, bool) or b not in BITS]
     return out
 
 
@@ -367,6 +369,15 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
         if kernel not in KERNELS:
             raise ConfigError(f"target.speedups.{kernel}: unknown kernel; allowed: {', '.join(KERNELS)}")
         _number(cfg, f"target.speedups.{kernel}")
+    for kernel, span in (target.get("speedup_range") or {}).items():  # the evidence's lowest and highest
+        used = target["speedups"].get(kernel)
+        if used is None or not isinstance(span, list) or len(span) != 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in span) \
+                or not span[0] <= used <= span[1]:
+            raise ConfigError(f"target.speedup_range.{kernel}: [lowest, highest] evidenced speed-up around "
+                              f"target.speedups.{kernel} ({used}), got {span!r}")
+    if "border_cost" in target:
+        _number(cfg, "target.border_cost", strict=False)
     _mapping(cfg, "target.measurements")
     measured = _get(cfg, "target.measurements.space")
     if not isinstance(measured, str) or measured not in spaces.SPACES:

@@ -161,14 +161,18 @@ class Predictor:
     coefficients: dict[str, float]
     speedups: dict[str, float] = field(default_factory=dict)  # for precisions absent from the measurements
     scale: float = 1.0  # a proxy target's stated scaling of the measured device's latencies
+    border: float = 0.0  # a float/int8 border's cost as a share of a float residual add on the same tensor
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def coefficient(self, name: str) -> float:
-        """A fitted coefficient, or one derived from fp32 by the target's declared speed-up when the
-        measurements never exercised that precision (per-layer and per-add dispatch costs are not sped up)."""
+        """A fitted coefficient, or one derived when the measurements never exercised it: a precision's from
+        fp32 by the target's declared speed-up (per-layer and per-add dispatch costs are not sped up), a
+        layout border's from a float residual add by the declared `border` share."""
         if name in self.coefficients:
             return self.coefficients[name]
         cls, run, quantity = name.split(".")
+        if cls == "layout":
+            return self.border * self.coefficients.get(f"residual.fp32.{quantity}", 0.0)
         base = self.coefficients.get(f"{cls}.fp32.{quantity}", 0.0)
         kernel = "dequant_fp32" if run.startswith("dequant") else run
         return base if quantity in ("layers", "count") else base / self.speedups.get(kernel, 1.0)
@@ -232,12 +236,11 @@ def fit(networks: Sequence[Sequence[Layer]], latency_ms: Sequence[float], kernel
 
     rows = [features(layers, kernels, sparse_kernels) for layers in networks]
     names = sorted({k for r in rows for k in r})
-    unfitted = []
     if all(len(set(execution(layers, kernels))) == 1 for layers in networks):
         # one precision everywhere (e.g. a phone's fp32 measurements): the only layout change is at the
-        # classifier, a near-constant that would price every precision change of a mixed network at random
-        unfitted = [k for k in names if k.startswith("layout.")]
-        names = [k for k in names if k not in unfitted]
+        # classifier, a near-constant that would price every precision change of a mixed network at random;
+        # left unfitted, a border costs what the target declares (Predictor.coefficient)
+        names = [k for k in names if not k.startswith("layout.")]
     y = np.asarray(latency_ms, float)
     a = np.array([[r.get(k, 0.0) for k in names] for r in rows]) / y[:, None]
     scale = np.maximum(a.max(0), 1e-12)  # columns of similar size keep NNLS well conditioned
@@ -247,7 +250,14 @@ def fit(networks: Sequence[Sequence[Layer]], latency_ms: Sequence[float], kernel
     for _ in range(iterations):
         w = 1 / np.sqrt(np.maximum(np.abs(a @ coef - b), 1e-3))
         coef, _ = nnls(a * w[:, None], b * w)
-    return {k: float(c) for k, c in zip(names, coef / scale)} | dict.fromkeys(unfitted, 0.0)
+    return {k: float(c) for k, c in zip(names, coef / scale)}
+
+
+def declared(target: Mapping[str, Any]) -> dict[str, Any]:
+    """What a target's YAML says about how it runs, as the Predictor fields a predictor fitted for it carries."""
+    return {"kernels": {int(k): v for k, v in target["kernels"].items()}, "sparse_kernels": target["sparse_kernels"],
+            "speedups": dict(target["speedups"]), "scale": target["proxy"]["scale"] if target.get("proxy") else 1.0,
+            "border": float(target.get("border_cost", 0.0))}
 
 
 def for_target(target: Mapping[str, Any]) -> Predictor:
@@ -265,9 +275,7 @@ def for_target(target: Mapping[str, Any]) -> Predictor:
                         f"target={target['name']} (add benchmarks=FILE to refit from measurements already made)") from None
     if predictor.target != target["name"]:
         raise UserError(f"target.predictor: {path} was fitted for target {predictor.target!r}, not {target['name']!r}")
-    declared = ({int(k): v for k, v in target["kernels"].items()}, target["sparse_kernels"], dict(target["speedups"]),
-                target["proxy"]["scale"] if target.get("proxy") else 1.0)
-    if declared != (predictor.kernels, predictor.sparse_kernels, predictor.speedups, predictor.scale):
+    if declared(target) != {k: getattr(predictor, k) for k in declared(target)}:
         raise UserError(f"target: conf/target/{target['name']}.yaml changed since {path} was fitted; "
                         f"run `python -m search.calibrate target={target['name']}` again")
     return predictor

@@ -81,6 +81,11 @@ BAD = [
     (["data=imagefolder", "data.root=''"], "data.root"),
     (["budget=5"], "budget"),
     (["target.speedups.int4=2"], "target.speedups.int4"),
+    (["space.bits=[12,32]"], "space.bits"),  # narrowing to the target's bits leaves what no space offers
+    (["target.speedup_range.int8=[2.0,3.0]"], "target.speedup_range.int8"),  # not around the speed-up used
+    (["target.speedup_range.int8=2"], "target.speedup_range.int8"),
+    (["+target.speedup_range.fp32=[1,2]"], "target.speedup_range.fp32"),  # no declared fp32 speed-up
+    (["target.border_cost=-1"], "target.border_cost"),
 ]
 
 
@@ -90,6 +95,11 @@ def test_bad_values_fail_with_one_line_naming_the_key(overrides, message):
         validate(resolve(compose(overrides)))
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_the_default_target_narrows_the_space_to_the_precisions_a_tflite_holds():
+    assert resolve(compose([]))["space"]["bits"] == [8, 32]  # the default space offers [4, 8, 16, 32]
+    assert resolve(compose(["target=host"]))["space"]["bits"] == [4, 8, 16, 32]
 
 
 def test_target_must_say_how_every_searched_bit_width_runs():

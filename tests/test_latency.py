@@ -21,7 +21,7 @@ from search import latency
 from search.calibrate import calibration_set
 from search.config import compose, resolve
 from search.errors import UserError
-from search.latency import Predictor, Report, features, fit, for_target, kernel_class
+from search.latency import Predictor, Report, declared, features, fit, for_target, kernel_class
 from spaces import Candidate, Layer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def fbnet_data():
 def test_fit_recovers_a_known_linear_model(fbnet_data):
     train, y, test, y_test = fbnet_data
     coefficients = fit(train, y, FP32, False)
-    assert coefficients.keys() == TRUE.keys()
+    assert coefficients.keys() == {k for k in TRUE if not k.startswith("layout.")}  # one precision: not fitted
     assert all(c >= 0 for c in coefficients.values())
     predictor = Predictor("t", FP32, False, coefficients)
     predicted = [predictor.predict(x) for x in test]
@@ -246,7 +246,7 @@ def fp32_predictor():
     space = mobilenet(bits=[32])
     layers = [space.layers(c) for c in calibration_set(space, 60, seed=0)]
     coefficients = fit(layers, [true_latency(x) for x in layers], MB_KERNELS, False)
-    assert {k.split(".")[1] for k in coefficients if k != "network"} == {"fp32", "any"}  # any: layout changes
+    assert {k.split(".")[1] for k in coefficients if k != "network"} == {"fp32"}  # layout changes: not fitted
     return Predictor("t", MB_KERNELS, False, coefficients, speedups={"int8": 2.0})
 
 
@@ -284,6 +284,21 @@ def test_a_declared_dequantize_speed_up_applies_to_every_storage_width():
                   speedups={"dequant_fp32": 0.5})
     assert [p.coefficient(f"dense.dequant{w}.macs") for w in (4, 8, 16)] == [2.0, 2.0, 2.0]
     assert p.coefficient("dense.dequant4.layers") == 0.3
+
+
+def test_an_unmeasured_border_costs_its_declared_share_of_a_float_residual_add(fp32_predictor):
+    space = mobilenet()
+    mixed = space.layers(uniform(space, 8))
+    f = features(mixed, MB_KERNELS, False)
+    assert f["layout.any.activations"] > 0 and fp32_predictor.coefficient("layout.any.activations") == 0.0
+    priced = dataclasses.replace(fp32_predictor, border=0.33)
+    for quantity in ("activations", "count"):
+        assert priced.coefficient(f"layout.any.{quantity}") == \
+            0.33 * fp32_predictor.coefficients[f"residual.fp32.{quantity}"]
+    assert priced.predict(mixed) - fp32_predictor.predict(mixed) == pytest.approx(
+        sum(priced.coefficient(f"layout.any.{q}") * f[f"layout.any.{q}"] for q in ("activations", "count")))
+    fitted = dataclasses.replace(priced, coefficients={**priced.coefficients, "layout.any.count": 0.7})
+    assert fitted.coefficient("layout.any.count") == 0.7  # a measured border cost wins over the declared one
 
 
 def test_scale_multiplies_the_prediction(fp32_predictor):
@@ -366,10 +381,8 @@ def snapdragon():
 
 def matching(config, **changes) -> Predictor:
     """A predictor whose declared kernels, speed-ups and scale are exactly the target config's."""
-    kernels = {int(k): v for k, v in config["kernels"].items()}
-    scale = config["proxy"]["scale"] if config.get("proxy") else 1.0
-    return dataclasses.replace(Predictor(config["name"], kernels, config["sparse_kernels"], {"network": 1.0},
-                                         dict(config["speedups"]), scale), **changes)
+    return dataclasses.replace(Predictor(config["name"], coefficients={"network": 1.0}, **declared(config)),
+                               **changes)
 
 
 def test_the_shipped_predictor_loads_for_the_composed_target(snapdragon):
@@ -377,7 +390,7 @@ def test_the_shipped_predictor_loads_for_the_composed_target(snapdragon):
     assert Path(snapdragon["predictor"]) == SHIPPED
     predictor = for_target(snapdragon)
     assert predictor.target == "snapdragon665" and predictor.scale == 1.15
-    assert predictor.speedups == {"int8": 2.0}
+    assert predictor.speedups == {"int8": 1.65} and predictor.border == 0.33
     space = mobilenet()
     fp32, int8 = (predictor.predict(space.layers(uniform(space, b))) for b in (32, 8))
     assert 0 < int8 < fp32
@@ -406,7 +419,7 @@ def test_a_file_fitted_for_another_target_is_refused(snapdragon, tmp_path):
         for_target(snapdragon | {"predictor": str(path)})
 
 
-@pytest.mark.parametrize("change", ["kernels", "speedups", "scale", "sparse_kernels", "no proxy"])
+@pytest.mark.parametrize("change", ["kernels", "speedups", "scale", "sparse_kernels", "no proxy", "border_cost"])
 def test_a_changed_target_yaml_asks_to_recalibrate(snapdragon, tmp_path, change):
     path = matching(snapdragon).save(tmp_path / "p.json")
     target = snapdragon | {"predictor": str(path)}
@@ -418,6 +431,8 @@ def test_a_changed_target_yaml_asks_to_recalibrate(snapdragon, tmp_path, change)
         target["proxy"] = {**target["proxy"], "scale": 1.2}
     elif change == "sparse_kernels":
         target["sparse_kernels"] = True
+    elif change == "border_cost":
+        target["border_cost"] = 0.5
     else:
         target["proxy"] = None
     with pytest.raises(UserError) as e:

@@ -75,7 +75,8 @@ KEYS = {
     "objectives": (st.lists(st.sampled_from(list(DIRECTIONS)), min_size=1, unique=True),
                    st.one_of(st.just([]), st.lists(st.text(max_size=6).filter(lambda o: o not in DIRECTIONS), min_size=1),
                              st.sampled_from(list(DIRECTIONS)).map(lambda o: [o, o]), st.text(max_size=6))),
-    "space.bits": choices(list(BITS), [32], st.sampled_from(BITS),
+    # the default target (snapdragon665) holds 5-8 and 32 bits; the composed config is narrowed to those
+    "space.bits": choices(BASE["target"]["bits"], [32], st.sampled_from(BASE["target"]["bits"]),
                           st.integers().filter(lambda b: b not in BITS) | st.floats() | st.text(max_size=2)),
     "space.sparsity": choices([0.0, 0.1, 0.25, 0.5, 0.9, 0.999], [0.0], st.floats(0, 1, exclude_max=True),
                               st.floats(1.0) | st.floats(max_value=0, exclude_max=True) | st.just(math.nan)),
