@@ -4,7 +4,11 @@
     .venv/bin/python scripts/search_report.py --no-run   # only re-read the last run's study
 
 The study runs as a user runs it (`python -m search target=snapdragon665`), in a scratch study
-name and a fresh cache, so the time includes fetching MNIST and training the supernet.
+name and a fresh cache, so the time includes fetching MNIST and training the supernet. The knee and
+both baselines are promoted as a user would; their ONNX files (onnxruntime) and `.tflite` files
+(XNNPACK) are then timed on this CPU, each kind together in one run, so the speed-ups are ratios
+measured in one run. And the study's networks are predicted again under the lowest and the highest
+int8 speed-up the target's evidence spans (`speedup_range`), to show how the front and knee move.
 """
 from __future__ import annotations
 
@@ -15,13 +19,20 @@ import sys
 import time
 from pathlib import Path
 
+import copy
+import dataclasses
+
 import optuna
 from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from readme_results import machine, write_readme
 
-from search import pareto
+import spaces
+from search import latency, pareto
+from search.config import compose, resolve
+from search.runners.host import HostRunner
+from search.runners.litert import LiteRTRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "report-default"
@@ -39,40 +50,97 @@ def run_study(folder: Path, overrides: list[str]) -> float:
     return minutes
 
 
-def promote_both(folder: Path) -> list[dict]:
-    """Promote the front's knee and the float full-width baseline as a user would, each measured on this host."""
-    out = []
-    for overrides in (["pick=knee"], ["trial=0", "alias=baseline"]):  # trial 0 is the float baseline
+def promote_all(folder: Path) -> dict[str, dict]:
+    """Promote the front's knee and both baselines as a user would, then time their ONNX files together on
+    onnxruntime and their `.tflite` files together on XNNPACK (shuffled, re-measured reference)."""
+    done = load(folder).get_trials(states=(TrialState.COMPLETE,))
+    baselines = {t.user_attrs["baseline"]: t.number for t in done if t.user_attrs.get("baseline")}
+    out = {}
+    for label, overrides in (("knee", ["pick=knee"]), *((k, [f"trial={n}", f"alias={k}"]) for k, n in baselines.items())):
         done = subprocess.run([sys.executable, "-m", "search.promote", f"study.name={STUDY}",
                                f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", f"cache_dir={folder / 'cache'}",
                                f"study.dir={folder / STUDY}", *overrides], check=True, cwd=folder,
                               capture_output=True, text=True)
-        out.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        out[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    onnx = {k: Path(p["onnx_path"]) for k, p in out.items()}
+    tflite = {k: Path(p["tflite_path"]) for k, p in out.items() if p["tflite_path"]}
+    timings = {"onnxruntime": HostRunner(seed=0).measure(onnx, onnx["float"])[0]}
+    if "float" in tflite:
+        timings["xnnpack"] = LiteRTRunner(seed=0).measure(tflite, tflite["float"])[0]
+    for label, p in out.items():
+        p["measured_ms"] = {runtime: t[label].median_ms for runtime, t in timings.items() if label in t}
     (folder / "promoted.json").write_text(json.dumps(out, indent=1))
     return out
 
 
 def promoted_table(folder: Path) -> list[str]:
-    knee, base = json.loads((folder / "promoted.json").read_text())
+    promoted = json.loads((folder / "promoted.json").read_text())
+    base = promoted["float"]["measured_ms"]
 
     def row(label: str, p: dict) -> str:
+        ms = p["measured_ms"]
+        cells = [f"{ms[r]:.4f} | {base[r] / ms[r]:.2f}x" if r in ms else "no file | -" for r in ("onnxruntime", "xnnpack")]
         return (f"| {label} | {p['trial']} | {p['test_accuracy']:.2f} | {p['onnx_test_accuracy']:.2f} "
-                f"| {p['onnx_kb']:.1f} | {p['size_kb']:.1f} | {p['host_latency_ms']:.3f} "
-                f"| {base['host_latency_ms'] / p['host_latency_ms']:.2f}x | {p['predicted_latency_ms']:.3f} |")
+                f"| {p['tflite_test_accuracy'] if p['tflite_path'] else float('nan'):.2f} | {p['onnx_kb']:.1f} "
+                f"| {p['tflite_kb'] or float('nan'):.1f} | {cells[0]} | {cells[1]} | {p['predicted_latency_ms']:.3f} "
+                f"| {promoted['float']['predicted_latency_ms'] / p['predicted_latency_ms']:.2f}x (predicted) |")
 
-    return ["", "Promoted with `python -m search.promote` (ONNX file exported, checked on the test split with onnxruntime, "
-            "timed on this host: batch 1, 1 thread, median):", "",
-            "| network | trial | test accuracy % (trial) | test accuracy % (ONNX) | file KB | size_kb | host latency ms "
-            "| host speed-up | predicted snapdragon665 latency ms |",
-            "|---|---|---|---|---|---|---|---|---|",
-            row("float full-width baseline", base), row("knee of the front (`pick=knee`)", knee)]
+    return ["", "Promoted with `python -m search.promote` (both files exported and checked on the test split), then "
+            "timed on this CPU: the three ONNX files together on onnxruntime, the three `.tflite` files together on "
+            "XNNPACK (batch 1, 1 thread, median, shuffled order). The last columns are the snapdragon665 "
+            "prediction, not a measurement:", "",
+            "| network | trial | test accuracy % (trial) | ONNX % | .tflite % | ONNX KB | .tflite KB "
+            "| onnxruntime ms | speed-up (measured) | XNNPACK ms | speed-up (measured) "
+            "| snapdragon665 ms (predicted) | speed-up (predicted) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            row("float full-width baseline", promoted["float"]),
+            *([row("uniform 8-bit baseline", promoted["int8"])] if "int8" in promoted else []),
+            row("knee of the front (`pick=knee`)", promoted["knee"])]
+
+
+def sensitivity(folder: Path, done: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """The study's networks predicted again with each int8 speed-up of the target's evidence: the front and knee
+    those factors give among the networks this study evaluated (a study run under another factor would also
+    propose other networks)."""
+    cfg = resolve(compose(["target=snapdragon665"]))
+    target = cfg["target"]
+    space = spaces.create(**{**cfg["space"], "input_shape": (1, 28, 28), "num_classes": 10})  # MNIST
+    fitted = latency.for_target(target)
+    layers = {t.number: space.layers(space.sample(optuna.trial.FixedTrial(t.params))) for t in done}
+    lo, hi = target["speedup_range"]["int8"]
+    used = target["speedups"]["int8"]
+    float_ = next(t.number for t in done if t.user_attrs.get("baseline") == "float")
+    rows = []
+    for label, factor in (("lowest evidenced", lo), ("declared (used by the search)", used), ("highest evidenced", hi)):
+        predictor = dataclasses.replace(fitted, speedups={**fitted.speedups, "int8": factor})
+        trials = []
+        for t in done:
+            t = copy.deepcopy(t)
+            t.user_attrs["latency_ms"] = predictor.predict(layers[t.number])
+            trials.append(t)
+        pts = pareto.points(trials, ["accuracy", "latency_ms"])
+        knee = pareto.knee(pts, ["accuracy", "latency_ms"])
+        base = next(p for p in pts if p.trial == float_)
+        int8 = sum(x.bits <= 8 for x in layers[knee.trial]) / len(layers[knee.trial])
+        rows.append(f"| {label} | {factor:.2f}x | {len(pareto.front(pts))} | {knee.trial} | {knee.values['accuracy']:.2f} "
+                    f"| {knee.values['latency_ms']:.3f} | {base.values['latency_ms'] / knee.values['latency_ms']:.2f}x "
+                    f"| {int8:.0%} |")
+    return ["", f"How the front and knee depend on the assumed int8 speed-up (`conf/target/snapdragon665.yaml`: "
+            f"{used}x declared, public measurements on A73-class cores span {lo}x to {hi}x). The same "
+            f"{len(done)} networks, predicted again with each factor (a study run under another factor would also "
+            "propose other networks); all latencies here are predicted:", "",
+            "| int8 speed-up | factor | front size | knee trial | knee val accuracy % | knee ms (predicted) "
+            "| over float (predicted) | knee layers at int8 |", "|---|---|---|---|---|---|---|---|", *rows]
+
+
+def load(folder: Path) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(folder / STUDY / "optuna.journal")))
+    return optuna.load_study(study_name=STUDY, storage=storage)
 
 
 def report(folder: Path) -> str:
     wall = json.loads((folder / "wall.json").read_text())
-    storage = JournalStorage(JournalFileBackend(str(folder / STUDY / "optuna.journal")))
-    study = optuna.load_study(study_name=STUDY, storage=storage)
-    done = study.get_trials(states=(TrialState.COMPLETE,))
+    done = load(folder).get_trials(states=(TrialState.COMPLETE,))
     by_baseline = {t.user_attrs.get("baseline"): t for t in done}
     float_, int8 = by_baseline["float"], by_baseline.get("int8")
     front = {p.trial for p in pareto.front(pareto.points(done, ["accuracy", "latency_ms"]))}  # the study's objectives
@@ -99,6 +167,7 @@ def report(folder: Path) -> str:
         *([row("uniform 8-bit baseline", int8)] if int8 else []),
         row("smallest front point within 1.0 point of float", pick),
         *promoted_table(folder),
+        *sensitivity(folder, done),
         "",
         f"Pareto front: {len(front)} trials. The picked point is "
         f"{float_.user_attrs['accuracy'] - pick.user_attrs['accuracy']:.2f} points below the float baseline on "
@@ -119,7 +188,7 @@ def main() -> None:
         if (args.folder / STUDY).exists():
             raise SystemExit(f"{args.folder / STUDY} exists: remove {args.folder} to measure from scratch")
         run_study(args.folder, args.overrides)
-        promote_both(args.folder)
+        promote_all(args.folder)
     section = report(args.folder)
     print(section)
     write_readme(section, args.readme, MARK)

@@ -9,7 +9,7 @@ every constraint the driver set on the trial (`trial.set_constraint`, one per bu
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -51,6 +51,16 @@ def points(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[Poi
     return [Point(t.number, {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float))}, dict(t.params),
                   bool(p <= 0), t.user_attrs.get("baseline", ""), int(r), bool(r == 1 and p <= 0))
             for t, p, r in zip(done, penalty, ranks)]
+
+
+def rerank(pts: Sequence[Point], objectives: Sequence[str]) -> list[Point]:
+    """`pts` ranked again on their values as they are now (e.g. latency measured rather than predicted);
+    an infeasible point stays off the front."""
+    if not pts:
+        return []
+    penalty = np.array([0.0 if p.feasible else 1.0 for p in pts])
+    ranks = _fast_non_domination_rank(losses([p.values for p in pts], objectives), penalty=penalty) + 1
+    return [replace(p, rank=int(r), pareto=bool(r == 1 and p.feasible)) for p, r in zip(pts, ranks)]
 
 
 def losses(values: Sequence[Mapping[str, float]], objectives: Sequence[str]) -> np.ndarray:

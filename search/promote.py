@@ -2,6 +2,10 @@
 one trial of a study becomes a deployable ONNX file in the MLflow model registry, and only if the file
 behaves like the trial did.
 
+The pick ranks trials by predicted latency, or with `rank_by=onnxruntime|xnnpack|phone` by latency measured:
+every trial of the predicted front is exported and timed together on that runtime, the front is ranked again,
+and the knee (or the most accurate within `latency_budget_ms`) is picked on what was measured.
+
 The trial's network is rebuilt from its stored params (Optuna) and the fine-tuned weights its MLflow run
 stored when it completed (`weights.npz`): nothing is re-trained, so nothing depends on training being
 bit-for-bit repeatable. The file (`search.backends.onnx`) is that network itself: channel-pruned layers
@@ -13,9 +17,11 @@ names the layers where the file starts to differ.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,20 +35,21 @@ from omegaconf import DictConfig
 
 import spaces
 
+from . import backends, pareto, parity
 from . import data as datasets
-from . import pareto, parity
 from .config import CONF_DIR, ConfigError, _get, _int, _number, command, fail, resolve
 from .errors import UserError
 from .backends import litert
 from .backends import onnx as backend
 from .runners import litert as litert_runner
 from .runners.adb import AdbError, AdbRunner
-from .runners.host import time_model
+from .runners.host import HostRunner, time_model
 from .study import storage
 from .tracking import Tracker
 
 CONFIG_NAME = "promote"
 PICKS = ("knee", "max_accuracy")
+RANK_BY = ("predicted", "onnxruntime", "xnnpack", "phone")
 
 
 class ParityError(UserError):
@@ -75,6 +82,7 @@ class Promotion:
     tflite_host_latency_ms: float | None = None  # measured on this CPU with XNNPACK
     tflite_kb: float | None = None
     tflite_refused: str | None = None
+    ranked_by: str = "predicted"  # the latency the pick ranked trials by: predicted, or measured on a runtime
     # an Android phone over adb (`phone.serial=`), timed with the phone's benchmark tool in one sustained run
     phone_device: str | None = None
     phone_file: str | None = None  # "tflite" (benchmark_model) or "onnx" (onnxruntime_perf_test)
@@ -91,6 +99,10 @@ def check(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"study.name: the study to promote from, got {name!r}")
     if _get(cfg, "pick") not in PICKS:
         raise ConfigError(f"pick: one of {', '.join(PICKS)}, got {cfg['pick']!r}")
+    if _get(cfg, "rank_by") not in RANK_BY:
+        raise ConfigError(f"rank_by: one of {', '.join(RANK_BY)}, got {cfg['rank_by']!r}")
+    if cfg["rank_by"] == "phone" and _get(cfg, "phone.serial") is None:
+        raise ConfigError("rank_by: phone needs phone.serial (and phone.binary) to measure on")
     _int(cfg, "trial", 0, allow_none=True)
     _number(cfg, "latency_budget_ms", allow_none=True)
     _number(cfg, "size_budget_kb", allow_none=True)
@@ -140,10 +152,48 @@ def restore(study_cfg: Mapping[str, Any], params: Mapping[str, Any], weights: Ma
             cache_dir: str) -> tuple[torch.nn.Module, datasets.Dataset]:
     """The trial's network with its fine-tuned weights, and the study's data (same seed, same splits)."""
     data = datasets.load(study_cfg["data"], study_cfg["seed"], cache_dir)
+    return network(study_cfg, data, params, weights), data
+
+
+def network(study_cfg: Mapping[str, Any], data: datasets.Dataset, params: Mapping[str, Any],
+            weights: Mapping[str, np.ndarray]) -> torch.nn.Module:
+    """A trial's network, rebuilt from its params (Optuna) and its fine-tuned weights (MLflow)."""
     space = spaces.create(**{**study_cfg["space"], "input_shape": data.input_shape, "num_classes": data.num_classes})
     net = space.build(space.sample(optuna.trial.FixedTrial(dict(params))))
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-    return net.eval(), data
+    return net.eval()
+
+
+def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracker, study_cfg: Mapping[str, Any],
+                   cfg: Mapping[str, Any]) -> list[pareto.Point]:
+    """The predicted front's trials with `latency_ms` measured on the `rank_by` runtime, ranked again: each is
+    exported (a `.tflite` for XNNPACK and benchmark_model, else ONNX) and all are timed in one run, shuffled, so
+    their ratios hold. A trial whose precisions the file cannot hold is left out, and the command says so."""
+    kind = cfg["rank_by"]
+    if kind == "phone":
+        runner = phone(cfg)
+    else:
+        runner = (litert_runner.LiteRTRunner if kind == "xnnpack" else HostRunner)(threads=cfg["latency_threads"])
+    module = backends.get("litert" if kind == "xnnpack" or getattr(runner, "tool", "") == "benchmark_model" else "onnx")
+    data = datasets.load(study_cfg["data"], study_cfg["seed"], cfg["cache_dir"])
+    runs = tracker.trial_runs()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for p in pareto.front(pts):
+            net = network(study_cfg, data, study.trials[p.trial].params, tracker.weights(runs[p.trial].info.run_id))
+            try:
+                files[p.trial] = module.export(net, data.input_shape, Path(tmp) / f"trial-{p.trial}{module.SUFFIX}")
+            except ValueError as e:
+                print(f"rank_by={kind}: trial {p.trial} left out: {e}", file=sys.stderr)
+        if not files:
+            raise UserError(f"rank_by: no trial of the front can be exported for {kind}")
+        timings, _ = runner.measure({str(t): f for t, f in files.items()}, next(iter(files.values())))
+    measured = [dataclasses.replace(p, values={**p.values, "latency_ms": timings[str(p.trial)].median_ms})
+                for p in pts if p.trial in files]
+    for p, m in zip((p for p in pts if p.trial in files), measured):
+        print(f"rank_by={kind}: trial {p.trial}: {m.values['latency_ms']:.4f} ms measured "
+              f"(predicted on the target: {p.values['latency_ms']:.4f} ms)", file=sys.stderr)
+    return pareto.rerank(measured, study_cfg["objectives"])
 
 
 def promote(cfg: Mapping[str, Any]) -> Promotion:
@@ -155,7 +205,11 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         study = optuna.load_study(study_name=name, storage=storage(cfg))
     except KeyError:
         raise UserError(f"study.name: no Optuna study {name!r} in {cfg['study']['storage']}") from None
-    point = choose(pareto.points(study.trials, study_cfg["objectives"]), cfg, study_cfg["objectives"])
+    pts = pareto.points(study.trials, study_cfg["objectives"])
+    point = choose(pts, cfg, study_cfg["objectives"])
+    if cfg["trial"] is None and cfg["rank_by"] != "predicted":  # picked on measured latency; reported as the trial
+        chosen = choose(measured_front(pts, study, tracker, study_cfg, cfg), cfg, study_cfg["objectives"])
+        point = next(p for p in pts if p.trial == chosen.trial)
     run_id = tracker.trial_runs()[point.trial].info.run_id
     kept = tracker.registered(cfg["model_name"], name, point.trial)
     if kept is not None:  # promoting the same trial again only moves the alias
@@ -189,7 +243,8 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         onnx_agreement=checked.agreement, onnx_max_logit_diff=checked.max_logit_diff,
         predicted_latency_ms=point.values["latency_ms"], host_latency_ms=host.median_ms,
         size_kb=point.values["size_kb"], onnx_kb=final.stat().st_size / 1024,
-        **{k: v for k, v in tflite.items() if k != "parity"}, **on_phone)
+        **{k: v for k, v in tflite.items() if k != "parity"}, **on_phone,
+        ranked_by="predicted" if cfg["trial"] is not None else cfg["rank_by"])
     example = parity.inputs(data.test, data.mean, data.std, 0, 2)
     version = tracker.register(run_id, final, example, backend.outputs(final, example), promotion, {
         "target": study_cfg["target"]["name"], "torch_test_accuracy": f"{checked.torch_accuracy:.4f}",

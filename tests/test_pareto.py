@@ -46,6 +46,19 @@ def test_front_ranks_ties_and_constraints():
     assert not pts["E"].feasible and pts["C"].feasible
 
 
+def test_rerank_follows_changed_values_and_keeps_infeasible_points_off_the_front():
+    import dataclasses
+    pts = pareto.points(trials(), OBJECTIVES)
+    # G measured faster than A (which it trailed by 1 point): G joins the front; D, dominated by both, ranks 2
+    measured = [dataclasses.replace(p, values={**p.values, "latency_ms": 4.0}) if list(POINTS)[p.trial] == "G" else p
+                for p in pts]
+    again = by_name(pareto.rerank(measured, OBJECTIVES))
+    assert {n for n, p in again.items() if p.pareto} == {"A", "B", "C", "F", "G"}
+    assert again["D"].rank == 2 and not again["E"].pareto and again["E"].rank == 3  # infeasible: after every feasible point
+    assert by_name(pareto.rerank(pts, OBJECTIVES)) == by_name(pts)  # unchanged values: unchanged ranks
+    assert pareto.rerank([], OBJECTIVES) == []
+
+
 def test_incomplete_trials_are_left_out():
     running = create_trial(state=TrialState.RUNNING, params={}, distributions={})
     failed = create_trial(state=TrialState.FAIL, params={}, distributions={})

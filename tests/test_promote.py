@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -225,7 +226,26 @@ def test_a_phone_times_the_tflite_in_one_sustained_run(study, knee, fake_adb, mo
     assert tags["phone_device"] == "Pixel 7" and float(tags["phone_peak_memory_mb"]) == 17.5352
 
 
+def test_rank_by_xnnpack_picks_the_knee_of_the_front_as_measured(study, knee, monkeypatch, capsys):
+    monkeypatch.chdir(study)
+    cfg = config.resolve(config.compose([f"study.name={STUDY}", f"tracking.uri={uri(study)}", "cache_dir=cache",
+                                         "model_name=measured", "rank_by=xnnpack"], "promote"))
+    p = search.promote.promote(cfg)
+    measured = {int(t): float(ms) for t, ms in
+                re.findall(r"rank_by=xnnpack: trial (\d+): ([0-9.]+) ms measured", capsys.readouterr().err)}
+    front = {int(r["trial"]): float(r["accuracy"]) for r in csv.DictReader(open(study / "outputs" / STUDY / "pareto.csv"))
+             if r["pareto"] == "True"}
+    assert set(measured) == set(front)  # every trial of the predicted front was timed (all hold in a .tflite)
+    pts = search.promote.pareto.rerank([search.promote.pareto.Point(t, {"accuracy": a, "latency_ms": measured[t]}, {},
+                                                                    True) for t, a in front.items()],
+                                       ["accuracy", "latency_ms"])
+    assert p.ranked_by == "xnnpack" and p.trial == search.promote.pareto.knee(pts, ["accuracy", "latency_ms"]).trial
+    assert knee["ranked_by"] == "predicted"
+
+
 @pytest.mark.parametrize("overrides,key", [
+    (["rank_by=phone"], "rank_by: phone needs phone.serial"),
+    (["rank_by=fastest"], "rank_by: one of predicted"),
     (["phone.serial=R5CT12ABC", "phone.binary=/no/benchmark_model"], "phone: .*binary not found"),
     (["phone.serial=R5CT12ABC", "phone.tool=snpe"], "phone: .*unknown tool"),
     (["phone.serial=R5CT12ABC", "phone.parts=1"], "phone.parts"),
