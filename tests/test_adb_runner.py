@@ -92,8 +92,7 @@ def test_onnxruntime_commands_and_settings(tmp_path, fake_adb):
     assert timings["m3"].median_ms == pytest.approx(23.2931) and timings["m3"].runs == 50
     assert runner.settings() == {"runner": "adb", "serial": SERIAL, "tool": "onnxruntime_perf_test",
                                  "binary": "onnxruntime_perf_test", "flags": [], "threads": 3, "runs": 40,
-                                 "warmup": 1, "drift": "corrected by the reference", "device_model": "Pixel 7",
-                                 "abi": "arm64-v8a"}
+                                 "warmup": 1, "device_model": "Pixel 7", "abi": "arm64-v8a"}
     assert sum(c[2:3] == ["get-state"] for c in fake_adb()) == 1  # the device is checked once
 
 

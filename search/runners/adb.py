@@ -27,7 +27,7 @@ from statistics import NormalDist
 from tqdm import tqdm
 
 from search.errors import UserError
-from search.runners.host import Timing, drift_corrected
+from search.runners.host import Timing
 
 MODEL_SUFFIXES = {"benchmark_model": (".tflite",), "onnxruntime_perf_test": (".onnx", ".ort")}
 ADB_TIMEOUT_S, PUSH_TIMEOUT_S, RUN_TIMEOUT_S = 60.0, 600.0, 1800.0
@@ -144,23 +144,23 @@ class AdbRunner:
         device = self._check_device()
         return {"runner": "adb", "serial": self.serial, "tool": self.tool, "binary": self.binary.name,
                 "flags": list(self.flags), "threads": self.threads, "runs": self.runs,
-                "warmup": self.warmup if self.tool == "benchmark_model" else 1, "drift": "corrected by the reference",
+                "warmup": self.warmup if self.tool == "benchmark_model" else 1,
                 "device_model": device["model"], "abi": device["abi"]}
 
     def measure(self, models: Mapping[str, Path], reference: Path) -> tuple[dict[str, Timing], list[Timing]]:
         """Every model, plus the reference at the start, after every 10 models and at the end, so drift of the
-        phone (thermal throttling, background load) over the run shows in the reference's timings and is taken out
-        of the models' (`runners.host.drift_corrected`)."""
+        phone (thermal throttling, background load) over the run shows in the reference's timings."""
         for path in (reference, *models.values()):
             self._check_model(Path(path))
         self._install()
         remote_reference = self._push(Path(reference), "reference")
-        log = [(None, self._time(Path(reference), remote_reference))]
+        references = [self._time(Path(reference), remote_reference)]
+        timings: dict[str, Timing] = {}
         for i, (name, path) in enumerate(tqdm(models.items(), desc="measuring", unit="network", dynamic_ncols=True), 1):
-            log.append((name, self._time(Path(path), self._push(Path(path), "model"))))
+            timings[name] = self._time(Path(path), self._push(Path(path), "model"))
             if i % 10 == 0 or i == len(models):
-                log.append((None, self._time(Path(reference), remote_reference)))
-        return drift_corrected(log), [t for name, t in log if name is None]
+                references.append(self._time(Path(reference), remote_reference))
+        return timings, references
 
     def sustained(self, model: Path, seconds: float = 60.0, parts: int = 6) -> Sustained:
         """`model` run for `seconds` without pause, as `parts` back-to-back runs of the tool of `seconds / parts`

@@ -110,24 +110,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def drift_corrected(log: Sequence[tuple[str | None, Timing]]) -> dict[str, Timing]:
-    """The models' timings in a run, each rescaled to the speed the machine had on average: a run's measurements
-    in order, the reference's keyed None. A model measured while the reference took x% longer than its median over
-    the run (linear between the reference's measurements) is taken as x% slower than it is: a machine that slows
-    down for a while (load, clocks, heat) slows every network measured meanwhile alike, reference included."""
-    at = [i for i, (key, _) in enumerate(log) if key is None]
-    ref = [log[i][1].median_ms for i in at]
-    if not at:
-        raise ValueError("drift_corrected: the run has no reference measurement")
-    level = float(np.median(ref))
-    out = {}
-    for i, (key, t) in enumerate(log):
-        if key is not None:
-            f = level / float(np.interp(i, at, ref))
-            out[key] = Timing(t.median_ms * f, t.iqr_ms * f, t.runs)
-    return out
-
-
 class HostRunner:
     """Measures ONNX models on this machine's CPU with onnxruntime (see `time_model`), one model at a time, in a
     shuffled order so that slow drift of the machine does not line up with the order the caller lists models in."""
@@ -153,26 +135,25 @@ class HostRunner:
     def measure(self, models: Mapping[str, Path], reference: Path) -> tuple[dict[str, Timing], list[Timing]]:
         """Measure every model (batch 1) in a shuffled order (seeded), re-measuring the reference model
         before the first, after every `reference_every` models and at the end; returns the timings by key
-        (in the order of `models`), corrected for drift (`drift_corrected`), and the reference's timings in order
-        (the caller reports drift = spread of the reference)."""
+        (in the order of `models`) and the reference's timings in order (the caller reports drift = spread of the
+        reference)."""
         for path in (reference, *models.values()):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
         order = self.order(list(models))
-        log = [(None, self._time(Path(reference)))]
+        references = [self._time(Path(reference))]
+        timings: dict[str, Timing] = {}
         for i, key in enumerate(tqdm(order, desc="measuring", unit="network", dynamic_ncols=True), 1):
-            log.append((key, self._time(Path(models[key]))))
+            timings[key] = self._time(Path(models[key]))
             if i % self.reference_every == 0 or i == len(order):
-                log.append((None, self._time(Path(reference))))
-        timings = drift_corrected(log)
-        return {key: timings[key] for key in models}, [t for key, t in log if key is None]
+                references.append(self._time(Path(reference)))
+        return {key: timings[key] for key in models}, references
 
     def settings(self) -> dict:
         """Plain data recorded with a fitted predictor: how the models were measured, and on what."""
         return {**self.runtime(), "threads": self.threads, "inter_op_threads": 1, "execution_mode": "sequential",
                 "warmup": self.warmup, "min_runs": self.min_runs, "min_seconds": self.min_seconds,
-                "reference_every": self.reference_every, "drift": "corrected by the reference", "seed": self.seed,
-                "batch": 1, "cpu": _cpu_name(),
+                "reference_every": self.reference_every, "seed": self.seed, "batch": 1, "cpu": _cpu_name(),
                 "machine": platform.machine(), "cpu_count": os.cpu_count() or 0}
 
     @staticmethod
