@@ -64,18 +64,27 @@ def section(results: dict[str, list[dict]]) -> str:
     lines = [f"Measured by `scripts/parity_report.py` on {machine()}: every front trial of "
              f"{' and of '.join(f'the {name} study' for name in results)} promoted, each file run by onnxruntime on the "
              f"whole test split against the trial's torch network ({len(rows)} files).", "",
-             "| study | trial | test accuracy, torch | as ONNX | difference | top-1 agreement | largest logit diff |",
-             "|---|---|---|---|---|---|---|"]
+             "| study | trial | test accuracy, torch | as ONNX | difference | top-1 agreement | largest logit diff "
+             "| as .tflite | .tflite agreement |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, p in rows:
         gap = p["onnx_test_accuracy"] - p["test_accuracy"]
+        tflite = (f"{p['tflite_test_accuracy']:.2f} | {p['tflite_agreement']:.2f}%" if p.get("tflite_path")
+                  else "no file | -")
         lines.append(f"| {name} | {p['trial']} | {p['test_accuracy']:.2f} | {p['onnx_test_accuracy']:.2f} | "
-                     f"{gap:+.2f} | {p['onnx_agreement']:.2f}% | {p['onnx_max_logit_diff']:.3g} |")
+                     f"{gap:+.2f} | {p['onnx_agreement']:.2f}% | {p['onnx_max_logit_diff']:.3g} | {tflite} |")
     gap = abs(worst_gap[1]["onnx_test_accuracy"] - worst_gap[1]["test_accuracy"])
     agreement = worst_agreement[1]["onnx_agreement"]
     lines += ["", f"Worst top-1 agreement: {agreement:.2f}% ({worst_agreement[0]} trial {worst_agreement[1]['trial']}; "
               f"goal >= {GOALS['agreement']}%: {'met' if agreement >= GOALS['agreement'] else 'not met'}). "
               f"Worst accuracy difference: {gap:.2f} points ({worst_gap[0]} trial {worst_gap[1]['trial']}; goal <= "
-              f"{GOALS['gap']}: {'met' if gap <= GOALS['gap'] else 'not met'})."]
+              f"{GOALS['gap']}: {'met' if gap <= GOALS['gap'] else 'not met'}). The goals are the ONNX file's, which "
+              "computes in float what the network computed; the `.tflite` file's integer kernels round their "
+              "requantization differently (see the LiteRT section)."]
+    files = [p for _, p in rows if p.get("tflite_path")]
+    if files:
+        worst = min(files, key=lambda p: p["tflite_agreement"])
+        lines[-1] += f" Worst .tflite agreement: {worst['tflite_agreement']:.2f}% (trial {worst['trial']})."
     return "\n".join(lines)
 
 

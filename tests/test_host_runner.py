@@ -118,6 +118,20 @@ def test_order_is_shuffled_and_deterministic(recorded, tmp_path):
     assert order(1) != first
 
 
+def test_rounds_measure_every_model_again_in_another_order_and_keep_the_median(recorded, tmp_path):
+    paths, reference = models(tmp_path, 12)
+    timings, refs = HostRunner(reference_every=5, seed=2, rounds=3).measure(paths, reference)
+    log = [c["path"] for c in recorded]
+    rounds = [[p for p in log[i * 15 + 1:(i + 1) * 15 + 1] if p != reference] for i in range(3)]  # 12 + 3 refs each
+    assert all(sorted(r) == sorted(paths.values()) for r in rounds) and len({tuple(r) for r in rounds}) == 3
+    assert len(refs) == 1 + 3 * 3 and len(log) == 12 * 3 + len(refs)  # start, after 5, 10 and 12, every round
+    for key, t in timings.items():  # the median of its three positions, and every run counted
+        positions = [i + 1 for i, p in enumerate(log) if p == paths[key]]
+        assert t.median_ms == sorted(positions)[1] and t.runs == 3 * 30
+    with pytest.raises(ValueError, match="rounds"):
+        HostRunner(rounds=0)
+
+
 def test_measure_passes_the_settings_and_checks_files(recorded, tmp_path):
     paths, reference = models(tmp_path, 2)
     HostRunner(threads=2, warmup=3, min_runs=5, min_seconds=0.25).measure(paths, reference)

@@ -110,50 +110,64 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def combined(timings: Sequence[Timing]) -> Timing:
+    """One model's rounds as one timing: the median of their medians and of their IQRs, every run counted."""
+    return Timing(float(np.median([t.median_ms for t in timings])), float(np.median([t.iqr_ms for t in timings])),
+                  sum(t.runs for t in timings))
+
+
 class HostRunner:
     """Measures ONNX models on this machine's CPU with onnxruntime (see `time_model`), one model at a time, in a
     shuffled order so that slow drift of the machine does not line up with the order the caller lists models in."""
 
     def __init__(self, threads: int = 1, warmup: int = 10, min_runs: int = 30, min_seconds: float = 0.5,
-                 reference_every: int = 10, seed: int = 0) -> None:
+                 reference_every: int = 10, seed: int = 0, rounds: int = 1) -> None:
         _check(threads, warmup, min_runs, min_seconds)
-        if isinstance(reference_every, bool) or not isinstance(reference_every, int) or reference_every < 1:
-            raise ValueError(f"reference_every must be an integer >= 1, got {reference_every!r}")
+        for name, value in (("reference_every", reference_every), ("rounds", rounds)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.threads, self.warmup, self.min_runs, self.min_seconds = threads, warmup, min_runs, float(min_seconds)
-        self.reference_every, self.seed = reference_every, seed
+        self.reference_every, self.seed, self.rounds = reference_every, seed, rounds
 
     def _time(self, path: Path) -> Timing:
         return time_model(path, threads=self.threads, warmup=self.warmup, min_runs=self.min_runs,
                           min_seconds=self.min_seconds)
 
-    def order(self, keys: Sequence[str]) -> list[str]:
-        """The measuring order: the keys sorted, then shuffled by `seed` (the same keys give the same order)."""
+    def order(self, keys: Sequence[str], round_: int = 0) -> list[str]:
+        """A round's measuring order: the keys sorted, then shuffled by `seed` and the round (the same keys give
+        the same orders; each round another one)."""
         ordered = sorted(keys)
-        random.Random(self.seed).shuffle(ordered)
+        random.Random(self.seed + round_).shuffle(ordered)
         return ordered
 
     def measure(self, models: Mapping[str, Path], reference: Path) -> tuple[dict[str, Timing], list[Timing]]:
-        """Measure every model (batch 1) in a shuffled order (seeded), re-measuring the reference model
-        before the first, after every `reference_every` models and at the end; returns the timings by key
-        (in the order of `models`) and the reference's timings in order (the caller reports drift = spread of the
-        reference)."""
+        """Measure every model (batch 1) `rounds` times, each round in its own shuffled order (seeded), re-measuring
+        the reference model before the first, after every `reference_every` models and at the end of each round;
+        returns the timings by key (in the order of `models`) and the reference's timings in order (the caller
+        reports drift = spread of the reference). A model's timing is the median of its rounds: a file timed in a
+        fresh interpreter or session can land 20-60% slower now and then (measured for tiny .tflite networks on
+        XNNPACK), and measuring again at another time, in another order, is what averages that out."""
         for path in (reference, *models.values()):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
-        order = self.order(list(models))
         references = [self._time(Path(reference))]
-        timings: dict[str, Timing] = {}
-        for i, key in enumerate(tqdm(order, desc="measuring", unit="network", dynamic_ncols=True), 1):
-            timings[key] = self._time(Path(models[key]))
-            if i % self.reference_every == 0 or i == len(order):
-                references.append(self._time(Path(reference)))
-        return {key: timings[key] for key in models}, references
+        rounds: dict[str, list[Timing]] = {key: [] for key in models}
+        with tqdm(total=len(models) * self.rounds, desc="measuring", unit="network", dynamic_ncols=True) as bar:
+            for r in range(self.rounds):
+                order = self.order(list(models), r)
+                for i, key in enumerate(order, 1):
+                    rounds[key].append(self._time(Path(models[key])))
+                    bar.update()
+                    if i % self.reference_every == 0 or i == len(order):
+                        references.append(self._time(Path(reference)))
+        return {key: combined(rounds[key]) for key in models}, references
 
     def settings(self) -> dict:
         """Plain data recorded with a fitted predictor: how the models were measured, and on what."""
         return {**self.runtime(), "threads": self.threads, "inter_op_threads": 1, "execution_mode": "sequential",
                 "warmup": self.warmup, "min_runs": self.min_runs, "min_seconds": self.min_seconds,
-                "reference_every": self.reference_every, "seed": self.seed, "batch": 1, "cpu": _cpu_name(),
+                "reference_every": self.reference_every, "rounds": self.rounds, "seed": self.seed, "batch": 1,
+                "cpu": _cpu_name(),
                 "machine": platform.machine(), "cpu_count": os.cpu_count() or 0}
 
     @staticmethod
