@@ -24,7 +24,7 @@ def quick(script: str, mark: str, tmp_path: Path, shared_cache: Path) -> tuple[P
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     text = readme.read_text()
-    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert text.startswith("before\n") and text.endswith("after\n") and "\nold\n" not in text
     return folder, readme
 
 
