@@ -29,8 +29,9 @@ from optuna.trial import TrialState
 from readme_results import machine, write_readme
 
 import spaces
+from search import data as datasets
 from search import latency, pareto
-from search.config import compose, resolve
+from search.tracking import Tracker
 from search.runners.host import HostRunner
 from search.runners.litert import LiteRTRunner
 
@@ -102,9 +103,10 @@ def sensitivity(folder: Path, done: list[optuna.trial.FrozenTrial]) -> list[str]
     """The study's networks predicted again with each int8 speed-up of the target's evidence: the front and knee
     those factors give among the networks this study evaluated (a study run under another factor would also
     propose other networks)."""
-    cfg = resolve(compose(["target=snapdragon665"]))
-    target = cfg["target"]
-    space = spaces.create(**{**cfg["space"], "input_shape": (1, 28, 28), "num_classes": 10})  # MNIST
+    cfg = Tracker(f"sqlite:///{folder / 'mlflow.db'}", STUDY, create=False).study_config()  # as the study ran
+    target, objectives = cfg["target"], cfg["objectives"]
+    d = datasets.load(cfg["data"], cfg["seed"], str(folder / "cache"))
+    space = spaces.create(**{**cfg["space"], "input_shape": d.input_shape, "num_classes": d.num_classes})
     fitted = latency.for_target(target)
     layers = {t.number: space.layers(space.sample(optuna.trial.FixedTrial(t.params))) for t in done}
     lo, hi = target["speedup_range"]["int8"]
@@ -118,8 +120,8 @@ def sensitivity(folder: Path, done: list[optuna.trial.FrozenTrial]) -> list[str]
             t = copy.deepcopy(t)
             t.user_attrs["latency_ms"] = predictor.predict(layers[t.number])
             trials.append(t)
-        pts = pareto.points(trials, ["accuracy", "latency_ms"])
-        knee = pareto.knee(pts, ["accuracy", "latency_ms"])
+        pts = pareto.points(trials, objectives)
+        knee = pareto.knee(pts, objectives)
         base = next(p for p in pts if p.trial == float_)
         int8 = sum(x.bits <= 8 for x in layers[knee.trial]) / len(layers[knee.trial])
         rows.append(f"| {label} | {factor:.2f}x | {len(pareto.front(pts))} | {knee.trial} | {knee.values['accuracy']:.2f} "

@@ -52,13 +52,13 @@ def calibration_set(space: Any, n: int, seed: int) -> list[spaces.Candidate]:
 
 
 def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int) -> tuple[list[Measurement], dict, float]:
-    """Export each candidate at its real per-layer precision and shapes (a `.tflite` for the litert runner and
-    benchmark_model, else ONNX), time it with the runner, and return measurements, the runner's settings and the noise floor: the
+    """Export each candidate at its real per-layer precision and shapes (in the runner's file format:
+    `runner.backend`), time it with the runner, and return measurements, the runner's settings and the noise floor: the
     relative spread (IQR / median) of the reference network's repeated measurements through the run."""
     from .workers import Workers
 
-    backend = "litert" if runner_cfg["kind"] == "litert" or runner_cfg.get("tool") == "benchmark_model" else "onnx"
     runner = make_runner(runner_cfg, seed)
+    backend = runner.backend
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         with Workers(None, None, cpus_per_trial=1, gpus_per_trial=0) as workers:

@@ -275,7 +275,8 @@ def for_target(target: Mapping[str, Any]) -> Predictor:
                         f"target={target['name']} (add benchmarks=FILE to refit from measurements already made)") from None
     if predictor.target != target["name"]:
         raise UserError(f"target.predictor: {path} was fitted for target {predictor.target!r}, not {target['name']!r}")
-    if declared(target) != {k: getattr(predictor, k) for k in declared(target)}:
+    says = declared(target)
+    if says != {k: getattr(predictor, k) for k in says}:
         raise UserError(f"target: conf/target/{target['name']}.yaml changed since {path} was fitted; "
                         f"run `python -m search.calibrate target={target['name']}` again")
     return predictor

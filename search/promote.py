@@ -148,13 +148,6 @@ def choose(pts: list[pareto.Point], cfg: Mapping[str, Any], objectives: list[str
         raise UserError(str(e)) from None
 
 
-def restore(study_cfg: Mapping[str, Any], params: Mapping[str, Any], weights: Mapping[str, np.ndarray],
-            cache_dir: str) -> tuple[torch.nn.Module, datasets.Dataset]:
-    """The trial's network with its fine-tuned weights, and the study's data (same seed, same splits)."""
-    data = datasets.load(study_cfg["data"], study_cfg["seed"], cache_dir)
-    return network(study_cfg, data, params, weights), data
-
-
 def network(study_cfg: Mapping[str, Any], data: datasets.Dataset, params: Mapping[str, Any],
             weights: Mapping[str, np.ndarray]) -> torch.nn.Module:
     """A trial's network, rebuilt from its params (Optuna) and its fine-tuned weights (MLflow)."""
@@ -165,17 +158,14 @@ def network(study_cfg: Mapping[str, Any], data: datasets.Dataset, params: Mappin
 
 
 def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracker, study_cfg: Mapping[str, Any],
-                   cfg: Mapping[str, Any]) -> list[pareto.Point]:
+                   data: datasets.Dataset, device: AdbRunner | None, cfg: Mapping[str, Any]) -> list[pareto.Point]:
     """The predicted front's trials with `latency_ms` measured on the `rank_by` runtime, ranked again: each is
     exported (a `.tflite` for XNNPACK and benchmark_model, else ONNX) and all are timed in one run, shuffled, so
     their ratios hold. A trial whose precisions the file cannot hold is left out, and the command says so."""
     kind = cfg["rank_by"]
-    if kind == "phone":
-        runner = phone(cfg)
-    else:
-        runner = (litert_runner.LiteRTRunner if kind == "xnnpack" else HostRunner)(threads=cfg["latency_threads"])
-    module = backends.get("litert" if kind == "xnnpack" or getattr(runner, "tool", "") == "benchmark_model" else "onnx")
-    data = datasets.load(study_cfg["data"], study_cfg["seed"], cfg["cache_dir"])
+    runner = device if kind == "phone" else \
+        (litert_runner.LiteRTRunner if kind == "xnnpack" else HostRunner)(threads=cfg["latency_threads"])
+    module = backends.get(runner.backend)
     runs = tracker.trial_runs()
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
@@ -198,6 +188,7 @@ def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracke
 
 def promote(cfg: Mapping[str, Any]) -> Promotion:
     check(cfg)
+    device = phone(cfg)  # one runner: the phone is checked and the tool pushed once
     name = cfg["study"]["name"]
     tracker = Tracker(cfg["tracking"]["uri"], name, create=False)
     study_cfg = tracker.study_config()
@@ -205,11 +196,12 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         study = optuna.load_study(study_name=name, storage=storage(cfg))
     except KeyError:
         raise UserError(f"study.name: no Optuna study {name!r} in {cfg['study']['storage']}") from None
+    data = datasets.load(study_cfg["data"], study_cfg["seed"], cfg["cache_dir"])  # the study's splits
     pts = pareto.points(study.trials, study_cfg["objectives"])
     point = choose(pts, cfg, study_cfg["objectives"])
     if cfg["trial"] is None and cfg["rank_by"] != "predicted":  # picked on measured latency; reported as the trial
-        chosen = choose(measured_front(pts, study, tracker, study_cfg, cfg), cfg, study_cfg["objectives"])
-        point = next(p for p in pts if p.trial == chosen.trial)
+        measured = measured_front(pts, study, tracker, study_cfg, data, device, cfg)
+        point = next(p for p in pts if p.trial == choose(measured, cfg, study_cfg["objectives"]).trial)
     run_id = tracker.trial_runs()[point.trial].info.run_id
     kept = tracker.registered(cfg["model_name"], name, point.trial)
     if kept is not None:  # promoting the same trial again only moves the alias
@@ -217,7 +209,7 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         return Promotion(**{**json.loads(kept.tags["promotion"]), "version": kept.version, "alias": cfg["alias"],
                             "new_version": False})
 
-    net, data = restore(study_cfg, study.trials[point.trial].params, tracker.weights(run_id), cfg["cache_dir"])
+    net = network(study_cfg, data, study.trials[point.trial].params, tracker.weights(run_id))
     x_test = parity.inputs(data.test, data.mean, data.std)
     net_logits = parity.torch_logits(net, x_test)
     folder = Path(cfg["study"]["dir"]) / "promoted"
@@ -229,7 +221,7 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
             for layer, error in parity.worst_layers(parity.layer_errors(net, path, x_test[:64]))))
         host = time_model(path, threads=cfg["latency_threads"])
         tflite = _tflite(net, data, x_test, net_logits, point, cfg, Path(tmp) / "model.tflite")
-        on_phone = _on_phone(cfg, path, tflite, point.values["latency_ms"])
+        on_phone = _on_phone(device, cfg, path, tflite, point.values["latency_ms"])
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"trial-{point.trial}.onnx"
         path.replace(final)
@@ -280,12 +272,12 @@ def _tflite(net, data, x_test, net_logits, point, cfg, path: Path) -> dict:
             "tflite_host_latency_ms": timing.median_ms, "parity": checked}
 
 
-def _on_phone(cfg: Mapping[str, Any], onnx_path: Path, tflite: Mapping[str, Any], predicted_ms: float) -> dict:
+def _on_phone(runner: AdbRunner | None, cfg: Mapping[str, Any], onnx_path: Path, tflite: Mapping[str, Any],
+              predicted_ms: float) -> dict:
     """The file the phone's tool runs, timed on the phone in one sustained run; nothing without `phone.serial`."""
-    runner = phone(cfg)
     if runner is None:
         return {}
-    kind = "tflite" if runner.tool == "benchmark_model" else "onnx"
+    kind = "tflite" if runner.backend == "litert" else "onnx"
     if kind == "tflite" and "tflite_path" not in tflite:
         raise UserError(f"phone.tool: benchmark_model runs .tflite files, and this trial has none "
                         f"({tflite['tflite_refused']}); use phone.tool=onnxruntime_perf_test; nothing registered")

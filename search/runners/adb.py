@@ -30,6 +30,7 @@ from search.errors import UserError
 from search.runners.host import Timing
 
 MODEL_SUFFIXES = {"benchmark_model": (".tflite",), "onnxruntime_perf_test": (".onnx", ".ort")}
+BACKENDS = {"benchmark_model": "litert", "onnxruntime_perf_test": "onnx"}  # whose files each tool runs
 ADB_TIMEOUT_S, PUSH_TIMEOUT_S, RUN_TIMEOUT_S = 60.0, 600.0, 1800.0
 _Z = NormalDist().inv_cdf
 _IQR_SIGMAS = _Z(0.75) - _Z(0.25)  # 1.349: the IQR of a normal distribution, in standard deviations
@@ -138,6 +139,11 @@ class AdbRunner:
         self.threads, self.runs, self.warmup = threads, runs, warmup
         self._device: dict[str, str] | None = None
         self._remote_tool: str | None = None
+
+    @property
+    def backend(self) -> str:
+        """The export backend whose files the tool runs (search.backends)."""
+        return BACKENDS[self.tool]
 
     def settings(self) -> dict:
         """Plain data recorded with a fitted predictor: what was measured, how, and on which phone."""

@@ -120,6 +120,8 @@ class HostRunner:
     """Measures ONNX models on this machine's CPU with onnxruntime (see `time_model`), one model at a time, in a
     shuffled order so that slow drift of the machine does not line up with the order the caller lists models in."""
 
+    backend = "onnx"  # the export backend whose files it runs (search.backends)
+
     def __init__(self, threads: int = 1, warmup: int = 10, min_runs: int = 30, min_seconds: float = 0.5,
                  reference_every: int = 10, seed: int = 0, rounds: int = 1) -> None:
         _check(threads, warmup, min_runs, min_seconds)
@@ -167,8 +169,7 @@ class HostRunner:
         return {**self.runtime(), "threads": self.threads, "inter_op_threads": 1, "execution_mode": "sequential",
                 "warmup": self.warmup, "min_runs": self.min_runs, "min_seconds": self.min_seconds,
                 "reference_every": self.reference_every, "rounds": self.rounds, "seed": self.seed, "batch": 1,
-                "cpu": _cpu_name(),
-                "machine": platform.machine(), "cpu_count": os.cpu_count() or 0}
+                "cpu": _cpu_name(), "machine": platform.machine(), "cpu_count": os.cpu_count() or 0}
 
     @staticmethod
     def runtime() -> dict:

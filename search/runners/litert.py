@@ -36,6 +36,8 @@ def time_model(path: str | Path, threads: int = 1, warmup: int = 10, min_runs: i
 class LiteRTRunner(HostRunner):
     """Measures `.tflite` files on this machine's CPU with LiteRT's XNNPACK delegate (see `time_model`)."""
 
+    backend = "litert"
+
     def _time(self, path: Path) -> Timing:
         return time_model(path, threads=self.threads, warmup=self.warmup, min_runs=self.min_runs,
                           min_seconds=self.min_seconds)
