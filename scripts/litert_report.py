@@ -2,10 +2,11 @@
 files on XNNPACK together, and write the measured results into the README.
 
     .venv/bin/python scripts/litert_report.py            # calibrate, search, promote, time, rewrite README
+                                                         # (a calibration or study already in the folder is kept)
     .venv/bin/python scripts/litert_report.py --no-run   # only re-read the last run
 
 Everything runs as a user runs it (`python -m search.calibrate target=host-litert`, `python -m search
-target=host-litert`, `python -m search.promote`), in a scratch folder with a fresh cache. The three files are timed
+target=host-litert`, `python -m search.promote`), in a scratch folder with a fresh cache. The promoted files are timed
 in one run, interleaved (shuffled order, re-measured reference), so their ratios are what this script reports.
 """
 from __future__ import annotations
@@ -42,22 +43,37 @@ def timed(command: list[str], folder: Path) -> tuple[float, str]:
 
 
 def run(folder: Path, networks: int) -> None:
+    """Each step once: a calibration or a study already in `folder` is kept (a stopped run resumes); the promotions
+    and the timing are done again, so the files are always timed together."""
     folder.mkdir(parents=True, exist_ok=True)
+    saved = folder / "report.json"
+    r = json.loads(saved.read_text()) if saved.exists() else {}
     study = [f"study.name={STUDY}", f"study.dir={folder / STUDY}"]
-    calibrate_min, calibration = timed(["search.calibrate", "target=host-litert", f"networks={networks}"], folder)
-    search_min, _ = timed(["search", "target=host-litert", *study], folder)
+    if "calibration" not in r:
+        minutes, calibration = timed(["search.calibrate", "target=host-litert", f"networks={networks}"], folder)
+        r |= {"calibrate_minutes": minutes, "calibration": json.loads(calibration), "networks": networks}
+        saved.write_text(json.dumps(r, indent=1))
+    if "search_minutes" not in r:
+        r["search_minutes"] = timed(["search", "target=host-litert", *study], folder)[0]
+        saved.write_text(json.dumps(r, indent=1))
     done = load(folder).get_trials(states=(TrialState.COMPLETE,))
-    baselines = {t.user_attrs["baseline"]: t.number for t in done if t.user_attrs.get("baseline")}
-    promoted = {}
-    for label, overrides in (("knee", ["pick=knee"]), *((k, [f"trial={n}", f"alias={k}"]) for k, n in baselines.items())):
-        promoted[label] = json.loads(timed(["search.promote", *study, *overrides], folder)[1])
+    picks = {"knee": ["pick=knee"], **{t.user_attrs["baseline"]: [f"trial={t.number}", f"alias={t.user_attrs['baseline']}"]
+                                        for t in done if t.user_attrs.get("baseline")},
+             "smallest": [f"trial={smallest(done).number}", "alias=smallest"]}
+    promoted = {label: json.loads(timed(["search.promote", *study, *overrides], folder)[1])
+                for label, overrides in picks.items()}
     files = {k: Path(p["tflite_path"]) for k, p in promoted.items()}
     timings, references = LiteRTRunner(seed=0).measure(files, files["float"])
-    (folder / "report.json").write_text(json.dumps({
-        "calibrate_minutes": calibrate_min, "calibration": json.loads(calibration), "networks": networks,
-        "search_minutes": search_min, "promoted": promoted,
-        "xnnpack_ms": {k: t.median_ms for k, t in timings.items()},
-        "reference_ms": [t.median_ms for t in references]}, indent=1))
+    saved.write_text(json.dumps(r | {"promoted": promoted, "xnnpack_ms": {k: t.median_ms for k, t in timings.items()},
+                                     "reference_ms": [t.median_ms for t in references]}, indent=1))
+
+
+def smallest(done: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial:
+    """The front's smallest network within 1 point of the float baseline's validation accuracy."""
+    float_ = next(t for t in done if t.user_attrs.get("baseline") == "float")
+    front = {p.trial for p in pareto.front(pareto.points(done, ["accuracy", "latency_ms"]))}
+    close = [t for t in done if t.number in front and t.user_attrs["accuracy"] >= float_.user_attrs["accuracy"] - 1.0]
+    return min(close, key=lambda t: t.user_attrs["size_kb"])
 
 
 def load(folder: Path) -> optuna.Study:
@@ -70,9 +86,7 @@ def report(folder: Path) -> str:
     cal, promoted, ms = r["calibration"], r["promoted"], r["xnnpack_ms"]
     done = load(folder).get_trials(states=(TrialState.COMPLETE,))
     float_ = next(t for t in done if t.user_attrs.get("baseline") == "float")
-    front = {p.trial for p in pareto.front(pareto.points(done, ["accuracy", "latency_ms"]))}
-    close = [t for t in done if t.number in front and t.user_attrs["accuracy"] >= float_.user_attrs["accuracy"] - 1.0]
-    small = min(close, key=lambda t: t.user_attrs["size_kb"])
+    small = smallest(done)
     spread = (max(r["reference_ms"]) - min(r["reference_ms"])) / min(r["reference_ms"])
 
     def row(label: str, key: str) -> str:
@@ -87,8 +101,8 @@ def report(folder: Path) -> str:
         f"MAPE {cal['mape']:.1%}, noise floor {cal['noise_floor']:.1%}.",
         "",
         f"`python -m search target=host-litert` (bits narrowed to [8, 32]): {len(done)} complete trials in "
-        f"{r['search_minutes']:.1f} minutes, on {machine()}. Promoted with `python -m search.promote`, then the three "
-        f"`.tflite` files timed together on XNNPACK (1 thread, batch 1, median, shuffled; the reference moved by "
+        f"{r['search_minutes']:.1f} minutes, on {machine()}. Promoted with `python -m search.promote`, then the "
+        f"{len(promoted)} `.tflite` files timed together on XNNPACK (1 thread, batch 1, median, shuffled; the reference moved by "
         f"{spread:.0%} during the run):",
         "",
         "| network | trial | test accuracy % (trial) | test accuracy % (.tflite) | top-1 agreement % | file KB "
@@ -97,10 +111,12 @@ def report(folder: Path) -> str:
         row("float full-width baseline", "float"),
         *([row("uniform 8-bit baseline", "int8")] if "int8" in promoted else []),
         row("knee of the front (`pick=knee`)", "knee"),
+        *([row("smallest front point within 1 point of float", "smallest")] if "smallest" in promoted else []),
         "",
-        f"Smallest front point within 1 point of float on validation: trial {small.number}, "
-        f"{small.user_attrs['accuracy']:.2f}% (float {float_.user_attrs['accuracy']:.2f}%), "
-        f"size_kb {small.user_attrs['size_kb']:.1f}, predicted {small.user_attrs['latency_ms']:.4f} ms.",
+        f"The smallest front point within 1 point of float on validation is trial {small.number}: "
+        f"{small.user_attrs['accuracy']:.2f}% (float {float_.user_attrs['accuracy']:.2f}%), size_kb "
+        f"{small.user_attrs['size_kb']:.1f}"
+        + (f", its `.tflite` file {promoted['smallest']['tflite_kb']:.1f} KB." if "smallest" in promoted else "."),
     ])
 
 
@@ -112,8 +128,6 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args()
     if not args.no_run:
-        if (args.folder / STUDY).exists():
-            raise SystemExit(f"{args.folder / STUDY} exists: remove {args.folder} to measure from scratch")
         run(args.folder, args.networks)
     section = report(args.folder)
     print(section)

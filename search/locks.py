@@ -1,7 +1,8 @@
 """Who may write where, across processes: one driver per study, and one process at a time creating
 a SQLite store (MLflow and Optuna both create their tables on first use, and two processes doing it
 at once collide: "table ... already exists"). Advisory file locks, released by the OS when a process
-ends however it ends (even SIGKILL), so a dead process never blocks the next one."""
+ends however it ends (even SIGKILL), so a dead process never blocks the next one. And one process at a time
+training a supernet into a shared cache: the others wait and load what it saved."""
 from __future__ import annotations
 
 import fcntl
@@ -39,7 +40,13 @@ def sqlite_setup(url: str) -> Iterator[None]:
     if not url.startswith(SQLITE):
         yield
         return
-    path = Path(url[len(SQLITE):])
+    with exclusive(Path(url[len(SQLITE):])):
+        yield
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Held while this process makes `path` (a store or a cache entry others may be making at the same time)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import spaces
 
+from . import locks
 from .data import Dataset
 from .errors import UserError
 from .train import accuracy, batches, device, distill_loss, logits, recalibrate_bn, to_input
@@ -93,18 +94,23 @@ def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[st
 
 def load_or_train(key: str, cache_dir: str | Path, run: Callable[[], dict[str, Any]]) -> tuple[Supernet, bool]:
     """The cached supernet for `key`, or a new one from `run()` saved atomically. Returns it and
-    whether it came from the cache."""
+    whether it came from the cache. Studies sharing a cache train each supernet once: one trains,
+    the others wait for its file."""
     path = Path(cache_dir) / "supernets" / f"{key}.npz"
-    if path.exists():
-        return _read(path, key), True
+    with locks.exclusive(path):
+        if path.exists():
+            return _read(path, key), True
+        return _train(path, key, run), False
+
+
+def _train(path: Path, key: str, run: Callable[[], dict[str, Any]]) -> Supernet:
     result = run()
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"version": FORMAT_VERSION, "key": key, "val_accuracy": result["val_accuracy"]})
     arrays = {f"state/{k}": v for k, v in result["state"].items()}
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
         np.savez(tmp, meta=np.array(meta), teacher=result["teacher"], **arrays)
     os.replace(tmp.name, path)  # a killed process leaves no half-written cache entry
-    return Supernet(result["state"], result["teacher"], result["val_accuracy"], key), False
+    return Supernet(result["state"], result["teacher"], result["val_accuracy"], key)
 
 
 def _read(path: Path, key: str) -> Supernet:

@@ -12,9 +12,14 @@ SERIAL = "R5CT12ABC"  # the phone the fake adb has; OFFLINE9 is there but offlin
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
-    """One cache folder for the session's end-to-end studies: the digits supernet (tests/cli.DIGITS) is
-    trained by the first study and loaded by the others."""
-    return tmp_path_factory.mktemp("cache")
+    """One cache folder for the session's end-to-end studies, shared by pytest-xdist's workers too: the digits
+    supernet (tests/cli.DIGITS) is trained by the first study and loaded by the others (a study waits while
+    another trains the same supernet)."""
+    folder = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = folder.parent  # the run's folder, above each worker's own
+    (folder / "shared-cache").mkdir(exist_ok=True)
+    return folder / "shared-cache"
 
 
 @pytest.fixture
@@ -30,3 +35,10 @@ def fake_adb(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_ADB_LOG", str(log))
     monkeypatch.setenv("FAKE_ADB_DEVICES", f"{SERIAL}:device,OFFLINE9:offline")
     return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def pytest_collection_modifyitems(items):
+    """Files with end-to-end tests first: pytest-xdist hands each worker whole files in this order, so the long
+    ones start at once and the quick ones fill the gaps at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

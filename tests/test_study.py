@@ -144,24 +144,24 @@ def test_nothing_is_written_to_the_home_folder(finished):
 
 @pytest.mark.slow
 def test_each_multirun_job_runs_a_study_of_its_own(tmp_path, shared_cache):
+    """A sweep over a setting that leaves the supernet alone (a seed sweep trains one per seed): two studies."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = search(tmp_path, "-m", "seed=0,1", *DIGITS, "finetune.steps=5", "ray.num_cpus=2", "n_trials=2",
+    done = search(tmp_path, "-m", "finetune.steps=4,5", *DIGITS, "ray.num_cpus=2", "n_trials=2",
                   f"tracking.uri={uri}", f"cache_dir={shared_cache}")
     assert done.returncode == 0, done.stderr[-3000:]
     journals = sorted((tmp_path / "outputs").glob("*/optuna.journal"))
     assert len(journals) == 2
-    seeds = {}
+    steps = {}
     for journal in journals:
         name = journal.parent.name
         study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
         assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
-        seeds[name] = study.user_attrs[preflight.CONFIG_ATTR]["seed"]
+        steps[name] = study.user_attrs[preflight.CONFIG_ATTR]["finetune.steps"]
         assert (journal.parent / "search.log").exists()  # each job's Hydra log beside its study
-    assert sorted(seeds.values()) == [0, 1] and all(name.endswith(f"seed_{seed}") or f"seed_{seed}_" in name
-                                                    for name, seed in seeds.items())
+    assert sorted(steps.values()) == [4, 5] and all(f"finetune.steps_{n}_" in name for name, n in steps.items())
     experiments = {e.name for e in MlflowClient(uri).search_experiments()}
-    assert set(seeds) <= experiments
-    assert sorted(re.findall(r"^study (\S+): 2 complete trials", done.stdout, re.MULTILINE)) == sorted(seeds)
+    assert set(steps) <= experiments
+    assert sorted(re.findall(r"^study (\S+): 2 complete trials", done.stdout, re.MULTILINE)) == sorted(steps)
 
 
 # --- the driver's pieces, in this process -------------------------------------------------------------
@@ -242,3 +242,24 @@ def test_supernet_training_streams_its_progress_from_the_worker(tmp_path):
     assert [(p.step, p.epoch) for p in training] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
     assert {(p.steps, p.epochs) for p in seen} == {(6, 2)} and seen[-1].stage != "training"
     assert set(trained) == {"state", "teacher", "val_accuracy"} and len(trained["teacher"]) == 96
+
+
+def test_studies_sharing_a_cache_train_a_supernet_once(tmp_path):
+    """Two studies needing the same supernet at once (a parallel sweep, two users of one cache): one trains it,
+    the other waits and loads the file."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    trained = []
+
+    def train() -> dict:
+        trained.append(1)
+        time.sleep(0.5)  # long enough that, without the lock, the second study would also find no file
+        return {"state": {"w": np.ones(3, np.float32)}, "teacher": np.zeros((2, 10), np.float32), "val_accuracy": 50.0}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: supernet.load_or_train("k", tmp_path, train), range(2)))
+    assert len(trained) == 1 and sorted(cached for _, cached in results) == [False, True]
+    assert all(s.val_accuracy == 50.0 and s.state["w"].tolist() == [1, 1, 1] for s, _ in results)
