@@ -62,8 +62,9 @@ def section(results: dict[str, list[dict]]) -> str:
     worst_agreement = min(rows, key=lambda r: r[1]["onnx_agreement"])
     worst_gap = max(rows, key=lambda r: abs(r[1]["onnx_test_accuracy"] - r[1]["test_accuracy"]))
     lines = [f"Measured by `scripts/parity_report.py` on {machine()}: every front trial of "
-             f"{' and of '.join(f'the {name} study' for name in results)} promoted, each file run by onnxruntime on the "
-             f"whole test split against the trial's torch network ({len(rows)} files).", "",
+             f"{' and of '.join(f'the {name} study' for name in results)} promoted, its ONNX file run by onnxruntime and its "
+             f"`.tflite` file by LiteRT on the whole test split against the trial's torch network ({len(rows)} trials).",
+             "",
              "| study | trial | test accuracy, torch | as ONNX | difference | top-1 agreement | largest logit diff "
              "| as .tflite | .tflite agreement |",
              "|---|---|---|---|---|---|---|---|---|"]
