@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -58,10 +59,13 @@ def knee(study):
     """The float baseline (trial 0), promoted: its file's parity holds by construction (no rounding), so the test
     does not depend on which trial is the knee or on how well a 20-step fine-tune went. The gate's refusal is
     tested on a deliberately broken file below; how close quantized files come is measured by
-    scripts/parity_report.py over whole fronts."""
-    done = run(study, "search.promote", f"study.name={STUDY}", "trial=0")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    scripts/parity_report.py over whole fronts. Promoted in this process, as `python -m search.promote` does it
+    (the command itself runs in test_promoting_the_same_trial_again_adds_no_version)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(study)
+        cfg = config.resolve(config.compose([f"study.name={STUDY}", "trial=0", f"tracking.uri={uri(study)}",
+                                             "cache_dir=cache"], "promote"))
+        return asdict(search.promote.promote(cfg))
 
 
 def runs(folder: Path):
@@ -100,7 +104,8 @@ def free_port() -> int:
 def test_mlflow_server_serves_the_front_over_rest(study):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", uri(study), "--workers", "1"], cwd=study, env=env(study),
+                               "--backend-store-uri", uri(study), "--workers", "1"], cwd=study,
+                              env=env(study) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job runners: REST only
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
 
