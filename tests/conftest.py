@@ -36,9 +36,3 @@ def fake_adb(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_ADB_DEVICES", f"{SERIAL}:device,OFFLINE9:offline")
     return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
-
-def pytest_collection_modifyitems(items):
-    """Files with end-to-end tests first: pytest-xdist hands each worker whole files in this order, so the long
-    ones start at once and the quick ones fill the gaps at the end."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
