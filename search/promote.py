@@ -157,14 +157,18 @@ def network(study_cfg: Mapping[str, Any], data: datasets.Dataset, params: Mappin
     return net.eval()
 
 
+def host_runner(kind: str, threads: int) -> litert_runner.LiteRTRunner | HostRunner:
+    """The runner on this machine for a `rank_by` runtime: XNNPACK runs `.tflite` files, onnxruntime ONNX ones."""
+    return (litert_runner.LiteRTRunner if kind == "xnnpack" else HostRunner)(threads=threads)
+
+
 def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracker, study_cfg: Mapping[str, Any],
                    data: datasets.Dataset, device: AdbRunner | None, cfg: Mapping[str, Any]) -> list[pareto.Point]:
     """The predicted front's trials with `latency_ms` measured on the `rank_by` runtime, ranked again: each is
     exported (a `.tflite` for XNNPACK and benchmark_model, else ONNX) and all are timed in one run, shuffled, so
     their ratios hold. A trial whose precisions the file cannot hold is left out, and the command says so."""
     kind = cfg["rank_by"]
-    runner = device if kind == "phone" else \
-        (litert_runner.LiteRTRunner if kind == "xnnpack" else HostRunner)(threads=cfg["latency_threads"])
+    runner = device if kind == "phone" else host_runner(kind, cfg["latency_threads"])
     module = backends.get(runner.backend)
     runs = tracker.trial_runs()
     with tempfile.TemporaryDirectory() as tmp:

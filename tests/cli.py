@@ -31,3 +31,20 @@ def command(folder: Path, module: str, *overrides: str, timeout: float = 1800) -
     """`python -m module overrides...` in `folder`, as a user runs it."""
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=folder, env=env(folder),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def quick(script: str, mark: str, tmp_path: Path, shared_cache: Path) -> tuple[Path, Path]:
+    """`scripts/<script> --quick` on the shared cache, writing its README section into a copy of the README (never
+    the real one); returns its folder and that copy."""
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n<!-- results:{mark} -->\nold\n<!-- /results:{mark} -->\nafter\n")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "cache").symlink_to(shared_cache)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--quick", "--folder", str(folder),
+                           "--readme", str(readme)], cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "\nold\n" not in text
+    return folder, readme

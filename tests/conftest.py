@@ -36,3 +36,21 @@ def fake_adb(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_ADB_DEVICES", f"{SERIAL}:device,OFFLINE9:offline")
     return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
+
+
+# The files that take longest (seconds each took on one of two workers, 2-core AMD EPYC), handed out first:
+# pytest-xdist gives each worker whole files in collection order, so the long ones start at once and the
+# quick ones fill in at the end instead of one long file running alone after the rest.
+LONGEST = ["test_end_to_end.py",      # 400
+           "test_faults.py",          # 230
+           "test_bench_overhead.py",  # 130
+           "test_litert.py",          # 127
+           "test_study.py",           # 107
+           "test_calibrate.py",       # 100
+           "test_cluster.py",         # 96
+           "test_bench_search.py"]    # 70
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST)))  # stable: the others keep their order

@@ -1,33 +1,15 @@
-"""The --quick modes of scripts/bench_search.py and scripts/bench_overhead.py keep working: they run real
-studies and write their README sections (into a copy of the README, never the real one)."""
+"""scripts/bench_search.py --quick keeps working: it runs real studies (each method on digits) and writes its README
+section into a copy of the README, never the real one."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.cli import env
-
-ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+from tests.cli import ROOT, env, quick
 
 
-def quick(script: str, mark: str, tmp_path: Path, shared_cache: Path) -> tuple[Path, Path]:
-    readme = tmp_path / "README.md"
-    readme.write_text(f"before\n<!-- results:{mark} -->\nold\n<!-- /results:{mark} -->\nafter\n")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "cache").symlink_to(shared_cache)
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--quick", "--folder", str(folder),
-                           "--readme", str(readme)], cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    text = readme.read_text()
-    assert text.startswith("before\n") and text.endswith("after\n") and "\nold\n" not in text
-    return folder, readme
-
-
+@pytest.mark.slow
 def test_quick_bench_search_writes_its_section(tmp_path, shared_cache):
     folder, readme = quick("bench_search.py", "bench-search", tmp_path, shared_cache)
     results = json.loads((folder / "results.json").read_text())
@@ -58,14 +40,3 @@ def test_a_baseline_is_not_dominated_by_its_own_network_evaluated_again():
     objectives = ["accuracy", "latency_ms"]
     assert dominators(base, [base, again, worse], objectives) == []
     assert dominators(base, [base, again, pruned, worse], objectives) == [7]
-
-
-def test_quick_bench_overhead_writes_its_section(tmp_path, shared_cache):
-    folder, readme = quick("bench_overhead.py", "bench-overhead", tmp_path, shared_cache)
-    results = json.loads((folder / "results.json").read_text())
-    for r in [results["default"], *results["workers"].values()]:
-        assert r["trials"] == 3 and 0 < r["evaluate_s"] < r["wall_s"] and 0 < r["outside_share"] < 1
-    one, two = results["workers"]["1"], results["workers"]["2"]
-    assert one["mmacs"] == two["mmacs"]  # the same networks with 1 and with 2 workers
-    assert results["first_trial_s"] > 0 and results["machinery"]["predict_s"] > 0
-    assert "trials per minute" in readme.read_text()
