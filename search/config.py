@@ -391,3 +391,21 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
                 raise ConfigError(f"target.proxy.{key}: a proxy target must say which device was measured and why it stands in")
     if _mapping(cfg, "target.runner").get("kind") not in ("host", "litert", "adb"):
         raise ConfigError(f"target.runner.kind: must be host, litert or adb, got {target['runner'].get('kind')!r}")
+    _validate_file(target)
+
+
+def _validate_file(target: Mapping[str, Any]) -> None:
+    """`target.file` is the export format the target runs (its trials' size_kb counts that file); the runner
+    must time that format."""
+    from .backends import BACKENDS
+    from .runners.adb import BACKENDS as TOOLS
+    from .runners.host import HostRunner
+    from .runners.litert import LiteRTRunner
+
+    file = target.get("file")
+    if file not in BACKENDS:
+        raise ConfigError(f"target.file: the export format the target runs, one of {', '.join(BACKENDS)}; got {file!r}")
+    runner = target["runner"]
+    runs = {"host": HostRunner.backend, "litert": LiteRTRunner.backend}.get(runner["kind"]) or TOOLS.get(runner.get("tool"))
+    if runs is not None and runs != file:
+        raise ConfigError(f"target.file: {file}, but the target's {runner['kind']} runner times {runs} files")

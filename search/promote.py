@@ -73,7 +73,7 @@ class Promotion:
     onnx_max_logit_diff: float
     predicted_latency_ms: float
     host_latency_ms: float
-    size_kb: float  # the trial's, from its layer descriptors
+    size_kb: float  # the trial's: its target's file (target.file) as predicted from its layers
     onnx_kb: float
     # the LiteRT file (`.tflite`, XNNPACK), when the trial's precisions can be expressed in one; else why not
     tflite_path: str | None = None
@@ -304,7 +304,7 @@ def _main(cfg: DictConfig) -> None:
           f"  test accuracy {p.onnx_test_accuracy:.2f}% as ONNX (trial: {p.test_accuracy:.2f}%; the file agrees with "
           f"the trial's network on {p.onnx_agreement:.2f}% of test images), "
           f"host latency {p.host_latency_ms:.3f} ms (predicted on target: {p.predicted_latency_ms:.3f} ms), "
-          f"{p.onnx_kb:.1f} KB file ({p.size_kb:.1f} KB of weights)\n  file: {p.onnx_path}\n"
+          f"{p.onnx_kb:.1f} KB file (the trial's size_kb: {p.size_kb:.1f})\n  file: {p.onnx_path}\n"
           f"  load: mlflow.pyfunc.load_model('models:/{p.model_name}@{p.alias}')")
     if p.tflite_path:
         print(f"  .tflite: {p.tflite_test_accuracy:.2f}% (agrees on {p.tflite_agreement:.2f}%), host latency on "

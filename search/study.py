@@ -230,7 +230,7 @@ class Driver:
         trial = self.study.ask()
         candidate = self.space.sample(trial)
         layers = self.space.layers(candidate)
-        predicted = objectives.metrics(layers, self.predictor.predict(layers))
+        predicted = objectives.metrics(layers, self.predictor.predict(layers), self.cfg["target"]["file"])
         constrain(trial, predicted, self.cfg["budget"])
         run_id = self.run_ids[trial.number] = self.tracker.start_trial(
             trial.number, candidate.as_dict(), self.tags | {"baseline": trial.user_attrs.get("baseline", "")})

@@ -120,6 +120,8 @@ CASES = [
     ("sparsity-negative", SEARCH, ["space.sparsity=[-0.1,0.0]"], None, "space.sparsity"),
     ("budget-below-fastest-network", SEARCH, ["budget.latency_ms=0.5"], None, "budget.latency_ms"),
     ("predictor-missing", SEARCH, ["target=host"], None, "host.json"),
+    ("file-unknown", SEARCH, ["target.file=pte"], None, "target.file"),
+    ("file-not-what-the-runner-times", SEARCH, ["target=host-litert", "target.file=onnx"], None, "target.file"),
     # data folders and files
     ("data-root-unset", SEARCH, ["data=cifar10"], None, "data.root"),
     ("data-root-missing", SEARCH, ["data=imagefolder", "data.root={tmp}/nowhere"], None, "data.root"),

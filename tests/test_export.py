@@ -364,8 +364,8 @@ def test_mixed_precision_file_computes_the_fake_quantized_network(mixed_export, 
     assert agree >= 0.99 and steps < 0.5
 
 
-def test_size_kb_is_the_files_size(channel_space, pruned, float_export, baselines, mixed_export, sparse_export):
-    """The size objective predicts the exported file from the layers alone (graph included)."""
+def test_size_kb_is_the_onnx_files_size(channel_space, pruned, float_export, baselines, mixed_export, sparse_export):
+    """The size objective predicts the exported ONNX file from the layers alone (graph included)."""
     from search.objectives import size_kb
 
     cases = [(channel_space.layers(pruned), float_export[1]), (mixed_export[0].layers(mixed_export[1]), mixed_export[3]),
@@ -373,4 +373,4 @@ def test_size_kb_is_the_files_size(channel_space, pruned, float_export, baseline
     cases += [(channel_space.layers(Candidate.of(channel_space.name, p)), baselines[kind][1])
               for kind, p in channel_space.baselines().items()]
     for layers, path in cases:
-        assert size_kb(layers) == pytest.approx(path.stat().st_size / 1024, rel=0.06), path
+        assert size_kb(layers, "onnx") == pytest.approx(path.stat().st_size / 1024, rel=0.06), path

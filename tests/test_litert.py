@@ -34,12 +34,17 @@ def trained(space, digits):
 
 
 @pytest.fixture(scope="module")
-def files(space, trained, digits, tmp_path_factory):
-    """The float baseline, a channel-pruned float candidate and the int8 baseline, each as a .tflite."""
-    nets = {kind: build(space, Candidate.of(space.name, params), trained, digits)
-            for kind, params in space.baselines().items()}
-    nets["pruned"] = build(space, sampled(space, 3, **{f"sparsity.{n}": 0.5 for n in space.prunable},
-                                          **{f"bits.{n}": 32 for n in space.layer_names}), trained, digits)
+def candidates(space):
+    """The float baseline, a channel-pruned float candidate and the int8 baseline."""
+    return {**{kind: Candidate.of(space.name, params) for kind, params in space.baselines().items()},
+            "pruned": sampled(space, 3, **{f"sparsity.{n}": 0.5 for n in space.prunable},
+                              **{f"bits.{n}": 32 for n in space.layer_names})}
+
+
+@pytest.fixture(scope="module")
+def files(space, candidates, trained, digits, tmp_path_factory):
+    """`candidates`, each as a .tflite."""
+    nets = {kind: build(space, candidate, trained, digits) for kind, candidate in candidates.items()}
     folder = tmp_path_factory.mktemp("litert")
     return {kind: (net, litert.export(net, INPUT, folder / f"{kind}.tflite")) for kind, net in nets.items()}
 
@@ -71,6 +76,15 @@ def test_channel_pruning_makes_the_file_smaller(files):
     assert files["pruned"][1].stat().st_size < 0.8 * files["float"][1].stat().st_size
 
 
+def test_size_kb_is_the_tflite_files_size(space, candidates, files):
+    """A target that runs .tflite files (target.file: litert) predicts their size from the layers alone."""
+    from search.objectives import size_kb
+
+    for kind, candidate in candidates.items():
+        predicted, real = size_kb(space.layers(candidate), "litert"), files[kind][1].stat().st_size / 1024
+        assert predicted == pytest.approx(real, rel=0.06), kind
+
+
 def test_an_int8_file_runs_int8_kernels_on_xnnpack_and_agrees_with_the_network(files, digits):
     net, path = files["int8"]
     it = litert.interpreter(path, xnnpack=False)  # every op visible
@@ -85,12 +99,22 @@ def test_an_int8_file_runs_int8_kernels_on_xnnpack_and_agrees_with_the_network(f
 
 
 def test_mixed_8_bit_and_float_layers_convert_and_run_on_xnnpack(space, trained, digits, tmp_path):
+    """A float layer between 8-bit ones stays a float kernel on float32 weights (the converter would otherwise make
+    it an int8 kernel of its own), and the file agrees with the network."""
     c = sampled(space, 5, **{n: 1.0 for n in space.width_names},
                 **{f"bits.{n}": (8, 32)[i % 2] for i, n in enumerate(space.layer_names)})
     net = build(space, c, trained, digits)
     path = litert.export(net, INPUT, tmp_path / "mixed.tflite")
     assert litert.delegated(litert.interpreter(path)) == 1
-    assert agreement(net, path, digits["x_test"]) >= 0.95
+    it = litert.interpreter(path, xnnpack=False)  # every op visible
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    weights = [tensors[op["inputs"][1]] for op in it._get_ops_details()
+               if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    plain = [w for w in weights if "torch.nn.modules" in w["name"]]  # float layers: plain torch modules
+    assert len(plain) == sum(layer.bits == 32 for layer in space.layers(c))
+    assert all(w["dtype"] == np.float32 for w in plain)
+    assert sum(w["dtype"] == np.int8 for w in weights) >= len(weights) - len(plain) - 1  # a last int8 layer may
+    assert agreement(net, path, digits["x_test"]) >= 0.99                               # run as float on int8 weights
 
 
 @pytest.mark.parametrize("bits", [4, 16])

@@ -69,7 +69,7 @@ def test_budgets_reach_every_sampler_as_trial_constraints(tmp_path, sampler):
         for _ in range(12):
             trial = study.ask()
             layers = space.layers(space.sample(trial))
-            predicted = objectives.metrics(layers, predictor.predict(layers))
+            predicted = objectives.metrics(layers, predictor.predict(layers), cfg["target"]["file"])
             driver.constrain(trial, predicted, cfg["budget"])
             for key, value in predicted.items():
                 trial.set_user_attr(key, value)

@@ -3,9 +3,10 @@ runtime Android phones run, on its XNNPACK CPU kernels.
 
 The file is the network's plain form (`spaces.fold.deployable`, as for ONNX) converted by litert_torch's PT2E
 lowering, which maps the network's own frozen quantize/dequantize ops to the file's: every `dequantize -> layer
--> quantize` chain becomes an int8 kernel, a float layer keeps a float kernel with DEQUANTIZE/QUANTIZE at its
-borders. Nothing is calibrated, so the file computes what the trial scored, up to the integer kernels' own
-rounding (int32 bias, fixed-point rescaling: +-1 step per requantization).
+-> quantize` chain of an integer layer becomes an int8 kernel, a float layer keeps a float kernel with
+DEQUANTIZE/QUANTIZE at its borders (the converter in strict QDQ mode: `_strict_qdq`). Nothing is calibrated, so
+the file computes what the trial scored, up to the integer kernels' own rounding (int32 bias, fixed-point
+rescaling: +-1 step per requantization).
 
 What TFLite can hold on XNNPACK decides what this backend refuses, naming the layer: a 9-16-bit layer (TFLite's
 16-bit activations are symmetric, the network's are not) and a 2-4-bit one (the network runs it as dequantize +
@@ -109,7 +110,7 @@ def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) 
         raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}")
     model = plain(net, input_shape)
     litert_torch, config = _converter()
-    with _quiet(), torch.no_grad():
+    with _quiet(), _strict_qdq(), torch.no_grad():
         edge = litert_torch.convert(model, (torch.zeros(1, *input_shape),), quant_config=config)
 
     def write(tmp: str) -> None:
@@ -175,8 +176,10 @@ def _from(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def _converter():
-    """litert_torch and the static PT2E config (it makes the converter map q/dq chains to int8 kernels; no
-    observer runs: the network's own quantize/dequantize ops are used as they are)."""
+    """litert_torch and the static PT2E config (it makes the converter map q/dq chains to int8 kernels; the
+    network's own quantize/dequantize ops are used as they are). Float layers are plain `nn.Conv2d`/`nn.Linear`
+    modules (integer ones are `_Int8Weights`) and are left out of it: annotated, a float layer between int8
+    layers would get int8 weights of the converter's own and an int8 kernel, which is not the trial's network."""
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import-time enum warning
     import litert_torch
@@ -184,7 +187,37 @@ def _converter():
 
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    for float_layer in (nn.Conv2d, nn.Linear):
+        quantizer.set_module_type(float_layer, None)
     return litert_torch, quant_config.QuantConfig(pt2e_quantizer=quantizer)
+
+
+@contextlib.contextmanager
+def _strict_qdq():
+    """The converter in strict QDQ mode: only what the graph's own quantize/dequantize ops quantize becomes
+    integer. litert-torch 0.10 leaves the mode off (its newer converter sets it), and then a float layer between
+    int8 layers (dequantize -> conv -> quantize) is turned into an int8 kernel on weights the converter quantizes
+    itself: a file that is not the trial's network, and that runs int8 where the trial chose float. The mode is
+    set on the config litert-torch builds, for the duration of one conversion."""
+    from litert_torch._convert import litert_converter
+
+    api = litert_converter.converter_api_ext
+
+    class Strict:
+        def __getattr__(self, name):
+            return getattr(api, name)
+
+        @staticmethod
+        def ConvertToTFLConfig():  # noqa: N802 (the library's name)
+            config = api.ConvertToTFLConfig()
+            config.strict_qdq_mode = True
+            return config
+
+    litert_converter.converter_api_ext = Strict()
+    try:
+        yield
+    finally:
+        litert_converter.converter_api_ext = api
 
 
 @contextlib.contextmanager
