@@ -176,10 +176,8 @@ def _from(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def _converter():
-    """litert_torch and the static PT2E config (it makes the converter map q/dq chains to int8 kernels; the
-    network's own quantize/dequantize ops are used as they are). Float layers are plain `nn.Conv2d`/`nn.Linear`
-    modules (integer ones are `_Int8Weights`) and are left out of it: annotated, a float layer between int8
-    layers would get int8 weights of the converter's own and an int8 kernel, which is not the trial's network."""
+    """litert_torch and the static PT2E config (it makes the converter map q/dq chains to int8 kernels; no
+    observer runs: the network's own quantize/dequantize ops are used as they are)."""
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import-time enum warning
     import litert_torch
@@ -187,8 +185,6 @@ def _converter():
 
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-    for float_layer in (nn.Conv2d, nn.Linear):
-        quantizer.set_module_type(float_layer, None)
     return litert_torch, quant_config.QuantConfig(pt2e_quantizer=quantizer)
 
 
@@ -199,25 +195,19 @@ def _strict_qdq():
     int8 layers (dequantize -> conv -> quantize) is turned into an int8 kernel on weights the converter quantizes
     itself: a file that is not the trial's network, and that runs int8 where the trial chose float. The mode is
     set on the config litert-torch builds, for the duration of one conversion."""
-    from litert_torch._convert import litert_converter
+    from unittest import mock
 
-    api = litert_converter.converter_api_ext
+    from litert_torch._convert.litert_converter import converter_api_ext as api
 
-    class Strict:
-        def __getattr__(self, name):
-            return getattr(api, name)
+    make = api.ConvertToTFLConfig
 
-        @staticmethod
-        def ConvertToTFLConfig():  # noqa: N802 (the library's name)
-            config = api.ConvertToTFLConfig()
-            config.strict_qdq_mode = True
-            return config
+    def strict():
+        config = make()
+        config.strict_qdq_mode = True
+        return config
 
-    litert_converter.converter_api_ext = Strict()
-    try:
+    with mock.patch.object(api, "ConvertToTFLConfig", strict):
         yield
-    finally:
-        litert_converter.converter_api_ext = api
 
 
 @contextlib.contextmanager
