@@ -336,10 +336,14 @@ def test_a_phone_times_the_tflite_in_one_sustained_run(study, knee, fake_adb, mo
 
 def test_rank_by_a_runtime_picks_the_knee_of_the_front_as_measured(study, knee, monkeypatch, capsys):
     """Ranked by onnxruntime here (ONNX files export in about a second, a .tflite in several): the ranking is
-    the same code for every runtime, and which runner and file each runtime uses is checked below."""
+    the same code for every runtime, and which runner and file each runtime uses is checked below. The gate is
+    opened: the measured knee is whichever quantized trial a 20-step fine-tune made, often one with near-tied
+    logits, whose files may flip an image or two on another CPU's kernels (seen: 2 of 360 on XNNPACK); the
+    gate itself is tested on the baseline and on a broken file."""
     monkeypatch.chdir(study)
     cfg = config.resolve(config.compose([f"study.name={STUDY}", f"tracking.uri={uri(study)}", "cache_dir=cache",
-                                         "model_name=measured", "rank_by=onnxruntime"], "promote"))
+                                         "model_name=measured", "rank_by=onnxruntime", "tolerance=100",
+                                         "min_agreement=0"], "promote"))
     p = search.promote.promote(cfg)
     measured = {int(t): float(ms) for t, ms in
                 re.findall(r"rank_by=onnxruntime: trial (\d+): ([0-9.]+) ms measured", capsys.readouterr().err)}
