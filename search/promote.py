@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import sys
 import tempfile
@@ -200,10 +199,14 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         study = optuna.load_study(study_name=name, storage=storage(cfg))
     except KeyError:
         raise UserError(f"study.name: no Optuna study {name!r} in {cfg['study']['storage']}") from None
-    data = datasets.load(study_cfg["data"], study_cfg["seed"], cfg["cache_dir"])  # the study's splits
+    def splits() -> datasets.Dataset:  # the study's data, read only when a network is built
+        return datasets.load(study_cfg["data"], study_cfg["seed"], cfg["cache_dir"])
+
+    data = None
     pts = pareto.points(study.trials, study_cfg["objectives"])
     point = choose(pts, cfg, study_cfg["objectives"])
     if cfg["trial"] is None and cfg["rank_by"] != "predicted":  # picked on measured latency; reported as the trial
+        data = splits()
         measured = measured_front(pts, study, tracker, study_cfg, data, device, cfg)
         point = next(p for p in pts if p.trial == choose(measured, cfg, study_cfg["objectives"]).trial)
     run_id = tracker.trial_runs()[point.trial].info.run_id
@@ -213,6 +216,7 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         return Promotion(**{**json.loads(kept.tags["promotion"]), "version": kept.version, "alias": cfg["alias"],
                             "new_version": False})
 
+    data = data or splits()
     net = network(study_cfg, data, study.trials[point.trial].params, tracker.weights(run_id))
     x_test = parity.inputs(data.test, data.mean, data.std)
     net_logits = parity.torch_logits(net, x_test)
@@ -320,7 +324,6 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one artifact at a time: no bars
     command(CONFIG_NAME, check, _main)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import asdict
@@ -26,6 +27,8 @@ from .pareto import Point
 # the run folder's log file everything.
 logging.getLogger("mlflow").handlers.clear()
 logging.getLogger("mlflow").propagate = True
+# Downloads are one small artifact each (a config, a trial's weights): no progress bars on the console.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 STUDY_TAG = "search.study"
 ROLE_TAG = "search.role"
