@@ -53,8 +53,10 @@ def calibration_set(space: Any, n: int, seed: int) -> list[spaces.Candidate]:
 
 def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int) -> tuple[list[Measurement], dict, float]:
     """Export each candidate at its real per-layer precision and shapes (in the runner's file format:
-    `runner.backend`), time it with the runner, and return measurements, the runner's settings and the noise floor: the
-    relative spread (IQR / median) of the reference network's repeated measurements through the run."""
+    `runner.backend`), time it with the runner, and return measurements, the runner's settings and the noise floor:
+    how well a network's measurement repeats (the median over networks of their even against odd passes, for
+    runners that measure in passes), else the relative spread (IQR / median) of the reference network's repeated
+    measurements through the run."""
     from .workers import Workers
 
     runner = make_runner(runner_cfg, seed)
@@ -78,11 +80,14 @@ def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[
         timings, reference = runner.measure(paths, paths["0"])
         rows = [Measurement(str(i), c, timings[str(i)].median_ms, timings[str(i)].iqr_ms, timings[str(i)].runs)
                 for i, c in enumerate(candidates)]
+    repeats = [t.repeat for t in timings.values() if t.repeat is not None]
     ref = np.array([t.median_ms for t in reference])
-    floor = float(np.subtract(*np.percentile(ref, [75, 25])) / np.median(ref)) if len(ref) > 1 else None
+    drift = float(np.subtract(*np.percentile(ref, [75, 25])) / np.median(ref)) if len(ref) > 1 else None
+    floor = float(np.median(repeats)) if repeats else drift
     if floor is not None and floor > 0.05:
-        print(f"warning: the reference network's latency varied by {floor:.0%} (IQR/median) during the run: "
-              "this machine was busy or changed speed; measure again on a quiet machine", file=sys.stderr)
+        print(f"warning: the measurements repeat only within {floor:.0%} (the reference network's latency varied "
+              f"by {drift:.0%} during the run): this machine was busy or changed speed; measure again on a quiet "
+              "machine", file=sys.stderr)
     return rows, runner.settings(), floor
 
 

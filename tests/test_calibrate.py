@@ -211,7 +211,7 @@ def test_a50_fit_on_100_rows_meets_the_bar(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_measuring_on_this_host_shows_progress_and_keeps_library_logs_in_the_file(tmp_path):
-    result = run_cli(tmp_path, "target=host", "runner=host", "networks=4", "runner.warmup=1", "runner.min_runs=3",
+    result = run_cli(tmp_path, "target=host", "runner=host", "networks=4", "runner.warmup=1", "runner.passes=3",
                      "runner.min_seconds=0", f"cache_dir={tmp_path}/cache", f"tracking.uri=sqlite:///{tmp_path}/m.db")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "exporting: 100%" in result.stderr and "4/4" in result.stderr

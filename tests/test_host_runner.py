@@ -61,21 +61,33 @@ def test_time_model_reads_the_input_shape_and_checks_arguments(model, tmp_path):
         time_model(tmp_path / "missing.onnx", threads=1, warmup=0, min_runs=3, min_seconds=0)
 
 
-# --- HostRunner.measure: order and references ------------------------------------------------------------------------
+# --- HostRunner.measure: interleaved passes -------------------------------------------------------------------------
+
+
+class Recording(HostRunner):
+    """A runner whose files are fakes: each call records its file and advances a clock the test controls by
+    `latency(path, pass)` (pass -1 while warming up), so a file's latency is whatever the test says; bursts are
+    timed by the real loop."""
+
+    def __init__(self, latency, **settings):
+        super().__init__(**settings)
+        self.latency, self.log, self.pass_ = latency, [], -1
+
+    def _open(self, path: Path):
+        def call():
+            self.log.append(path)
+            Recording.now += self.latency(path, self.pass_)
+        return call
+
+    def order(self, keys, pass_=0):
+        self.pass_ = pass_
+        return super().order(keys, pass_)
 
 
 @pytest.fixture
-def recorded(monkeypatch):
-    """time_model replaced by a recorder: the call log (paths) and each call's settings; the returned Timing's
-    median is the call's position, so the tests can tell which measurement went where."""
-    calls: list[dict] = []
-
-    def fake(path, **settings):
-        calls.append({"path": Path(path), **settings})
-        return Timing(float(len(calls)), 0.0, settings["min_runs"])
-
-    monkeypatch.setattr(host, "time_model", fake)
-    return calls
+def clock(monkeypatch):
+    Recording.now = 0.0
+    monkeypatch.setattr(host.time, "perf_counter", lambda: Recording.now)
 
 
 def models(tmp_path: Path, n: int) -> tuple[dict[str, Path], Path]:
@@ -87,76 +99,67 @@ def models(tmp_path: Path, n: int) -> tuple[dict[str, Path], Path]:
     return paths, reference
 
 
-@pytest.mark.parametrize("n, every, expected", [(23, 10, [0, 11, 22, 26]), (20, 10, [0, 11, 22]), (3, 10, [0, 4]),
-                                                (4, 2, [0, 3, 6])])
-def test_reference_at_start_every_n_and_end(recorded, tmp_path, n, every, expected):
-    paths, reference = models(tmp_path, n)
-    timings, refs = HostRunner(reference_every=every, seed=1).measure(paths, reference)
-    log = [c["path"] for c in recorded]
-    assert [i for i, p in enumerate(log) if p == reference] == expected
-    assert len(log) == n + len(expected)
-    assert set(timings) == set(paths) and list(timings) == list(paths)  # every key, in the caller's order
-    # each key's timing is the measurement of its own file; the reference timings are in order
-    assert all(log[int(t.median_ms) - 1] == paths[k] for k, t in timings.items())
-    assert [int(t.median_ms) - 1 for t in refs] == expected
+def passes(runner: Recording, files: int) -> list[list[Path]]:
+    """The measuring order of each pass: after every file's warm-up, each burst's first call."""
+    timed = runner.log[files * runner.warmup:]
+    bursts = [p for i, p in enumerate(timed) if i == 0 or timed[i - 1] != p]
+    return [bursts[i:i + files] for i in range(0, len(bursts), files)]
 
 
-def test_order_is_shuffled_and_deterministic(recorded, tmp_path):
-    paths, reference = models(tmp_path, 23)
-
-    def order(seed: int, keys=None) -> list[Path]:
-        recorded.clear()
-        chosen = paths if keys is None else {k: paths[k] for k in keys}
-        HostRunner(seed=seed).measure(chosen, reference)
-        return [c["path"] for c in recorded if c["path"] != reference]
-
-    first = order(0)
-    assert sorted(first) == sorted(paths.values())
-    assert first != sorted(paths.values())  # shuffled
-    assert order(0) == first  # the same seed, the same order
-    assert order(0, keys=list(reversed(paths))) == first  # whatever order the caller lists them in
-    assert order(1) != first
-
-
-def test_rounds_measure_every_model_again_in_another_order_and_keep_the_median(recorded, tmp_path):
+def test_every_pass_times_every_model_and_the_reference_in_its_own_seeded_order(clock, tmp_path):
     paths, reference = models(tmp_path, 12)
-    timings, refs = HostRunner(reference_every=5, seed=2, rounds=3).measure(paths, reference)
-    log = [c["path"] for c in recorded]
-    rounds = [[p for p in log[i * 15 + 1:(i + 1) * 15 + 1] if p != reference] for i in range(3)]  # 12 + 3 refs each
-    assert all(sorted(r) == sorted(paths.values()) for r in rounds) and len({tuple(r) for r in rounds}) == 3
-    assert len(refs) == 1 + 3 * 3 and len(log) == 12 * 3 + len(refs)  # start, after 5, 10 and 12, every round
-    for key, t in timings.items():  # the median of its three positions, and every run counted
-        positions = [i + 1 for i, p in enumerate(log) if p == paths[key]]
-        assert t.median_ms == sorted(positions)[1] and t.runs == 3 * 30
-    with pytest.raises(ValueError, match="rounds"):
-        HostRunner(rounds=0)
+    runner = Recording(lambda path, pass_: 1e-3, warmup=2, passes=4, min_seconds=0.012, seed=3)
+    timings, refs = runner.measure(paths, reference)
+    orders = passes(runner, 13)
+    assert len(orders) == 4 and all(sorted(o) == sorted([*paths.values(), reference]) for o in orders)
+    assert len({tuple(o) for o in orders}) == 4  # each pass in another order
+    again = Recording(lambda path, pass_: 1e-3, warmup=2, passes=4, min_seconds=0.012, seed=3)
+    again.measure(dict(reversed(paths.items())), reference)
+    assert passes(again, 13) == orders  # the same seed, the same orders, whatever order the caller lists them in
+    assert list(timings) == list(paths) and len(refs) == 4
+    # a burst fills min_seconds / passes: 3 ms of 1 ms calls
+    assert all(t.runs == 4 * 3 and t.median_ms == pytest.approx(1.0) for t in [*timings.values()])
+    assert all(r.runs == 3 for r in refs)
 
 
-def test_measure_passes_the_settings_and_checks_files(recorded, tmp_path):
+def test_a_slow_spell_of_the_machine_does_not_move_the_medians(clock, tmp_path):
+    """The machine runs 1.5x slower during one pass in four: whole-block timing would put the models measured
+    then 50% off; over passes every model sees the spell once and its median ignores it."""
+    paths, reference = models(tmp_path, 6)
+    base = {p: 1e-3 * (1 + i) for i, p in enumerate([*paths.values(), reference])}
+    runner = Recording(lambda path, pass_: base[path] * (1.5 if pass_ == 5 else 1.0), warmup=2, passes=8,
+                       min_seconds=8 * 7e-3)
+    timings, refs = runner.measure(paths, reference)
+    for key, t in timings.items():
+        assert t.median_ms == pytest.approx(1e3 * base[paths[key]]) and t.repeat == pytest.approx(0.0)
+    slow = [round(r.median_ms / (1e3 * base[reference]), 6) for r in refs]
+    assert slow.count(1.5) == 1 and slow.count(1.0) == 7  # the reference shows the spell: that is the drift
+
+
+def test_measure_checks_settings_and_files_before_measuring(tmp_path):
     paths, reference = models(tmp_path, 2)
-    HostRunner(threads=2, warmup=3, min_runs=5, min_seconds=0.25).measure(paths, reference)
-    assert all(c["threads"] == 2 and c["warmup"] == 3 and c["min_runs"] == 5 and c["min_seconds"] == 0.25
-               for c in recorded)
-    recorded.clear()
+    for bad in ({"passes": 1}, {"threads": 0}, {"warmup": -1}, {"min_seconds": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            HostRunner(**bad)
+    runner = Recording(lambda path, pass_: 1e-3)
     with pytest.raises(FileNotFoundError):
-        HostRunner().measure({"gone": tmp_path / "gone.onnx"}, reference)
-    assert not recorded  # nothing measured before every file is known to exist
+        runner.measure({"gone": tmp_path / "gone.onnx"}, reference)
+    assert not runner.log  # nothing measured before every file is known to exist
 
 
 def test_settings_is_plain_data():
-    runner = HostRunner(threads=2, warmup=3, min_runs=5, min_seconds=0.25, reference_every=7, seed=4)
+    runner = HostRunner(threads=2, warmup=3, passes=7, min_seconds=0.25, seed=4)
     s = runner.settings()
     assert type(s) is dict and json.loads(json.dumps(s)) == s
     assert all(type(v) in (str, int, float, bool) for v in s.values())
-    assert s["runner"] == "host" and s["threads"] == 2 and s["warmup"] == 3 and s["min_runs"] == 5
-    assert s["min_seconds"] == 0.25 and s["reference_every"] == 7 and s["seed"] == 4
-    with pytest.raises(ValueError, match="reference_every"):
-        HostRunner(reference_every=0)
+    assert s["runner"] == "host" and s["threads"] == 2 and s["warmup"] == 3 and s["passes"] == 7
+    assert s["min_seconds"] == 0.25 and s["seed"] == 4 and s["interleaved"] is True
 
 
 def test_measure_for_real(tmp_path):
     paths = {"a": tiny_model(tmp_path / "a.onnx"), "b": tiny_model(tmp_path / "b.onnx", channels=8)}
     reference = tiny_model(tmp_path / "ref.onnx")
-    timings, refs = HostRunner(warmup=1, min_runs=3, min_seconds=0.0, reference_every=1).measure(paths, reference)
+    timings, refs = HostRunner(warmup=1, passes=3, min_seconds=0.0).measure(paths, reference)
     assert set(timings) == {"a", "b"} and len(refs) == 3
-    assert all(t.median_ms > 0 and t.runs >= 3 for t in [*timings.values(), *refs])
+    assert all(t.median_ms > 0 and t.runs >= 3 and t.repeat is not None for t in timings.values())
+    assert all(r.median_ms > 0 and r.runs >= 1 for r in refs)

@@ -138,7 +138,7 @@ def test_the_runner_times_files_on_xnnpack_with_the_host_discipline(files):
     timing = time_model(files["float"][1], min_runs=5, min_seconds=0, warmup=1)
     assert timing.runs >= 5 and timing.median_ms > 0 and timing.iqr_ms >= 0
     assert time_model(files["int8"][1], min_runs=5, min_seconds=0, warmup=1, xnnpack=False).runs >= 5
-    runner = LiteRTRunner(min_runs=3, min_seconds=0, warmup=1, reference_every=1)
+    runner = LiteRTRunner(passes=3, min_seconds=0, warmup=1)
     timings, references = runner.measure({k: files[k][1] for k in ("int8", "pruned")}, files["float"][1])
     assert list(timings) == ["int8", "pruned"] and len(references) == 3
     settings = runner.settings()
@@ -154,7 +154,7 @@ def test_calibration_measures_tflite_files_with_the_litert_runner(space):
     from search import calibrate
 
     candidates = [Candidate.of(space.name, params) for params in space.baselines().values()]
-    runner = {"kind": "litert", "threads": 1, "warmup": 1, "min_runs": 3, "min_seconds": 0, "reference_every": 1}
+    runner = {"kind": "litert", "threads": 1, "warmup": 1, "passes": 3, "min_seconds": 0}
     rows, settings, floor = calibrate.measure(space, candidates, runner, seed=0)
     assert [r.candidate for r in rows] == candidates and all(r.latency_ms > 0 and r.runs >= 3 for r in rows)
     assert settings["runtime"] == "litert" and settings["provider"] == "XNNPACK" and floor is not None

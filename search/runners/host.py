@@ -2,11 +2,18 @@
 
 One session per model with a fixed number of intra-op threads, one inter-op thread, sequential execution, all
 graph optimisations and the CPU provider only; a fixed random input; warm-up runs, then timed runs
-(`time.perf_counter` around each `run`) until both `min_runs` runs and `min_seconds` seconds are reached. The
-result is the median and the inter-quartile range of the timed runs, in milliseconds.
+(`time.perf_counter` around each `run`). The result is the median and the inter-quartile range, in milliseconds.
+
+Many models are measured interleaved (`HostRunner.measure`): every model's session stays open and each pass times
+a short burst of every model, in a new shuffled order per pass. A shared machine slows down in spells (seen here:
+one pass in seven up to 1.5x slower, for every model alike); timed in one block each, models caught in a spell
+are off by that much, while interleaved, every model sees the same spells and its median over passes ignores
+them. Measured on tiny `.tflite` networks: the medians of the even and the odd passes agree within 0.3%, against
+9-30% between whole-block measurements of the same file.
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import random
@@ -30,6 +37,7 @@ class Timing:
     median_ms: float
     iqr_ms: float
     runs: int
+    repeat: float | None = None  # |median of even passes - median of odd ones| / median, when measured in passes
 
 
 def _check(threads: int, warmup: int, min_runs: int, min_seconds: float) -> None:
@@ -75,14 +83,19 @@ def _input(sess, input_shape: Sequence[int] | None, seed: int) -> dict[str, np.n
 
 def time_model(path: str | Path, threads: int = 1, warmup: int = 10, min_runs: int = 30, min_seconds: float = 0.5,
                input_shape: Sequence[int] | None = None, seed: int = 0) -> Timing:
-    """Batch-1 latency of the ONNX model at `path` on this CPU (see the module docstring for how)."""
+    """Batch-1 latency of the ONNX model at `path` on this CPU, alone (see the module docstring for how)."""
     _check(threads, warmup, min_runs, min_seconds)
+    return timed(runnable(path, threads, input_shape, seed), warmup, min_runs, min_seconds)
+
+
+def runnable(path: str | Path, threads: int, input_shape: Sequence[int] | None = None, seed: int = 0):
+    """A call that runs the ONNX model at `path` once, batch 1, on a fixed random input."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     sess = session(path, threads)
     feed = _input(sess, input_shape, seed)
     outputs = [o.name for o in sess.get_outputs()]
-    return timed(lambda: sess.run(outputs, feed), warmup, min_runs, min_seconds)
+    return lambda: sess.run(outputs, feed)
 
 
 def timed(call, warmup: int, min_runs: int, min_seconds: float) -> Timing:
@@ -100,6 +113,7 @@ def timed(call, warmup: int, min_runs: int, min_seconds: float) -> Timing:
     q1, median, q3 = np.percentile(np.asarray(times) * 1e3, [25, 50, 75])
     return Timing(float(median), float(q3 - q1), len(times))
 
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -110,66 +124,57 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def combined(timings: Sequence[Timing]) -> Timing:
-    """One model's rounds as one timing: the median of their medians and of their IQRs, every run counted."""
-    return Timing(float(np.median([t.median_ms for t in timings])), float(np.median([t.iqr_ms for t in timings])),
-                  sum(t.runs for t in timings))
-
-
 class HostRunner:
-    """Measures ONNX models on this machine's CPU with onnxruntime (see `time_model`), one model at a time, in a
-    shuffled order so that slow drift of the machine does not line up with the order the caller lists models in."""
+    """Measures ONNX models on this machine's CPU with onnxruntime, interleaved (see the module docstring)."""
 
     backend = "onnx"  # the export backend whose files it runs (search.backends)
 
-    def __init__(self, threads: int = 1, warmup: int = 10, min_runs: int = 30, min_seconds: float = 0.5,
-                 reference_every: int = 10, seed: int = 0, rounds: int = 1) -> None:
-        _check(threads, warmup, min_runs, min_seconds)
-        for name, value in (("reference_every", reference_every), ("rounds", rounds)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        self.threads, self.warmup, self.min_runs, self.min_seconds = threads, warmup, min_runs, float(min_seconds)
-        self.reference_every, self.seed, self.rounds = reference_every, seed, rounds
+    def __init__(self, threads: int = 1, warmup: int = 10, passes: int = 30, min_seconds: float = 0.3,
+                 seed: int = 0) -> None:
+        _check(threads, warmup, 1, min_seconds)
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 2:
+            raise ValueError(f"passes must be an integer >= 2, got {passes!r}")
+        self.threads, self.warmup, self.passes, self.min_seconds, self.seed = (threads, warmup, passes,
+                                                                               float(min_seconds), seed)
 
-    def _time(self, path: Path) -> Timing:
-        return time_model(path, threads=self.threads, warmup=self.warmup, min_runs=self.min_runs,
-                          min_seconds=self.min_seconds)
+    def _open(self, path: Path):
+        """A call that runs the file once (its session or interpreter kept open for the whole measurement)."""
+        return runnable(path, self.threads, seed=self.seed)
 
-    def order(self, keys: Sequence[str], round_: int = 0) -> list[str]:
-        """A round's measuring order: the keys sorted, then shuffled by `seed` and the round (the same keys give
-        the same orders; each round another one)."""
+    def order(self, keys: Sequence[str], pass_: int = 0) -> list[str]:
+        """A pass's measuring order: the keys sorted, then shuffled by `seed` and the pass (the same keys give
+        the same orders; each pass another one)."""
         ordered = sorted(keys)
-        random.Random(self.seed + round_).shuffle(ordered)
+        random.Random(self.seed + pass_).shuffle(ordered)
         return ordered
 
     def measure(self, models: Mapping[str, Path], reference: Path) -> tuple[dict[str, Timing], list[Timing]]:
-        """Measure every model (batch 1) `rounds` times, each round in its own shuffled order (seeded), re-measuring
-        the reference model before the first, after every `reference_every` models and at the end of each round;
-        returns the timings by key (in the order of `models`) and the reference's timings in order (the caller
-        reports drift = spread of the reference). A model's timing is the median of its rounds: a file timed in a
-        fresh interpreter or session can land 20-60% slower now and then (measured for tiny .tflite networks on
-        XNNPACK), and measuring again at another time, in another order, is what averages that out."""
+        """Every model and the reference, interleaved: opened and warmed up once, then `passes` passes, each
+        timing a burst of every model in its own shuffled order (seeded). A burst is as many calls as fill
+        `min_seconds / passes` (at least one), its median one sample; a model's timing is the median of its
+        samples. Returns the timings by key (in the order of `models`) and the reference's samples in pass order
+        (the caller reports the machine's drift as their spread)."""
         for path in (reference, *models.values()):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
-        references = [self._time(Path(reference))]
-        rounds: dict[str, list[Timing]] = {key: [] for key in models}
-        with tqdm(total=len(models) * self.rounds, desc="measuring", unit="network", dynamic_ncols=True) as bar:
-            for r in range(self.rounds):
-                order = self.order(list(models), r)
-                for i, key in enumerate(order, 1):
-                    rounds[key].append(self._time(Path(models[key])))
-                    bar.update()
-                    if i % self.reference_every == 0 or i == len(order):
-                        references.append(self._time(Path(reference)))
-        return {key: combined(rounds[key]) for key in models}, references
+        files = {**{f"model:{k}": Path(p) for k, p in models.items()}, "reference": Path(reference)}
+        calls, bursts = {}, {}
+        for key, path in files.items():
+            calls[key] = self._open(path)
+            warm = timed(calls[key], 0, max(self.warmup, 1), 0.0).median_ms / 1e3
+            bursts[key] = max(1, math.ceil(self.min_seconds / self.passes / max(warm, 1e-7)))
+        samples: dict[str, list[Timing]] = {key: [] for key in files}
+        for p in tqdm(range(self.passes), desc=f"measuring {len(models)} networks", unit="pass", dynamic_ncols=True):
+            for key in self.order(list(files), p):
+                samples[key].append(timed(calls[key], 0, bursts[key], 0.0))
+        return {key: _over_passes(samples[f"model:{key}"]) for key in models}, samples["reference"]
 
     def settings(self) -> dict:
         """Plain data recorded with a fitted predictor: how the models were measured, and on what."""
         return {**self.runtime(), "threads": self.threads, "inter_op_threads": 1, "execution_mode": "sequential",
-                "warmup": self.warmup, "min_runs": self.min_runs, "min_seconds": self.min_seconds,
-                "reference_every": self.reference_every, "rounds": self.rounds, "seed": self.seed, "batch": 1,
-                "cpu": _cpu_name(), "machine": platform.machine(), "cpu_count": os.cpu_count() or 0}
+                "warmup": self.warmup, "passes": self.passes, "min_seconds": self.min_seconds,
+                "interleaved": True, "seed": self.seed, "batch": 1, "cpu": _cpu_name(),
+                "machine": platform.machine(), "cpu_count": os.cpu_count() or 0}
 
     @staticmethod
     def runtime() -> dict:
@@ -177,3 +182,12 @@ class HostRunner:
 
         return {"runner": "host", "runtime": "onnxruntime", "onnxruntime": ort.__version__, "provider": PROVIDER,
                 "graph_optimization": "all"}
+
+
+def _over_passes(samples: Sequence[Timing]) -> Timing:
+    """One model's samples as one timing: the median and IQR of the samples' medians, every run counted, and how
+    far the even and the odd passes' medians lie apart (the measurement's own repeatability)."""
+    medians = np.array([t.median_ms for t in samples])
+    q1, median, q3 = np.percentile(medians, [25, 50, 75])
+    repeat = abs(float(np.median(medians[::2]) - np.median(medians[1::2]))) / median
+    return Timing(float(median), float(q3 - q1), sum(t.runs for t in samples), repeat)

@@ -1,8 +1,7 @@
 """Latency of `.tflite` files on this machine's CPU, as LiteRT runs them on a phone: the XNNPACK delegate, batch 1.
 
 The host runner's discipline (`runners.host`): one interpreter per file with a fixed number of threads, a fixed
-random input set once, warm-up invokes, then timed `invoke()`s until both `min_runs` and `min_seconds` are
-reached; median and IQR; files measured in a shuffled order with a re-measured reference for drift.
+random input set once, warm-up invokes, then timed `invoke()`s; many files measured interleaved, in passes.
 """
 from __future__ import annotations
 
@@ -15,10 +14,15 @@ from .host import HostRunner, Timing, _check, timed
 
 def time_model(path: str | Path, threads: int = 1, warmup: int = 10, min_runs: int = 30, min_seconds: float = 0.5,
                seed: int = 0, xnnpack: bool = True) -> Timing:
-    """Batch-1 latency of the `.tflite` file at `path` on this CPU (XNNPACK unless `xnnpack=False`)."""
+    """Batch-1 latency of the `.tflite` file at `path` on this CPU, alone (XNNPACK unless `xnnpack=False`)."""
+    _check(threads, warmup, min_runs, min_seconds)
+    return timed(runnable(path, threads, seed, xnnpack), warmup, min_runs, min_seconds)
+
+
+def runnable(path: str | Path, threads: int, seed: int = 0, xnnpack: bool = True):
+    """A call that runs the `.tflite` file at `path` once, batch 1, on a fixed random input."""
     from ..backends.litert import interpreter
 
-    _check(threads, warmup, min_runs, min_seconds)
     if not Path(path).is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     it = interpreter(path, threads, xnnpack)
@@ -30,17 +34,16 @@ def time_model(path: str | Path, threads: int = 1, warmup: int = 10, min_runs: i
     else:
         x = rng.standard_normal(inp["shape"]).astype(inp["dtype"])
     it.set_tensor(inp["index"], x)
-    return timed(it.invoke, warmup, min_runs, min_seconds)
+    return it.invoke
 
 
 class LiteRTRunner(HostRunner):
-    """Measures `.tflite` files on this machine's CPU with LiteRT's XNNPACK delegate (see `time_model`)."""
+    """Measures `.tflite` files on this machine's CPU with LiteRT's XNNPACK delegate, interleaved (`HostRunner`)."""
 
     backend = "litert"
 
-    def _time(self, path: Path) -> Timing:
-        return time_model(path, threads=self.threads, warmup=self.warmup, min_runs=self.min_runs,
-                          min_seconds=self.min_seconds)
+    def _open(self, path: Path):
+        return runnable(path, self.threads, self.seed)
 
     @staticmethod
     def runtime() -> dict:
