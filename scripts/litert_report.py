@@ -7,7 +7,7 @@ files on XNNPACK together, and write the measured results into the README.
 
 Everything runs as a user runs it (`python -m search.calibrate target=host-litert`, `python -m search
 target=host-litert`, `python -m search.promote`), in a scratch folder with a fresh cache. The promoted files are timed
-in one run, interleaved (shuffled order, re-measured reference), so their ratios are what this script reports.
+in one run, interleaved (`TIMING` passes, each in a new shuffled order), so their ratios are what this script reports.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
@@ -29,6 +30,7 @@ from search.runners.litert import LiteRTRunner
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "report-litert"
 MARK = "litert"  # README section between <!-- results:litert --> and <!-- /results:litert -->
+TIMING = {"passes": 200, "min_seconds": 4.0}  # per file: a few files, so each is timed long
 
 
 def common(folder: Path) -> list[str]:
@@ -63,7 +65,7 @@ def run(folder: Path, networks: int) -> None:
     promoted = {label: json.loads(timed(["search.promote", *study, *overrides], folder)[1])
                 for label, overrides in picks.items()}
     files = {k: Path(p["tflite_path"]) for k, p in promoted.items()}
-    timings, references = LiteRTRunner(seed=0).measure(files, files["float"])
+    timings, references = LiteRTRunner(seed=0, **TIMING).measure(files, files["float"])
     saved.write_text(json.dumps(r | {"promoted": promoted, "xnnpack_ms": {k: t.median_ms for k, t in timings.items()},
                                      "reference_ms": [t.median_ms for t in references]}, indent=1))
 
@@ -87,13 +89,16 @@ def report(folder: Path) -> str:
     done = load(folder).get_trials(states=(TrialState.COMPLETE,))
     float_ = next(t for t in done if t.user_attrs.get("baseline") == "float")
     small = smallest(done)
-    spread = (max(r["reference_ms"]) - min(r["reference_ms"])) / min(r["reference_ms"])
+    q1, median, q3 = np.percentile(r["reference_ms"], [25, 50, 75])
+    spread = (q3 - q1) / median
+    predicted_float = promoted["float"]["predicted_latency_ms"]
 
     def row(label: str, key: str) -> str:
         p = promoted[key]
         return (f"| {label} | {p['trial']} | {p['test_accuracy']:.2f} | {p['tflite_test_accuracy']:.2f} "
                 f"| {p['tflite_agreement']:.2f} | {p['tflite_kb']:.1f} | {ms[key]:.4f} | {ms['float'] / ms[key]:.2f}x "
-                f"| {p['predicted_latency_ms']:.4f} | {ms[key] / p['predicted_latency_ms']:.2f} |")
+                f"| {p['predicted_latency_ms']:.4f} | {predicted_float / p['predicted_latency_ms']:.2f}x (predicted) "
+                f"| {ms[key] / p['predicted_latency_ms']:.2f} |")
 
     return "\n".join([
         f"`python -m search.calibrate target=host-litert networks={r['networks']}`: {r['calibrate_minutes']:.1f} minutes; "
@@ -102,12 +107,15 @@ def report(folder: Path) -> str:
         "",
         f"`python -m search target=host-litert` (bits narrowed to [8, 32]): {len(done)} complete trials in "
         f"{r['search_minutes']:.1f} minutes, on {machine()}. Promoted with `python -m search.promote`, then the "
-        f"{len(promoted)} `.tflite` files timed together on XNNPACK (1 thread, batch 1, median, shuffled; the reference moved by "
-        f"{spread:.0%} during the run):",
+        f"{len(promoted)} `.tflite` files timed together on XNNPACK (1 thread, batch 1, interleaved: {TIMING['passes']} "
+        f"passes, each in a new shuffled order, median; the machine's speed varied by {spread:.0%} between passes, "
+        "alike for every file; between the calibration and this timing it can differ more, which the measured / "
+        "predicted column carries and the speed-ups, ratios within one run, do not):",
         "",
         "| network | trial | test accuracy % (trial) | test accuracy % (.tflite) | top-1 agreement % | file KB "
-        "| XNNPACK ms (measured) | speed-up over float (measured) | predicted ms | measured / predicted |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| XNNPACK ms (measured) | speed-up over float (measured) | predicted ms | speed-up over float (predicted) "
+        "| measured / predicted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         row("float full-width baseline", "float"),
         *([row("uniform 8-bit baseline", "int8")] if "int8" in promoted else []),
         row("knee of the front (`pick=knee`)", "knee"),

@@ -29,26 +29,31 @@ CONFIG_NAME = "calibrate"
 
 
 class LevelTrial:
-    """A stand-in for an Optuna trial that draws every choice near one level per network, so the
-    calibration set spans the space from its smallest networks to its largest (independent
-    per-layer draws would average out into look-alike middle-sized networks)."""
+    """A stand-in for an Optuna trial that draws every choice of one kind (widths, bits, sparsity, ...) near one
+    level of that kind per network, so the calibration set spans the space from its smallest networks to its
+    largest and from all-float to all-integer ones, independently (independent per-layer draws would average out
+    into look-alike middle-sized networks; one level for every kind would make the wide networks the float ones,
+    and a fit could not tell precision's cost from width's)."""
 
     def __init__(self, rng: random.Random, spread: float = 0.3):
-        self.rng, self.level, self.spread = rng, rng.random(), spread
+        self.rng, self.spread, self.levels = rng, spread, {}
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        level = self.levels.setdefault(name.split(".")[0], self.rng.random())
         if self.rng.random() < self.spread:
             return self.rng.choice(list(choices))
         ordered = sorted(choices, key=lambda c: (isinstance(c, str), c))
-        return ordered[min(int(self.level * len(ordered)), len(ordered) - 1)]
+        return ordered[min(int(level * len(ordered)), len(ordered) - 1)]
 
 
 def calibration_set(space: Any, n: int, seed: int) -> list[spaces.Candidate]:
+    """`n` distinct networks: the space's baselines first (every study's reference points; the float one is the
+    reference network measurements are checked against), then networks drawn by `LevelTrial`."""
     rng = random.Random(seed)
-    found: dict[spaces.Candidate, None] = {}
+    found = {spaces.Candidate.of(space.name, params): None for params in space.baselines().values()}
     while len(found) < n:
         found[space.sample(LevelTrial(rng))] = None
-    return list(found)
+    return list(found)[:n]
 
 
 def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int) -> tuple[list[Measurement], dict, float]:

@@ -81,6 +81,15 @@ def test_calibration_set_spans_the_space(mobilenet):
     mean_bits = [np.mean([x.bits for x in net]) for net in layers]
     assert max(mean_bits) - min(mean_bits) > 10
     assert min(mean_bits) < 8 and max(mean_bits) > 24  # low-bit and high-bit dominated ones
+    # width and precision drawn apart: large low-bit networks and small float ones too, so a fit can tell them apart
+    big, low = np.array(macs) > np.median(macs), np.array(mean_bits) < np.median(mean_bits)
+    assert 0.25 < np.mean(big == low) < 0.75
+
+
+def test_calibration_set_starts_with_the_baselines(mobilenet):
+    cs = calibration_set(mobilenet, 10, seed=0)
+    baselines = [spaces.Candidate.of(mobilenet.name, p) for p in mobilenet.baselines().values()]
+    assert cs[:len(baselines)] == baselines and len(set(cs)) == 10
 
 
 # --- split ---------------------------------------------------------------------------------------
