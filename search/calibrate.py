@@ -50,7 +50,8 @@ def calibration_set(space: Any, n: int, seed: int) -> list[spaces.Candidate]:
     """`n` distinct networks: the space's baselines first (every study's reference points; the float one is the
     reference network measurements are checked against), then networks drawn by `LevelTrial`."""
     rng = random.Random(seed)
-    found = {spaces.Candidate.of(space.name, params): None for params in space.baselines().values()}
+    baselines = space.baselines() if hasattr(space, "baselines") else {}  # fbnet (phone measurements) has none
+    found = {spaces.Candidate.of(space.name, params): None for params in baselines.values()}
     while len(found) < n:
         found[space.sample(LevelTrial(rng))] = None
     return list(found)[:n]
