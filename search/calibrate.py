@@ -167,10 +167,11 @@ def calibrate(cfg: Mapping[str, Any]) -> latency.Report:
         measurements.write(source, space, rows)
     fit_rows, held_out = split(rows, cfg)
     networks = [space.layers(r.candidate) for r in fit_rows]
-    coefficients = latency.fit(networks, [r.latency_ms for r in fit_rows], latency.declared(target)["kernels"],
-                               target["sparse_kernels"])
+    tile, coefficients = latency.fit_tiled(networks, [r.latency_ms for r in fit_rows],
+                                           latency.declared(target)["kernels"], target["sparse_kernels"])
     proxy = target.get("proxy")
-    predictor = latency.Predictor(target["name"], coefficients=coefficients, **latency.declared(target))
+    predictor = latency.Predictor(target["name"], coefficients=coefficients, channel_tile=tile,
+                                  **latency.declared(target))
     # Scored unscaled: the held-out rows are measurements of the measured device itself.
     measured_device = latency.Predictor(**{**asdict(predictor), "scale": 1.0})
     report = latency.Report.of([measured_device.predict(space.layers(r.candidate)) for r in held_out],

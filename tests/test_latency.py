@@ -231,6 +231,29 @@ def test_fit_is_robust_to_outliers_where_least_squares_is_not(fbnet_data):
     assert np.median(robust) < np.median(plain) / 5
 
 
+def test_macs_count_whole_channel_tiles():
+    dense = Layer("c", "conv", (13, 7, 7), (21, 7, 7), kernel=3)
+    depthwise = Layer("d", "conv", (13, 7, 7), (13, 7, 7), kernel=3, groups=13)
+    assert latency.tiled_macs(dense, 1) == dense.macs and latency.tiled_macs(depthwise, 1) == depthwise.macs
+    assert latency.tiled_macs(dense, 8) == 24 * 16 * 9 * 49  # 21 -> 24 outputs, 13 -> 16 inputs
+    assert latency.tiled_macs(depthwise, 8) == 16 * 9 * 49  # one input channel per output
+
+
+def test_calibration_finds_the_channel_tile_the_runtime_pads_to():
+    """Latencies made with channels padded to 8 (XNNPACK's fp32 tile on AVX2): the fit that counts tiles of 8
+    is picked, and predicts networks it never saw; channels as they are cannot."""
+    space = mobilenet(bits=[32], widths=[0.3, 0.45, 0.6, 0.8, 1.0])
+    nets = [space.layers(c) for c in calibration_set(space, 80, seed=0)]
+    costs = {k: c * (50 if k.endswith(".macs") else 1) for k, c in TRUE.items()}  # compute-bound, as on XNNPACK
+    truth = [sum(costs.get(k, 0.0) * v for k, v in features(x, MB_KERNELS, False, tile=8).items()) for x in nets]
+    tile, coefficients = latency.fit_tiled(nets[:60], truth[:60], MB_KERNELS, False)
+    assert tile == 8
+    tiled = Predictor("t", MB_KERNELS, False, coefficients, channel_tile=8)
+    plain = Predictor("t", MB_KERNELS, False, fit(nets[:60], truth[:60], MB_KERNELS, False))
+    assert rel_errors([tiled.predict(x) for x in nets[60:]], truth[60:]).max() < 0.01
+    assert rel_errors([plain.predict(x) for x in nets[60:]], truth[60:]).max() > 0.02
+
+
 # --- precision and sparsity ------------------------------------------------------------------------
 
 
@@ -324,7 +347,7 @@ def test_unstructured_sparsity_counts_only_with_sparse_kernels(fp32_predictor):
 
 @pytest.fixture
 def saved(fp32_predictor, tmp_path):
-    p = dataclasses.replace(fp32_predictor, scale=1.15, provenance={
+    p = dataclasses.replace(fp32_predictor, scale=1.15, channel_tile=8, provenance={
         "digest": "ab" * 32, "measurements": "somewhere.csv", "proxy": "a phone; a reason",
         "report": {"n": 3, "within_10pct": 0.93, "spearman": 0.9}})
     return p, p.save(tmp_path / "sub" / "p.json")
