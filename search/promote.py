@@ -199,6 +199,7 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         study = optuna.load_study(study_name=name, storage=storage(cfg))
     except KeyError:
         raise UserError(f"study.name: no Optuna study {name!r} in {cfg['study']['storage']}") from None
+
     def splits() -> datasets.Dataset:  # the study's data, read only when a network is built
         return datasets.load(study_cfg["data"], study_cfg["seed"], cfg["cache_dir"])
 
