@@ -224,7 +224,7 @@ def test_cli_measuring_on_this_host_shows_progress_and_keeps_library_logs_in_the
                      "runner.min_seconds=0", f"cache_dir={tmp_path}/cache", f"tracking.uri=sqlite:///{tmp_path}/m.db")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "exporting: 100%" in result.stderr and "4/4" in result.stderr
-    assert "measuring: 100%" in result.stderr
+    assert "measuring 4 networks: 100%" in result.stderr
     console = result.stdout + result.stderr
     assert not re.search(r"\bINFO\b|Replaced initializer|Increased scale", console), console[-3000:]
     assert re.search(r"\[INFO\]", (tmp_path / "outputs" / "calibrate" / "host" / "calibrate.log").read_text())
