@@ -49,10 +49,9 @@ def study_command(folder: Path, name: str, trials: int, workers: int, quick: boo
 
 
 def trials_of(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from search import storage
 
-    storage = JournalStorage(JournalFileBackend(str(folder / name / "optuna.journal")))
-    return optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+    return storage.load(folder / name, name).get_trials(states=(TrialState.COMPLETE,))
 
 
 def per_trial(trials: list[optuna.trial.FrozenTrial]) -> dict:

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from readme_results import machine, write_readme
 
-from search import pareto
+from search import pareto, storage
 from search.runners.litert import LiteRTRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +78,7 @@ def smallest(done: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial:
 
 
 def load(folder: Path) -> optuna.Study:
-    storage = JournalStorage(JournalFileBackend(str(folder / STUDY / "optuna.journal")))
-    return optuna.load_study(study_name=STUDY, storage=storage)
+    return storage.load(folder / STUDY, STUDY)
 
 
 def report(folder: Path) -> str:

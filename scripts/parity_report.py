@@ -16,11 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 from readme_results import machine, write_readme
 
-from search import pareto
+from search import pareto, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "outputs" / "parity-report"
@@ -36,8 +34,7 @@ def common(name: str) -> list[str]:
 
 
 def front(name: str) -> list[int]:
-    storage = JournalStorage(JournalFileBackend(str(FOLDER / name / "study" / "optuna.journal")))
-    study = optuna.load_study(study_name=f"parity-{name}", storage=storage)
+    study = storage.load(FOLDER / name / "study", f"parity-{name}")
     return sorted(p.trial for p in pareto.front(pareto.points(study.trials, ["accuracy", "latency_ms"])))
 
 

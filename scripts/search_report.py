@@ -24,13 +24,12 @@ import dataclasses
 
 import optuna
 from mlflow import MlflowClient
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from readme_results import machine, write_readme
 
 import spaces
 from search import data as datasets
-from search import latency, pareto
+from search import latency, pareto, storage
 from search.tracking import Tracker
 from search.runners.host import HostRunner
 from search.runners.litert import LiteRTRunner
@@ -138,8 +137,7 @@ def sensitivity(folder: Path, done: list[optuna.trial.FrozenTrial]) -> list[str]
 
 
 def load(folder: Path) -> optuna.Study:
-    storage = JournalStorage(JournalFileBackend(str(folder / STUDY / "optuna.journal")))
-    return optuna.load_study(study_name=STUDY, storage=storage)
+    return storage.load(folder / STUDY, STUDY)
 
 
 def report(folder: Path) -> str:

@@ -249,9 +249,9 @@ def _space_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _log(cfg: Mapping[str, Any], predictor: latency.Predictor, report: latency.Report, source: Path) -> None:
-    from .tracking import MlflowClient  # with MLflow's INFO lines routed to the log file
+    from . import tracking  # with MLflow's INFO lines routed to the log file
 
-    client = MlflowClient(tracking_uri=cfg["tracking"]["uri"])
+    client = tracking.client(cfg["tracking"]["uri"])
     name = cfg["tracking"]["experiment"]
     experiment = client.get_experiment_by_name(name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)

@@ -13,9 +13,8 @@ from urllib.parse import urlsplit
 
 import spaces
 
-from . import latency
+from . import latency, storage
 from .config import ROOT, ConfigError, validate
-from .locks import SQLITE
 
 TIMEOUT_S = 5.0
 DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433, "redis": 6379}
@@ -189,34 +188,10 @@ def meaning(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def existing(cfg: Mapping[str, Any]) -> Any:
-    """The configured Optuna study if its storage already holds it (else None), opened without
-    writing anything."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-    from sqlalchemy.exc import SQLAlchemyError
-
-    url = cfg["study"]["storage"]
-    try:
-        if url:
-            if url.startswith(SQLITE) and not Path(url[len(SQLITE):]).exists():
-                return None
-            store = optuna.storages.RDBStorage(url, skip_table_creation=True)
-        else:
-            journal = Path(cfg["study"]["dir"]) / "optuna.journal"
-            if not journal.exists():
-                return None
-            store = JournalStorage(JournalFileBackend(str(journal)))
-        return optuna.load_study(study_name=cfg["study"]["name"], storage=store,
-                                 sampler=optuna.samplers.RandomSampler())
-    except (KeyError, SQLAlchemyError, optuna.exceptions.StorageInternalError):  # no such study; no Optuna tables yet
-        return None
-
-
 def refuse_changed(cfg: Mapping[str, Any]) -> None:
     """A study resumes only with the config it was created with (less RESUMABLE keys): trials made
     under another seed, data, space, target or training settings would be compared as if alike."""
-    study = existing(cfg)
+    study = storage.existing(cfg)
     created = study.user_attrs.get(CONFIG_ATTR) if study else None
     if created is None:
         return

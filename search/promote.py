@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 import spaces
 
-from . import backends, pareto, parity
+from . import backends, pareto, parity, storage
 from . import data as datasets
 from .config import CONF_DIR, ConfigError, _get, _int, _number, command, fail, resolve
 from .errors import UserError
@@ -43,7 +43,6 @@ from .backends import onnx as backend
 from .runners import litert as litert_runner
 from .runners.adb import AdbError, AdbRunner
 from .runners.host import HostRunner, time_model
-from .study import storage
 from .tracking import Tracker
 
 CONFIG_NAME = "promote"
@@ -108,7 +107,7 @@ def check(cfg: Mapping[str, Any]) -> None:
     _number(cfg, "tolerance", strict=False)
     _number(cfg, "min_agreement", strict=False)
     _int(cfg, "latency_threads", 1)
-    journal = Path(cfg["study"]["dir"]) / "optuna.journal"
+    journal = Path(cfg["study"]["dir"]) / storage.JOURNAL
     if not cfg["study"]["storage"] and not journal.is_file():
         raise ConfigError(f"study.name: no study {name!r} here: {journal} does not exist (study.dir, study.storage)")
     for key in ("model_name", "alias"):
@@ -196,7 +195,7 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     tracker = Tracker(cfg["tracking"]["uri"], name, create=False)
     study_cfg = tracker.study_config()
     try:
-        study = optuna.load_study(study_name=name, storage=storage(cfg))
+        study = optuna.load_study(study_name=name, storage=storage.for_study(cfg))
     except KeyError:
         raise UserError(f"study.name: no Optuna study {name!r} in {cfg['study']['storage']}") from None
 

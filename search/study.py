@@ -15,7 +15,6 @@ from typing import Any, Iterator, Mapping
 import optuna
 import yaml
 from hydra.utils import instantiate
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from tqdm import tqdm
 
@@ -23,7 +22,7 @@ import spaces
 from spaces.candidate import identity
 
 from . import data as datasets
-from . import latency, locks, objectives, pareto, plots, preflight, supernet
+from . import latency, locks, objectives, pareto, plots, preflight, storage, supernet
 from .config import ConfigError, validate
 from .errors import UserError
 from .evaluate import evaluate
@@ -35,18 +34,6 @@ from .workers import TrialFailed, Workers
 # folder's log file; the console shows warnings), not to a console handler of Optuna's own.
 optuna.logging.disable_default_handler()
 optuna.logging.enable_propagation()
-
-
-def storage(cfg: Mapping[str, Any]) -> optuna.storages.BaseStorage | str:
-    """The configured URL, or an append-only journal in the study's folder (safe to resume,
-    and cheap: a few ms per trial)."""
-    if cfg["study"]["storage"]:
-        with locks.sqlite_setup(cfg["study"]["storage"]):
-            return optuna.storages.RDBStorage(cfg["study"]["storage"]) if cfg["study"]["storage"].startswith(
-                locks.SQLITE) else cfg["study"]["storage"]
-    folder = Path(cfg["study"]["dir"])
-    folder.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
 
 
 def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
@@ -110,7 +97,7 @@ def _open(cfg: Mapping[str, Any], space: Any) -> optuna.Study:
     """Create or load the study; a new one starts with the baselines, a resumed one draws new points.
     Budgets reach the sampler as each trial's constraints (`Driver.start`), whatever the sampler."""
     directions = [objectives.DIRECTIONS[o] for o in cfg["objectives"]]
-    study = optuna.create_study(study_name=cfg["study"]["name"], storage=storage(cfg), directions=directions,
+    study = optuna.create_study(study_name=cfg["study"]["name"], storage=storage.for_study(cfg), directions=directions,
                                 load_if_exists=True)
     if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
         raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "

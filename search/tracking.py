@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
@@ -51,11 +51,17 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def client(uri: str) -> MlflowClient:
+    """An MLflow client on `uri`. Opening a new SQLite store creates (migrates) its tables: that happens under a
+    file lock, so commands started at once against one store (two studies, a calibration) do not race."""
+    with locks.sqlite_setup(uri):
+        return MlflowClient(tracking_uri=uri)
+
+
 class Tracker:
     def __init__(self, uri: str, study: str, create: bool = True):
-        with locks.sqlite_setup(uri):  # opening a new store creates (migrates) its tables
-            self.client = MlflowClient(tracking_uri=uri)
-            experiment = self.client.get_experiment_by_name(study)
+        self.client = client(uri)
+        experiment = self.client.get_experiment_by_name(study)
         if experiment is None and not create:
             raise UserError(f"study.name: no MLflow experiment {study!r} at tracking.uri {uri}")
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(

@@ -14,7 +14,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 import spaces
 from search import data as datasets
-from search import latency, objectives, pareto, preflight, supernet
+from search import latency, objectives, pareto, preflight, storage, supernet
 from search import study as driver
 from search.config import ConfigError, compose, options, resolve
 from tests.cli import DIGITS, command
@@ -76,7 +76,7 @@ def test_budgets_reach_every_sampler_as_trial_constraints(tmp_path, sampler):
             accuracy = 90 + predicted["size_kb"] / 100  # bigger is better here: infeasible trials would win
             trial.set_user_attr("accuracy", accuracy)
             study.tell(trial, [accuracy, predicted["latency_ms"]])
-    stored = optuna.load_study(study_name=study.study_name, storage=driver.storage(cfg)).trials
+    stored = optuna.load_study(study_name=study.study_name, storage=storage.for_study(cfg)).trials
     assert all(t.constraints == {"size_kb": pytest.approx(t.user_attrs["size_kb"] - 150)} for t in stored)
     feasible = {t.number for t in stored if t.user_attrs["size_kb"] <= 150}
     assert feasible and len(feasible) < len(stored)
@@ -85,14 +85,14 @@ def test_budgets_reach_every_sampler_as_trial_constraints(tmp_path, sampler):
     assert front and {p.trial for p in front} <= feasible
 
 
-@pytest.mark.parametrize("storage", ["journal", "sqlite"])
-def test_a_resumed_study_refuses_a_config_that_changes_what_its_trials_mean(tmp_path, storage):
-    where = [f"study.storage=sqlite:///{tmp_path}/optuna.db"] if storage == "sqlite" else []
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_resumed_study_refuses_a_config_that_changes_what_its_trials_mean(tmp_path, kind):
+    where = [f"study.storage=sqlite:///{tmp_path}/optuna.db"] if kind == "sqlite" else []
     cfg = composed(tmp_path, *where)
     study = driver._open(cfg, digits_space(cfg))
     journal = tmp_path / "optuna.db" if where else Path(cfg["study"]["dir"]) / "optuna.journal"
     written = journal.stat().st_size, journal.stat().st_mtime_ns
-    reloaded = optuna.load_study(study_name=study.study_name, storage=driver.storage(cfg))
+    reloaded = optuna.load_study(study_name=study.study_name, storage=storage.for_study(cfg))
     assert reloaded.metric_names == ["accuracy", "latency_ms"]  # what optuna-dashboard shows
     assert reloaded.user_attrs[preflight.CONFIG_ATTR]["supernet.epochs"] == cfg["supernet"]["epochs"]
 
