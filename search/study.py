@@ -66,7 +66,7 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
         tracker.start_study(cfg, list(overrides), yaml.safe_dump(cfg, sort_keys=False), tags)
         tracker.log_study({"supernet_val_accuracy": trained.val_accuracy}, {"supernet.key": key})
         driver = Driver(cfg, study, tracker, workers, space, predictor, tags,
-                        (space_settings, data_ref, workers.share(trained), cfg["finetune"]),
+                        Inputs(space_settings, data_ref, workers.share(trained), cfg["finetune"]),
                         complete=len(study.get_trials(states=(TrialState.COMPLETE,))))
         try:
             with _interruptible():
@@ -154,6 +154,17 @@ def _interruptible() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What every trial's evaluation gets besides its candidate and seed; the large ones as Ray object refs,
+    put in the object store once per study."""
+
+    space: Mapping[str, Any]  # the space's settings: its config and the data's shape
+    data: Any  # ref to the Dataset
+    supernet: Any  # ref to the trained supernet's weights
+    finetune: Mapping[str, Any]
+
+
 @dataclass
 class Driver:
     """The running study: asks Optuna for trials while slots are free, sends them to Ray, and tells
@@ -167,7 +178,7 @@ class Driver:
     space: Any
     predictor: latency.Predictor
     tags: dict[str, str]  # target and predictor tags every trial run carries
-    trial_args: tuple  # (space settings, data ref, supernet ref, fine-tune settings) for `evaluate`
+    inputs: Inputs
     complete: int
     failed: int = 0
     repeats: int = 0  # complete trials told another trial's result, this study's (a resumed one's too)
@@ -227,9 +238,8 @@ class Driver:
         elif network in self.waiting:
             self.waiting[network].append((trial, predicted, run_id))
         else:
-            space_settings, data_ref, supernet_ref, finetune = self.trial_args
-            ref = self.workers.submit(evaluate, space_settings, candidate, data_ref, supernet_ref, finetune,
-                                      self.cfg["seed"] * 100_003 + trial.number)
+            ref = self.workers.submit(evaluate, self.inputs.space, candidate, self.inputs.data, self.inputs.supernet,
+                                      self.inputs.finetune, self.cfg["seed"] * 100_003 + trial.number)
             self.running[ref] = (trial, predicted, run_id, network)
             self.waiting[network] = []
 

@@ -71,7 +71,7 @@ def make_driver(cfg: dict, workers: FakeWorkers, sampler: optuna.samplers.BaseSa
     tracker.start_study(cfg, [], "", {})
     complete = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
     return driver.Driver(cfg, study, tracker, workers, space, latency.for_target(cfg["target"]), {},
-                         (None, None, None, None), complete=complete)
+                         driver.Inputs({}, None, None, {}), complete=complete)
 
 
 def runs(cfg: dict) -> dict[int, object]:
