@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import spaces
 
-from . import latency, measurements, preflight
+from . import latency, measurements, preflight, runners
 from .config import (CONF_DIR, ROOT, ConfigError, command, fail, resolve, space_error,
                      validate_calibration, validate_target)
 from .errors import UserError
@@ -112,18 +112,10 @@ def _export(space: Any, candidate: spaces.Candidate, backend: str, seed: int) ->
         return module.export(net, space.input_shape, Path(tmp) / f"net{module.SUFFIX}").read_bytes(), module.SUFFIX
 
 
-def make_runner(runner_cfg: Mapping[str, Any], seed: int) -> Any:
-    """The host, litert or adb runner with its settings (a bad setting is a ConfigError naming the runner)."""
-    from .runners.adb import AdbRunner
-    from .runners.host import HostRunner
-    from .runners.litert import LiteRTRunner
-
-    settings = {k: v for k, v in runner_cfg.items() if k != "kind"}
-    kind = runner_cfg["kind"]
+def make_runner(runner_cfg: Mapping[str, Any], seed: int) -> runners.Runner:
+    """The configured runner with its settings (a bad setting is a ConfigError naming the runner)."""
     try:
-        if kind == "adb":
-            return AdbRunner(**settings)
-        return (LiteRTRunner if kind == "litert" else HostRunner)(seed=seed, **settings)
+        return runners.make(runner_cfg, seed)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"runner: {runner_cfg['kind']} runner: {e}") from None
 
@@ -215,11 +207,11 @@ def _space(cfg: Mapping[str, Any]) -> Any:
 
 
 def _plan(cfg: Mapping[str, Any]) -> tuple[str, Path | None]:
-    """The runner that measures (host, adb) or file, and the measurement file to read if any."""
+    """The runner that measures (host, litert, adb) or file, and the measurement file to read if any."""
     target = cfg["target"]
     runner = cfg["runner"]["kind"]
     if runner == "auto":
-        runner = target["runner"]["kind"] if target["runner"]["kind"] in ("host", "litert") else "file"
+        runner = target["runner"]["kind"] if target["runner"]["kind"] in runners.LOCAL else "file"
     if cfg["benchmarks"]:
         return runner, Path(cfg["benchmarks"])
     if runner == "file":

@@ -23,6 +23,7 @@ from spaces.precision import BITS
 from .errors import UserError
 from .latency import KERNELS
 from .objectives import BUDGETS, DIRECTIONS
+from .runners import RUNNERS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -256,8 +257,9 @@ def validate_calibration(cfg: Mapping[str, Any]) -> None:
     _text(cfg, "tracking.uri", "an MLflow tracking URI")
     _text(cfg, "tracking.experiment", "an MLflow experiment name")
     _text(cfg, "cache_dir", "a folder path")
-    if _mapping(cfg, "runner").get("kind") not in ("auto", "file", "host", "litert", "adb"):
-        raise ConfigError(f"runner.kind: must be auto, file, host, litert or adb, got {cfg['runner'].get('kind')!r}")
+    kinds = ("auto", "file", *RUNNERS)  # auto: the target's own way; file: fit on measurements taken before
+    if _mapping(cfg, "runner").get("kind") not in kinds:
+        raise ConfigError(f"runner.kind: must be {', '.join(kinds)}, got {cfg['runner'].get('kind')!r}")
     _space_name(cfg)
     validate_target(_get(cfg, "target"), [])
 
@@ -389,8 +391,8 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
         for key in ("device", "assumption"):
             if not isinstance(_get(cfg, f"target.proxy.{key}"), str):
                 raise ConfigError(f"target.proxy.{key}: a proxy target must say which device was measured and why it stands in")
-    if _mapping(cfg, "target.runner").get("kind") not in ("host", "litert", "adb"):
-        raise ConfigError(f"target.runner.kind: must be host, litert or adb, got {target['runner'].get('kind')!r}")
+    if _mapping(cfg, "target.runner").get("kind") not in RUNNERS:
+        raise ConfigError(f"target.runner.kind: must be {' or '.join(RUNNERS)}, got {target['runner'].get('kind')!r}")
     _validate_file(target)
 
 
@@ -398,14 +400,12 @@ def _validate_file(target: Mapping[str, Any]) -> None:
     """`target.file` is the export format the target runs (its trials' size_kb counts that file); the runner
     must time that format."""
     from .backends import BACKENDS
-    from .runners.adb import BACKENDS as TOOLS
-    from .runners.host import HostRunner
-    from .runners.litert import LiteRTRunner
+    from .runners import backend_of
 
     file = target.get("file")
     if file not in BACKENDS:
         raise ConfigError(f"target.file: the export format the target runs, one of {', '.join(BACKENDS)}; got {file!r}")
     runner = target["runner"]
-    runs = {"host": HostRunner.backend, "litert": LiteRTRunner.backend}.get(runner["kind"]) or TOOLS.get(runner.get("tool"))
+    runs = backend_of(runner)
     if runs is not None and runs != file:
         raise ConfigError(f"target.file: {file}, but the target's {runner['kind']} runner times {runs} files")

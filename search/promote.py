@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 import spaces
 
-from . import backends, pareto, parity, storage
+from . import backends, pareto, parity, runners, storage
 from . import data as datasets
 from .config import CONF_DIR, ConfigError, _get, _int, _number, command, fail, resolve
 from .errors import UserError
@@ -42,7 +42,7 @@ from .backends import litert
 from .backends import onnx as backend
 from .runners import litert as litert_runner
 from .runners.adb import AdbError, AdbRunner
-from .runners.host import HostRunner, time_model
+from .runners.host import time_model
 from .tracking import Tracker
 
 CONFIG_NAME = "promote"
@@ -155,9 +155,12 @@ def network(study_cfg: Mapping[str, Any], data: datasets.Dataset, params: Mappin
     return net.eval()
 
 
-def host_runner(kind: str, threads: int) -> litert_runner.LiteRTRunner | HostRunner:
+HOST_RUNNERS = {"xnnpack": "litert", "onnxruntime": "host"}  # rank_by runtime -> the runner timing it here
+
+
+def host_runner(kind: str, threads: int) -> runners.Runner:
     """The runner on this machine for a `rank_by` runtime: XNNPACK runs `.tflite` files, onnxruntime ONNX ones."""
-    return (litert_runner.LiteRTRunner if kind == "xnnpack" else HostRunner)(threads=threads)
+    return runners.get(HOST_RUNNERS[kind])(threads=threads)
 
 
 def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracker, study_cfg: Mapping[str, Any],

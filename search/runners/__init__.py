@@ -1,6 +1,58 @@
 """Latency runners: measure exported models on real hardware so a latency predictor can be fitted to it.
 
-`host` times ONNX files with onnxruntime on this machine's CPU; `adb` on an Android phone. Every runner returns
-`Timing`s (defined in `host`) from `measure(models, reference)` and describes itself with `settings()`.
-Nothing is imported here, so importing one runner never pulls in another runner's dependencies.
+`host` times ONNX files with onnxruntime on this machine's CPU, `litert` `.tflite` files with LiteRT's XNNPACK
+kernels, `adb` either on an Android phone. A runner is registered in `RUNNERS` and honours `Runner`; the runner
+modules are imported only when asked for, so one runner's dependencies never load with another's.
 """
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .host import Timing
+
+
+class Runner(Protocol):
+    """What calibration and promote ask of a runner."""
+
+    @property
+    def backend(self) -> str:
+        """The export backend whose files it runs (`search.backends`)."""
+
+    def measure(self, models: Mapping[str, Path], reference: Path) -> tuple[dict[str, Timing], list[Timing]]:
+        """Each model's `Timing`, and the reference's timings spread over the run (drift shows in them)."""
+
+    def settings(self) -> dict:
+        """Plain data recorded with a fitted predictor: what was measured, how, and where."""
+
+
+RUNNERS = {"host": ("host", "HostRunner"), "litert": ("litert", "LiteRTRunner"), "adb": ("adb", "AdbRunner")}
+LOCAL = ("host", "litert")  # runners on this machine: they need no device, and feed the models seeded inputs
+
+
+def get(kind: str) -> type:
+    """The runner class registered as `kind` (ValueError names the choices)."""
+    if kind not in RUNNERS:
+        raise ValueError(f"one of {', '.join(RUNNERS)}, got {kind!r}")
+    module, name = RUNNERS[kind]
+    return getattr(import_module(f"{__name__}.{module}"), name)
+
+
+def make(runner_cfg: Mapping[str, Any], seed: int) -> Runner:
+    """The runner `runner_cfg["kind"]` names, with the rest of `runner_cfg` as its settings (a bad setting raises
+    TypeError or ValueError)."""
+    settings = {k: v for k, v in runner_cfg.items() if k != "kind"}
+    return get(runner_cfg["kind"])(**settings, **({"seed": seed} if runner_cfg["kind"] in LOCAL else {}))
+
+
+def backend_of(runner_cfg: Mapping[str, Any]) -> str | None:
+    """Which export backend's files a configured runner times, without starting it (None: the tool is unknown)."""
+    cls = get(runner_cfg["kind"])
+    if runner_cfg["kind"] == "adb":
+        from .adb import BACKENDS as TOOLS
+
+        return TOOLS.get(runner_cfg.get("tool"))
+    return cls.backend
