@@ -26,7 +26,6 @@ import torch
 
 from search.errors import UserError
 
-NAMES = ("mnist", "fashion_mnist", "digits", "cifar10", "imagefolder")
 # MNIST and Fashion-MNIST come as the same four gzipped idx files: training images and labels, test
 # images and labels.
 IDX_FILES = (
@@ -93,19 +92,7 @@ def load(cfg: Mapping, seed: int, cache_dir: str | Path) -> Dataset:
         raise DataError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     seed = int(seed)
     limit = cfg.get("limit")
-
-    if name == "mnist":
-        pool, test = _load_idx_set(Path(cache_dir).expanduser() / "mnist", _fetch_mnist)
-    elif name == "fashion_mnist" and cfg.get("root") is not None:
-        pool, test = _load_idx_root(_root(cfg))
-    elif name == "fashion_mnist":
-        pool, test = _load_idx_set(Path(cache_dir).expanduser() / "fashion_mnist", _fetch_fashion_mnist)
-    elif name == "digits":
-        pool, test = _load_digits(_fraction(cfg, "test_size"), seed)
-    elif name == "cifar10":
-        pool, test = _load_cifar10(_root(cfg))
-    else:
-        pool, test = _load_imagefolder(_root(cfg), int(cfg["image_size"]), cfg.get("test_size"), seed)
+    pool, test = LOADERS[name](cfg, seed, Path(cache_dir).expanduser())
 
     train_idx, val_idx = _split(pool.y, _fraction(cfg, "val_size"), seed, "data.val_size")
     if limit is not None and limit < len(train_idx):
@@ -116,6 +103,19 @@ def load(cfg: Mapping, seed: int, cache_dir: str | Path) -> Dataset:
     num_classes = int(max(pool.y.max(), test.y.max())) + 1
     return Dataset(str(name), train, val, test, num_classes, mean, std)
 
+
+# A data set is a loader here: (its config, the seed, the cache folder) -> (the pool train and validation are
+# split from, the test split), plus conf/data/<name>.yaml. Each reads real files and never unpickles.
+LOADERS: dict[str, Callable[[Mapping, int, Path], tuple[Split, Split]]] = {
+    "mnist": lambda cfg, seed, cache: _load_idx_set(cache / "mnist", _fetch_mnist),
+    "fashion_mnist": lambda cfg, seed, cache: (_load_idx_root(_root(cfg)) if cfg.get("root") is not None
+                                               else _load_idx_set(cache / "fashion_mnist", _fetch_fashion_mnist)),
+    "digits": lambda cfg, seed, cache: _load_digits(_fraction(cfg, "test_size"), seed),
+    "cifar10": lambda cfg, seed, cache: _load_cifar10(_root(cfg)),
+    "imagefolder": lambda cfg, seed, cache: _load_imagefolder(_root(cfg), int(cfg["image_size"]), cfg.get("test_size"),
+                                                              seed),
+}
+NAMES = tuple(LOADERS)
 
 _preloaded: dict[str, Dataset] = {}
 
