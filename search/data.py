@@ -20,11 +20,14 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from search.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 # MNIST and Fashion-MNIST come as the same four gzipped idx files: training images and labels, test
 # images and labels.
@@ -157,6 +160,8 @@ def check(cfg: Mapping) -> None:
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 batch (N,C,H,W) -> float32 ((x/255 - mean)/std) on x's device; the one place for this."""
+    import torch  # here: reading and checking data needs no torch, so a bad setting is reported without waiting for it
+
     m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x.to(torch.float32) / 255.0 - m) / s

@@ -277,3 +277,12 @@ def test_ray_address_auto_must_answer_where_it_leads(monkeypatch):
             preflight.ray_reachable("auto")
         server.listen()
         preflight.ray_reachable("auto")
+
+
+def test_a_bad_setting_is_reported_before_torch_loads(tmp_path):
+    """Checking a command's settings needs no torch (seconds to import): a typo is reported at once."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", SEARCH, "n_trials=abc"], cwd=tmp_path,
+                          env=environment(tmp_path / "home"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error: n_trials" in done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "search.config" in imported and "torch" not in imported
