@@ -46,7 +46,7 @@ class LevelTrial:
         return ordered[min(int(level * len(ordered)), len(ordered) - 1)]
 
 
-def calibration_set(space: Any, n: int, seed: int) -> list[spaces.Candidate]:
+def calibration_set(space: spaces.Space, n: int, seed: int) -> list[spaces.Candidate]:
     """`n` distinct networks: the space's baselines first (every study's reference points; the float one is the
     reference network measurements are checked against), then networks drawn by `LevelTrial`."""
     rng = random.Random(seed)
@@ -57,7 +57,7 @@ def calibration_set(space: Any, n: int, seed: int) -> list[spaces.Candidate]:
     return list(found)[:n]
 
 
-def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int) -> tuple[list[Measurement], dict, float]:
+def measure(space: spaces.Space, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int) -> tuple[list[Measurement], dict, float]:
     """Export each candidate at its real per-layer precision and shapes (in the runner's file format:
     `runner.backend`), time it with the runner, and return measurements, the runner's settings and the noise floor:
     how well a network's measurement repeats (the median over networks of their even against odd passes, for
@@ -97,7 +97,7 @@ def measure(space: Any, candidates: list[spaces.Candidate], runner_cfg: Mapping[
     return rows, runner.settings(), floor
 
 
-def _export(space: Any, candidate: spaces.Candidate, backend: str, seed: int) -> tuple[bytes, str]:
+def _export(space: spaces.Space, candidate: spaces.Candidate, backend: str, seed: int) -> tuple[bytes, str]:
     """One calibration network as a file's bytes (a Ray task): built at its real precision and shapes, its
     quantizers' ranges set by random images (the speed, not the values, matters)."""
     import torch
@@ -195,7 +195,7 @@ def split(rows: list[Measurement], cfg: Mapping[str, Any]) -> tuple[list[Measure
     return fit_rows, held_out
 
 
-def _space(cfg: Mapping[str, Any]) -> Any:
+def _space(cfg: Mapping[str, Any]) -> spaces.Space:
     target = cfg["target"]
     if cfg["space"]["name"] != target["measurements"]["space"] and not cfg["benchmarks"]:
         raise ConfigError(f"space: target {target['name']} is measured on space {target['measurements']['space']!r}; "

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import spaces
 from spaces.candidate import Candidate
 
 from .errors import UserError
@@ -64,7 +65,7 @@ class Measurement:
     runs: int | None = None
 
 
-def columns(space: Any) -> tuple[str, ...]:
+def columns(space: spaces.Space) -> tuple[str, ...]:
     """Every column a measurement file of `space` may have, required ones first."""
     return (ARCH_ID, space.encoding, LATENCY, *OPTIONAL)
 
@@ -72,7 +73,7 @@ def columns(space: Any) -> tuple[str, ...]:
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def read(path: str | Path, space: Any) -> list[Measurement]:
+def read(path: str | Path, space: spaces.Space) -> list[Measurement]:
     """Every row of the file as a Measurement, in file order. Raises MeasurementError at the first
     problem: unreadable file, header, field count, or any cell."""
     path = Path(path)
@@ -114,7 +115,7 @@ def read(path: str | Path, space: Any) -> list[Measurement]:
     return rows
 
 
-def _header(path: Path, line: int, record: list[str], space: Any, required, allowed) -> list[str]:
+def _header(path: Path, line: int, record: list[str], space: spaces.Space, required, allowed) -> list[str]:
     names = [name.strip() for name in record]
     seen: set[str] = set()
     for i, name in enumerate(names, 1):
@@ -133,7 +134,7 @@ def _header(path: Path, line: int, record: list[str], space: Any, required, allo
     return names
 
 
-def _row(path: Path, line: int, header: list[str], record: list[str], space: Any,
+def _row(path: Path, line: int, header: list[str], record: list[str], space: spaces.Space,
          first_line: dict[str, int]) -> Measurement:
     if len(record) < len(header):
         raise MeasurementError(path, line, header[len(record)],
@@ -163,7 +164,7 @@ def _row(path: Path, line: int, header: list[str], record: list[str], space: Any
     return Measurement(**values)
 
 
-def _decode(space: Any, cell: str, error) -> Candidate:
+def _decode(space: spaces.Space, cell: str, error) -> Candidate:
     if not cell.strip():
         raise error("empty")
     try:
@@ -204,7 +205,7 @@ def _show(value: str, limit: int = 60) -> str:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def write(path: str | Path, space: Any, rows: Sequence[Measurement]) -> None:
+def write(path: str | Path, space: spaces.Space, rows: Sequence[Measurement]) -> None:
     """Write `rows` as a measurement file of `space`, replacing `path` atomically (a temporary file
     in the same folder, then os.replace): a killed process leaves the old file or the new one,
     never half of one. Every row is checked first (as `read` would); a bad row raises
@@ -225,7 +226,7 @@ def write(path: str | Path, space: Any, rows: Sequence[Measurement]) -> None:
     _replace(path, buffer.getvalue().encode("utf-8"))
 
 
-def _cells(path: Path, line: int, header: list[str], row: Measurement, space: Any,
+def _cells(path: Path, line: int, header: list[str], row: Measurement, space: spaces.Space,
            first_line: dict[str, int]) -> list[str]:
     def error(column: str):
         return lambda problem: MeasurementError(path, line, column, problem)
@@ -249,7 +250,7 @@ def _cells(path: Path, line: int, header: list[str], row: Measurement, space: An
     return cells
 
 
-def _encode(space: Any, candidate: Any, error) -> str:
+def _encode(space: spaces.Space, candidate: Any, error) -> str:
     if not isinstance(candidate, Candidate) or candidate.space != space.name:
         raise error(f"not a {space.name} candidate: {_show(repr(candidate))}")
     try:

@@ -58,7 +58,7 @@ class _Cheapest:
         return max(choices) if name.startswith("sparsity.") else min(choices)
 
 
-def cheapest_layers(space: Any) -> list[list[spaces.Layer]]:
+def cheapest_layers(space: spaces.SearchSpace) -> list[list[spaces.Layer]]:
     """For each layer, its descriptor at each bit-width of the space, in the space's smallest and
     sparsest network (with non-negative coefficients, as fitted, nothing smaller is faster)."""
     networks = [space.layers(space.sample(_Cheapest(bits))) for bits in space.bits]

@@ -93,7 +93,7 @@ def _train_supernet(workers: Workers, key: str, space_settings: Mapping[str, Any
                               report=report, cpus=workers.cpus)
 
 
-def _open(cfg: Mapping[str, Any], space: Any) -> optuna.Study:
+def _open(cfg: Mapping[str, Any], space: spaces.SearchSpace) -> optuna.Study:
     """Create or load the study; a new one starts with the baselines, a resumed one draws new points.
     Budgets reach the sampler as each trial's constraints (`Driver.start`), whatever the sampler."""
     directions = [objectives.DIRECTIONS[o] for o in cfg["objectives"]]
@@ -175,7 +175,7 @@ class Driver:
     study: optuna.Study
     tracker: Tracker
     workers: Workers
-    space: Any
+    space: spaces.SearchSpace
     predictor: latency.Predictor
     tags: dict[str, str]  # target and predictor tags every trial run carries
     inputs: Inputs

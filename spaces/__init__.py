@@ -4,9 +4,42 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .candidate import Candidate, Layer
+
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
+    from torch import Generator, nn
+
+
+@runtime_checkable
+class Space(Protocol):
+    """What every space provides: candidates from an Optuna trial (`FixedTrial(params)` rebuilds a stored one),
+    their text form for measurement files, their layers as plain descriptors (what a latency predictor sees) and
+    their networks. tests/test_spaces.py runs this contract over every registered space."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def sample(self, trial: BaseTrial) -> Candidate: ...
+    def encode(self, candidate: Candidate) -> str: ...
+    def decode(self, text: str) -> Candidate: ...
+    def layers(self, candidate: Candidate) -> list[Layer]: ...
+    def build(self, candidate: Candidate) -> nn.Module: ...
+
+
+@runtime_checkable
+class SearchSpace(Space, Protocol):
+    """A space a study searches: weight sharing (one supernet, each candidate a subnet of it) and baselines."""
+
+    def baselines(self) -> dict[str, dict[str, Any]]: ...
+    def supernet(self) -> nn.Module: ...
+    def set_widths(self, supernet: nn.Module, candidate: Candidate) -> None: ...
+    def random_widths(self, generator: Generator) -> Candidate: ...
+    def extreme_widths(self) -> tuple[Candidate, Candidate]: ...
+    def subnet(self, supernet: nn.Module, candidate: Candidate) -> nn.Module: ...
 
 
 class _Registry(Mapping):
@@ -30,9 +63,9 @@ class _Registry(Mapping):
 SPACES = _Registry({"mobilenetv2": ("mobilenetv2", "MobileNetV2Space"), "fbnet": ("fbnet", "FBNetSpace")})
 
 
-def create(name: str, **settings: Any):
+def create(name: str, **settings: Any) -> Space:
     """The space registered as `name`, configured by `settings` (ValueError names a bad one)."""
     return SPACES[name](**settings)
 
 
-__all__ = ["SPACES", "Candidate", "Layer", "create"]
+__all__ = ["SPACES", "Candidate", "Layer", "SearchSpace", "Space", "create"]

@@ -58,6 +58,13 @@ SUPERNET_SPACES = [n for n, cls in SPACES.items() if hasattr(cls, "supernet")]
 CASES = [(n, g) for n in SUPERNET_SPACES for g in GRANULARITIES]
 
 
+@pytest.mark.parametrize("name", list(SPACES))
+def test_every_registered_space_honours_the_space_contract(name):
+    space = spaces.create(**settings(name))
+    assert isinstance(space, spaces.Space) and space.name == name
+    assert isinstance(space, spaces.SearchSpace) == (name in SUPERNET_SPACES)  # weight sharing: all of it or none
+
+
 @pytest.fixture(params=CASES, ids=[f"{n}-{g}" for n, g in CASES])
 def space(request):
     name, granularity = request.param
