@@ -50,9 +50,8 @@ def make(runner_cfg: Mapping[str, Any], seed: int) -> Runner:
 
 def backend_of(runner_cfg: Mapping[str, Any]) -> str | None:
     """Which export backend's files a configured runner times, without starting it (None: the tool is unknown)."""
-    cls = get(runner_cfg["kind"])
-    if runner_cfg["kind"] == "adb":
+    if runner_cfg["kind"] == "adb":  # the phone's tool decides
         from .adb import BACKENDS as TOOLS
 
         return TOOLS.get(runner_cfg.get("tool"))
-    return cls.backend
+    return get(runner_cfg["kind"]).backend
