@@ -2,35 +2,30 @@
 from __future__ import annotations
 
 import sys
-
-import hydra
-from omegaconf import DictConfig
+from typing import Any
 
 from . import preflight
-from .config import CONF_DIR, CONFIG_NAME, command, fail, resolve
-from .errors import UserError
+from .cli import command
+from .config import CONFIG_NAME
+from .data import Dataset
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
-def _main(cfg: DictConfig) -> None:
+def _run(cfg: dict[str, Any], data: Dataset | None) -> None:
+    """The study, on the data the check loaded; a multirun's job checks its own config and loads its own data."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     from .study import run
 
+    if data is None:
+        data = preflight.study(cfg)
     try:
-        plain = resolve(cfg)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # `command` checked a single run before Hydra wrote anything
-            preflight.study(plain)
-        run(plain, HydraConfig.get().overrides.task)
-    except UserError as e:
-        fail(e)
+        run(cfg, HydraConfig.get().overrides.task, data)
     except KeyboardInterrupt:  # the study has already said how to resume
         sys.exit(130)
 
 
 def main() -> None:
-    command(CONFIG_NAME, preflight.study, _main)
+    command(CONFIG_NAME, preflight.study, _run)
 
 
 if __name__ == "__main__":

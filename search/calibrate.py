@@ -11,17 +11,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import hydra
 import yaml
 import numpy as np
-from omegaconf import DictConfig
 from tqdm import tqdm
 
 import spaces
 
 from . import latency, measurements, preflight, runners
-from .config import (CONF_DIR, ROOT, ConfigError, command, fail, resolve, space_error,
-                     validate_calibration, validate_target)
+from .cli import command
+from .config import CONF_DIR, ROOT, ConfigError, space_error, validate_calibration, validate_target
 from .errors import UserError
 from .measurements import Measurement
 
@@ -261,17 +259,12 @@ def _log(cfg: Mapping[str, Any], predictor: latency.Predictor, report: latency.R
     client.set_terminated(rid)
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
-def _main(cfg: DictConfig) -> None:
-    try:
-        report = calibrate(resolve(cfg))
-    except UserError as e:
-        fail(e)
-    print(json.dumps(asdict(report)))
+def _run(cfg: dict[str, Any], _: None) -> None:
+    print(json.dumps(asdict(calibrate(cfg))))
 
 
 def main() -> None:
-    command(CONFIG_NAME, check, _main)
+    command(CONFIG_NAME, check, _run)
 
 
 if __name__ == "__main__":

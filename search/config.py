@@ -6,9 +6,8 @@ import functools
 import hashlib
 import math
 import re
-import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -76,24 +75,6 @@ def compose(overrides: list[str], config_name: str = CONFIG_NAME) -> DictConfig:
         if unknown:
             raise ConfigError(f"{unknown[1]}: no such key to set (a misspelt name?)") from None
         raise ConfigError(_first_line(e)) from None
-
-
-def fail(e: UserError) -> None:
-    """A user error ends the command with one line and exit code 2."""
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
-def command(config_name: str, check: Callable[[dict[str, Any]], None], hydra_main: Callable[[], None]) -> None:
-    """An entry point: check plain `key=value` overrides before Hydra creates a run folder (so a
-    bad value leaves nothing behind), then hand over to Hydra (which also serves --help, -m, ...)."""
-    overrides = sys.argv[1:]
-    if not any(arg.startswith("-") for arg in overrides):
-        try:
-            check(resolve(compose(overrides, config_name)))
-        except UserError as e:
-            fail(e)
-    hydra_main()
 
 
 def _first_line(e: Exception) -> str:

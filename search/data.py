@@ -7,7 +7,6 @@ fetched once into the cache by `search.fetch`; every other data set is read wher
 from __future__ import annotations
 
 import gzip
-import json
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,9 +52,6 @@ class Dataset:
 
 def load(cfg: Mapping, seed: int, cache_dir: str | Path) -> Dataset:
     """Load the dataset `cfg` names and split it; the same seed always gives the same arrays."""
-    key = _key(cfg, seed, cache_dir)
-    if key in _preloaded:
-        return _preloaded.pop(key)
     check(cfg)
     name = cfg["name"]
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
@@ -86,22 +82,6 @@ LOADERS: dict[str, Callable[[Mapping, int, Path], tuple[Split, Split]]] = {
                                                               seed),
 }
 NAMES = tuple(LOADERS)
-
-_preloaded: dict[str, Dataset] = {}
-
-
-def preload(cfg: Mapping, seed: int, cache_dir: str | Path) -> Dataset:
-    """Load now, so that a missing or corrupt file is found before a command writes anything; the
-    next `load` with the same arguments takes this Dataset instead of reading the files again."""
-    dataset = load(cfg, seed, cache_dir)
-    _preloaded.clear()
-    _preloaded[_key(cfg, seed, cache_dir)] = dataset
-    return dataset
-
-
-def _key(cfg: Mapping, seed: object, cache_dir: str | Path) -> str:
-    return json.dumps([dict(cfg), str(seed), str(cache_dir)], sort_keys=True, default=str)
-
 
 def check(cfg: Mapping) -> None:
     """The data config's values (not its files): a known name, fractions in (0, 1), whole numbers

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import spaces
 
-from . import latency, storage
+from . import data, latency, storage
 from .config import ROOT, ConfigError, validate
 
 TIMEOUT_S = 5.0
@@ -21,12 +21,10 @@ DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def study(cfg: Mapping[str, Any]) -> None:
+def study(cfg: Mapping[str, Any]) -> data.Dataset:
     """Everything `python -m search` reads from the user: the values, the latency predictor, the
-    tracking server, the Optuna storage, the Ray cluster, the data (loaded now and handed to the
+    tracking server, the Optuna storage, the Ray cluster, the data (loaded now and returned for the
     study, so it is read once) and a latency budget some network of the space can meet."""
-    from . import data
-
     validate(cfg)
     predictor = latency.for_target(cfg["target"])
     reachable("tracking.uri", cfg["tracking"]["uri"])
@@ -35,7 +33,7 @@ def study(cfg: Mapping[str, Any]) -> None:
     refuse_changed(cfg)
     ray_reachable(cfg["ray"]["address"])
     local_ray_fits(cfg["ray"])
-    dataset = data.preload(cfg["data"], cfg["seed"], cfg["cache_dir"])
+    dataset = data.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
     budget = cfg["budget"].get("latency_ms")
     if budget is not None:
         space = spaces.create(**cfg["space"] | {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes})
@@ -43,6 +41,7 @@ def study(cfg: Mapping[str, Any]) -> None:
         if budget < fastest:
             raise ConfigError(f"budget.latency_ms: {budget} ms is below what any network of space {space.name} "
                               f"can reach on {cfg['target']['name']} (predicted floor {fastest:.3f} ms)")
+    return dataset
 
 
 class _Cheapest:

@@ -26,17 +26,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import hydra
 import numpy as np
 import optuna
 import torch
-from omegaconf import DictConfig
 
 import spaces
 
 from . import backends, pareto, parity, runners, storage
 from . import data as datasets
-from .config import CONF_DIR, ConfigError, _get, _int, _number, command, fail, resolve
+from .cli import command
+from .config import ConfigError, _get, _int, _number
 from .errors import UserError
 from .backends import litert
 from .backends import onnx as backend
@@ -300,12 +299,8 @@ def _on_phone(runner: AdbRunner | None, cfg: Mapping[str, Any], onnx_path: Path,
             "phone_measured_over_predicted": s.first.median_ms / predicted_ms}
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
-def _main(cfg: DictConfig) -> None:
-    try:
-        p = promote(resolve(cfg))
-    except UserError as e:
-        fail(e)
+def _run(cfg: dict[str, Any], _: None) -> None:
+    p = promote(cfg)
     verb = "registered" if p.new_version else "already registered as"
     print(f"trial {p.trial} of {p.study}: {verb} {p.model_name} version {p.version}, alias {p.alias!r}\n"
           f"  test accuracy {p.onnx_test_accuracy:.2f}% as ONNX (trial: {p.test_accuracy:.2f}%; the file agrees with "
@@ -327,7 +322,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    command(CONFIG_NAME, check, _main)
+    command(CONFIG_NAME, check, _run)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,14 @@ optuna.logging.disable_default_handler()
 optuna.logging.enable_propagation()
 
 
-def run(cfg: Mapping[str, Any], overrides: list[str] = ()) -> optuna.Study:
+def run(cfg: Mapping[str, Any], overrides: list[str] = (), data: datasets.Dataset | None = None) -> optuna.Study:
     """Run (or resume) the study described by a resolved config until it holds n_trials
-    complete trials."""
+    complete trials, on `data` (loaded from the config when None)."""
     validate(cfg)
     preflight.refuse_changed(cfg)
     os.environ.setdefault("MPLCONFIGDIR", str(Path(cfg["cache_dir"]) / "matplotlib"))  # its font cache, not in HOME
-    data = datasets.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
+    if data is None:
+        data = datasets.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
     space_settings = {**cfg["space"], "input_shape": data.input_shape, "num_classes": data.num_classes}
     space = spaces.create(**space_settings)
     predictor = latency.for_target(cfg["target"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from search import cli as search_cli
 from tests.cli import ROOT, environment
 
 A50 = (ROOT / "conf" / "measurements" / "fbnet_samsung_a50.csv").read_text().splitlines()[:6]
@@ -184,7 +185,7 @@ def run(command: str, overrides: list[str], tmp: Path) -> subprocess.CompletedPr
 
 
 def call(command: str, overrides: list[str], tmp: Path) -> subprocess.CompletedProcess:
-    """The command's `main` in this process, as `run` would start it; its Hydra run (`_main`, where the study or
+    """The command's `main` in this process, as `run` would start it; its Hydra app (where the study or
     calibration begins) is replaced by a message, so a row whose input passed the checks fails its test."""
     module = importlib.import_module(f"{command}.__main__" if command == SEARCH else command)
     args = arguments(command, overrides, tmp)
@@ -193,7 +194,7 @@ def call(command: str, overrides: list[str], tmp: Path) -> subprocess.CompletedP
         patch.setattr(sys, "argv", [command, *args])
         patch.chdir(tmp)
         patch.setenv("HOME", str(tmp / "home"))
-        patch.setattr(module, "_main", lambda: print("the input passed every check", file=sys.stderr))
+        patch.setattr(search_cli, "hydra_app", lambda *a: print("the input passed every check", file=sys.stderr))
         try:
             module.main()
             code = 0
