@@ -66,7 +66,8 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = (), data: datasets.Datase
         tags = _target_tags(cfg, predictor)
         tracker.start_study(cfg, list(overrides), yaml.safe_dump(cfg, sort_keys=False), tags)
         tracker.log_study({"supernet_val_accuracy": trained.val_accuracy}, {"supernet.key": key})
-        driver = Driver(cfg, study, tracker, workers, space, predictor, tags,
+        settings = Settings.of(cfg)
+        driver = Driver(settings, study, tracker, workers, space, predictor, tags,
                         Inputs(space_settings, data_ref, workers.share(trained), cfg["finetune"]),
                         complete=len(study.get_trials(states=(TrialState.COMPLETE,))))
         try:
@@ -75,9 +76,9 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = (), data: datasets.Datase
         except KeyboardInterrupt:
             driver.stop(overrides)
             raise
-        pts = publish_front(study, tracker, cfg, driver.complete)
+        pts = publish_front(study, tracker, settings, driver.complete)
         tracker.end_study({"complete_trials": driver.complete, "repeats": driver.repeats})
-    _summary(pts, cfg, tracker.experiment_id, driver.complete, driver.repeats)
+    _summary(pts, settings, tracker.experiment_id, driver.complete, driver.repeats)
     return study
 
 
@@ -156,6 +157,29 @@ def _interruptible() -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class Settings:
+    """What the driver, the front and the summary read of the config, read once (`config.validate` has checked
+    every value, naming its key)."""
+
+    name: str
+    folder: Path  # the run folder: the front's files
+    n_trials: int  # complete trials the study should hold
+    seed: int  # with the trial number, each trial's fine-tuning seed
+    objectives: tuple[str, ...]
+    budget: Mapping[str, float | None]  # upper bounds, as Optuna constraints
+    file: str  # the target's deployable format: what size_kb counts
+    refresh_every: int  # publish the front every this many complete trials
+    reference: Mapping[str, float]  # the hypervolume's reference point
+    tracking_uri: str
+
+    @classmethod
+    def of(cls, cfg: Mapping[str, Any]) -> Settings:
+        return cls(cfg["study"]["name"], Path(cfg["study"]["dir"]), cfg["n_trials"], cfg["seed"],
+                   tuple(cfg["objectives"]), dict(cfg["budget"]), cfg["target"]["file"], cfg["pareto"]["every"],
+                   dict(cfg["pareto"]["reference"]), cfg["tracking"]["uri"])
+
+
+@dataclass(frozen=True)
 class Inputs:
     """What every trial's evaluation gets besides its candidate and seed; the large ones as Ray object refs,
     put in the object store once per study."""
@@ -172,7 +196,7 @@ class Driver:
     Optuna and MLflow how each one ended. No network is trained twice: a trial of a network the study
     has evaluated, or is evaluating, is told that result instead (`repeat`)."""
 
-    cfg: Mapping[str, Any]
+    settings: Settings
     study: optuna.Study
     tracker: Tracker
     workers: Workers
@@ -203,7 +227,7 @@ class Driver:
         what Optuna, a resume and `study.optimize` count, and a sampler that keeps proposing evaluated networks
         ends the study rather than spinning. So a study may train fewer than n_trials networks: `repeats` says
         how many fewer."""
-        n_trials = self.cfg["n_trials"]
+        n_trials = self.settings.n_trials
         bar = tqdm(total=n_trials, initial=self.complete, unit="trial", dynamic_ncols=True)
         try:
             while self.complete < n_trials:
@@ -229,8 +253,8 @@ class Driver:
         trial = self.study.ask()
         candidate = self.space.sample(trial)
         layers = self.space.layers(candidate)
-        predicted = objectives.metrics(layers, self.predictor.predict(layers), self.cfg["target"]["file"])
-        constrain(trial, predicted, self.cfg["budget"])
+        predicted = objectives.metrics(layers, self.predictor.predict(layers), self.settings.file)
+        constrain(trial, predicted, self.settings.budget)
         run_id = self.run_ids[trial.number] = self.tracker.start_trial(
             trial.number, candidate.as_dict(), self.tags | {"baseline": trial.user_attrs.get("baseline", "")})
         network = identity(self.space, candidate)
@@ -240,7 +264,7 @@ class Driver:
             self.waiting[network].append((trial, predicted, run_id))
         else:
             ref = self.workers.submit(evaluate, self.inputs.space, candidate, self.inputs.data, self.inputs.supernet,
-                                      self.inputs.finetune, self.cfg["seed"] * 100_003 + trial.number)
+                                      self.inputs.finetune, self.settings.seed * 100_003 + trial.number)
             self.running[ref] = (trial, predicted, run_id, network)
             self.waiting[network] = []
 
@@ -260,7 +284,7 @@ class Driver:
         for key, value in values.items():
             trial.set_user_attr(key, value)
         self.tracker.log_weights(run_id, weights)  # before Optuna hears of it: a complete trial has its weights
-        self.evaluated[network] = (trial.number, [values[n] for n in self.cfg["objectives"]], values)
+        self.evaluated[network] = (trial.number, [values[n] for n in self.settings.objectives], values)
         self.study.tell(trial, self.evaluated[network][1])
         self.tracker.end_trial(run_id, "COMPLETE", values, {"node": node})
         self._completed()
@@ -303,8 +327,8 @@ class Driver:
     def _completed(self) -> None:
         """Count a complete trial; every pareto.every of them, publish the front."""
         self.complete += 1
-        if self.complete % self.cfg["pareto"]["every"] == 0:
-            publish_front(self.study, self.tracker, self.cfg, self.complete)
+        if self.complete % self.settings.refresh_every == 0:
+            publish_front(self.study, self.tracker, self.settings, self.complete)
 
     def stop(self, overrides: list[str]) -> None:
         """Ctrl-C: cancel the running trials, FAIL them (and those waiting for them) in Optuna, KILLED in MLflow,
@@ -334,12 +358,12 @@ def _numbers(attrs: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != REPEAT_OF}
 
 
-def publish_front(study: optuna.Study, tracker: Tracker, cfg: Mapping[str, Any], step: int) -> list[pareto.Point]:
+def publish_front(study: optuna.Study, tracker: Tracker, settings: Settings, step: int) -> list[pareto.Point]:
     """The front as it stands: files in the study folder (pareto.csv, .html, .png), the same files on the
     study's MLflow run with its size and hypervolume, and each trial run tagged pareto=true|false and its rank."""
-    names = cfg["objectives"]
+    names = settings.objectives
     pts = pareto.points(study.trials, names)
-    folder = Path(cfg["study"]["dir"])
+    folder = settings.folder
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / "pareto.csv", folder / "pareto.html", folder / "pareto.png"]
     title = f"{study.study_name}: {len(pts)} networks evaluated, {len(pareto.front(pts))} on the front"
@@ -347,7 +371,7 @@ def publish_front(study: optuna.Study, tracker: Tracker, cfg: Mapping[str, Any],
     plots.write_html(pts, names, files[1], title)
     plots.write_png(pts, names, files[2], title)
     metrics = {"pareto_size": len(pareto.front(pts)),
-               "hypervolume": pareto.hypervolume(pts, names, cfg["pareto"]["reference"])}
+               "hypervolume": pareto.hypervolume(pts, names, settings.reference)}
     tracker.log_front(pts, files, metrics, step)
     return pts
 
@@ -357,17 +381,17 @@ def _target_tags(cfg: Mapping[str, Any], predictor: latency.Predictor) -> dict[s
             "space": cfg["space"]["name"], "data": cfg["data"]["name"], **predictor.describe()}
 
 
-def _summary(pts: list[pareto.Point], cfg: Mapping[str, Any], experiment_id: str, complete: int, repeats: int) -> None:
+def _summary(pts: list[pareto.Point], settings: Settings, experiment_id: str, complete: int, repeats: int) -> None:
     front = sorted(pareto.front(pts), key=lambda p: p.values["latency_ms"])
-    name = cfg["study"]["name"]
+    name = settings.name
     print(f"\nstudy {name}: {complete} complete trials ({repeats} repeats of a network already evaluated, "
-          f"not trained again), {len(front)} on the Pareto front of {' / '.join(cfg['objectives'])}:")
+          f"not trained again), {len(front)} on the Pareto front of {' / '.join(settings.objectives)}:")
     print(f"{'trial':>6} {'accuracy %':>10} {'latency ms':>10} {'size KB':>9}  baseline")
     for p in front:
         v = p.values
         print(f"{p.trial:>6} {v['accuracy']:>10.2f} {v['latency_ms']:>10.2f} {v['size_kb']:>9.1f}  {p.baseline}")
-    print(f"front: {cfg['study']['dir']}/pareto.html (and on the study's MLflow run)")
-    print(f"browse: {runs_link(cfg['tracking']['uri'], experiment_id)}")
+    print(f"front: {settings.folder}/pareto.html (and on the study's MLflow run)")
+    print(f"browse: {runs_link(settings.tracking_uri, experiment_id)}")
     print(f"promote: python -m search.promote study.name={name} pick=knee")
 
 

@@ -70,7 +70,7 @@ def make_driver(cfg: dict, workers: FakeWorkers, sampler: optuna.samplers.BaseSa
     tracker = Tracker(cfg["tracking"]["uri"], cfg["study"]["name"])
     tracker.start_study(cfg, [], "", {})
     complete = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
-    return driver.Driver(cfg, study, tracker, workers, space, latency.for_target(cfg["target"]), {},
+    return driver.Driver(driver.Settings.of(cfg), study, tracker, workers, space, latency.for_target(cfg["target"]), {},
                          driver.Inputs({}, None, None, {}), complete=complete)
 
 
@@ -135,7 +135,7 @@ def test_a_repeat_of_a_complete_trial_is_told_its_result_and_not_trained(tmp_pat
     pts = pareto.points(trials, cfg["objectives"])
     assert [p.trial for p in pts] == [0, 1]  # the front holds the original only
     assert "repeats=3" in capsys.readouterr().err  # the progress bar
-    driver._summary(pts, cfg, "1", d.complete, d.repeats)
+    driver._summary(pts, driver.Settings.of(cfg), "1", d.complete, d.repeats)
     assert "5 complete trials (3 repeats" in capsys.readouterr().out
 
 
