@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from search import data, fetch
+from search import fetch
 from search.data import DataError, Dataset, Split, load, normalize
 
 DIGITS = {"name": "digits", "val_size": 0.1, "test_size": 0.2}
