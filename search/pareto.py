@@ -1,6 +1,6 @@
 """The Pareto front of a study's trials as plain rows: which trials are non-dominated (feasible
 ones only), their non-domination rank, the front's hypervolume against a fixed reference point,
-and the picks `promote` offers (knee, most accurate under budgets).
+and the picks `promote` offers (knee, most accurate under budgets, fastest within an accuracy drop).
 
 Domination and hypervolume are Optuna's own (the same code NSGA-II ranks with); this module only
 turns trials into loss vectors (maximised objectives negated) and decides what "feasible" means:
@@ -101,6 +101,23 @@ def most_accurate(pts: Sequence[Point], budgets: Mapping[str, float | None]) -> 
         said = ", ".join(f"{k} <= {v}" for k, v in budgets.items() if v is not None) or "no budget"
         raise ValueError(f"no feasible complete trial within {said}")
     return max(fits, key=lambda p: (p.values["accuracy"], -p.values["latency_ms"]))
+
+
+def accuracy_floor(pts: Sequence[Point], max_drop: float) -> float:
+    """The lowest accuracy within `max_drop` points of the float baseline's."""
+    base = next((p for p in pts if p.baseline == "float"), None)
+    if base is None:
+        raise ValueError("pick=fastest: the study has no float baseline to measure the accuracy drop from")
+    return base.values["accuracy"] - max_drop
+
+
+def fastest(pts: Sequence[Point], floor: float) -> Point:
+    """The fastest feasible trial at least `floor` accurate (ties: the more accurate): what a deployment with an
+    accuracy budget wants, where the knee is only the front's balance."""
+    fits = [p for p in pts if p.feasible and p.values["accuracy"] >= floor]
+    if not fits:
+        raise ValueError(f"no feasible complete trial reaches accuracy {floor:.2f} (max_drop)")
+    return min(fits, key=lambda p: (p.values["latency_ms"], -p.values["accuracy"]))
 
 
 def write_csv(pts: Sequence[Point], path: Path) -> None:

@@ -1,10 +1,11 @@
-"""`python -m search.promote study.name=NAME [pick=knee | pick=max_accuracy latency_budget_ms=.. | trial=N]`:
-one trial of a study becomes a deployable ONNX file in the MLflow model registry, and only if the file
-behaves like the trial did.
+"""`python -m search.promote study.name=NAME [pick=knee | pick=max_accuracy latency_budget_ms=.. | pick=fastest
+max_drop=.. | trial=N]`: one trial of a study becomes deployable files in the MLflow model registry, and only if
+each file behaves like the trial did.
 
 The pick ranks trials by predicted latency, or with `rank_by=onnxruntime|xnnpack|phone` by latency measured:
 every trial of the predicted front is exported and timed together on that runtime, the front is ranked again,
-and the knee (or the most accurate within `latency_budget_ms`) is picked on what was measured.
+and the pick (knee, most accurate within `latency_budget_ms`, fastest within `max_drop`) is made on what was
+measured.
 
 The trial's network is rebuilt from its stored params (Optuna) and the fine-tuned weights its MLflow run
 stored when it completed (`weights.npz`): nothing is re-trained, so nothing depends on training being
@@ -45,7 +46,7 @@ from .runners.host import time_model
 from .tracking import Tracker
 
 CONFIG_NAME = "promote"
-PICKS = ("knee", "max_accuracy")
+PICKS = ("knee", "max_accuracy", "fastest")
 RANK_BY = ("predicted", "onnxruntime", "xnnpack", "phone")
 
 
@@ -103,6 +104,7 @@ def check(cfg: Mapping[str, Any]) -> None:
     _int(cfg, "trial", 0, allow_none=True)
     _number(cfg, "latency_budget_ms", allow_none=True)
     _number(cfg, "size_budget_kb", allow_none=True)
+    _number(cfg, "max_drop", strict=False)
     _number(cfg, "tolerance", strict=False)
     _number(cfg, "min_agreement", strict=False)
     _int(cfg, "latency_threads", 1)
@@ -130,8 +132,10 @@ def phone(cfg: Mapping[str, Any]) -> AdbRunner | None:
         raise ConfigError(f"phone: {e} (phone.tool, phone.binary, phone.threads, phone.warmup)") from None
 
 
-def choose(pts: list[pareto.Point], cfg: Mapping[str, Any], objectives: list[str]) -> pareto.Point:
-    """The trial the config asks for: `trial=N`, else the front's knee or the most accurate one within budgets."""
+def choose(pts: list[pareto.Point], cfg: Mapping[str, Any], objectives: list[str], floor: float | None = None
+           ) -> pareto.Point:
+    """The trial the config asks for: `trial=N`, else the front's knee, the most accurate one within budgets, or the
+    fastest one at least `floor` accurate (`max_drop` points below the float baseline)."""
     try:
         if cfg["trial"] is not None:
             chosen = [p for p in pts if p.trial == cfg["trial"]]
@@ -140,6 +144,8 @@ def choose(pts: list[pareto.Point], cfg: Mapping[str, Any], objectives: list[str
             return chosen[0]
         if cfg["pick"] == "knee":
             return pareto.knee(pts, objectives)
+        if cfg["pick"] == "fastest":
+            return pareto.fastest(pts, floor)
         return pareto.most_accurate(pts, {"latency_ms": cfg["latency_budget_ms"], "size_kb": cfg["size_budget_kb"]})
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -206,11 +212,17 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
 
     data = None
     pts = pareto.points(study.trials, study_cfg["objectives"])
-    point = choose(pts, cfg, study_cfg["objectives"])
+    floor = None
+    if cfg["trial"] is None and cfg["pick"] == "fastest":  # from every trial: a measured front may lack the baseline
+        try:
+            floor = pareto.accuracy_floor(pts, cfg["max_drop"])
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    point = choose(pts, cfg, study_cfg["objectives"], floor)
     if cfg["trial"] is None and cfg["rank_by"] != "predicted":  # picked on measured latency; reported as the trial
         data = splits()
         measured = measured_front(pts, study, tracker, study_cfg, data, device, cfg)
-        point = next(p for p in pts if p.trial == choose(measured, cfg, study_cfg["objectives"]).trial)
+        point = next(p for p in pts if p.trial == choose(measured, cfg, study_cfg["objectives"], floor).trial)
     run_id = tracker.trial_runs()[point.trial].info.run_id
     kept = tracker.registered(cfg["model_name"], name, point.trial)
     if kept is not None:  # promoting the same trial again only moves the alias

@@ -393,6 +393,7 @@ def test_bad_promote_input_is_one_line(study):
     (["pick=max_accuracy", "latency_budget_ms=0.001"], "latency_ms <= 0.001"),
     (["tolerance=-1"], "tolerance"),
     (["alias=no way"], "alias"),
+    (["pick=fastest", "max_drop=-1"], "max_drop"),
 ])
 def test_bad_promote_choices_name_the_key(study, overrides, key, monkeypatch):
     monkeypatch.chdir(study)

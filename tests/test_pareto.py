@@ -7,6 +7,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+import search.promote
 from search import pareto, plots
 
 OBJECTIVES = ["accuracy", "latency_ms"]
@@ -83,6 +84,24 @@ def test_knee_and_most_accurate_picks():
     assert names[pareto.most_accurate(pts, {"latency_ms": 10.0, "size_kb": 75.0}).trial] == "C"
     with pytest.raises(ValueError, match="latency_ms <= 1.0"):
         pareto.most_accurate(pts, {"latency_ms": 1.0, "size_kb": None})
+
+
+def test_fastest_within_an_accuracy_drop_of_the_float_baseline():
+    """B is the float baseline (95%): within 5 points, A (90%, 5 ms) beats G (89%) and D; within 15, F (80%,
+    3 ms); E is faster still but infeasible. `promote` picks the same with pick=fastest."""
+    pts = pareto.points(trials(), OBJECTIVES)
+    names = list(POINTS)
+    assert pareto.accuracy_floor(pts, 5.0) == 90.0
+    assert names[pareto.fastest(pts, pareto.accuracy_floor(pts, 5.0)).trial] == "A"
+    assert names[pareto.fastest(pts, pareto.accuracy_floor(pts, 15.0)).trial] == "F"
+    assert names[pareto.fastest(pts, pareto.accuracy_floor(pts, 0.0)).trial] in {"B", "C"}
+    cfg = {"trial": None, "pick": "fastest", "max_drop": 5.0}
+    assert names[search.promote.choose(pts, cfg, OBJECTIVES, pareto.accuracy_floor(pts, 5.0)).trial] == "A"
+    with pytest.raises(ValueError, match="reaches accuracy 99.50"):
+        pareto.fastest(pts, 99.5)
+    without = pareto.points([t for t in trials() if t.user_attrs["baseline"] != "float"], OBJECTIVES)
+    with pytest.raises(ValueError, match="no float baseline"):
+        pareto.accuracy_floor(without, 1.0)
 
 
 def test_csv_has_every_trial_choice_and_value(tmp_path):
