@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_results import machine, write_readme  # noqa: E402
 from search import config, pareto  # noqa: E402
-from search.storage import for_study  # noqa: E402
+from search.storage import Location, for_study  # noqa: E402
 from search.study import run  # noqa: E402
 from search.workers import Workers  # noqa: E402
 
@@ -83,7 +83,7 @@ def curve(folder: Path, name: str, seed: int, trials: int, quick: bool) -> dict:
     """Hypervolume after each completed trial, where the baselines stand, and how many trials repeated a network
     evaluated before (told its result, not trained again)."""
     cfg = compose(folder, name, seed, trials, quick)
-    study = optuna.load_study(study_name=name, storage=for_study(cfg))
+    study = optuna.load_study(study_name=name, storage=for_study(Location.of(cfg["study"])))
     done = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.datetime_complete)
     objectives, reference = cfg["objectives"], cfg["pareto"]["reference"]
     hv = [pareto.hypervolume(pareto.points(done[:k], objectives), objectives, reference) for k in range(1, len(done) + 1)]

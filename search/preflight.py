@@ -190,7 +190,7 @@ def meaning(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def refuse_changed(cfg: Mapping[str, Any]) -> None:
     """A study resumes only with the config it was created with (less RESUMABLE keys): trials made
     under another seed, data, space, target or training settings would be compared as if alike."""
-    study = storage.existing(cfg)
+    study = storage.existing(storage.Location.of(cfg["study"]))
     created = study.user_attrs.get(CONFIG_ATTR) if study else None
     if created is None:
         return

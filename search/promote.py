@@ -55,6 +55,35 @@ class ParityError(UserError):
 
 
 @dataclass(frozen=True)
+class Request:
+    """What the command is asked, checked once (`check`: each bad value named by its key) and then read as fields."""
+
+    where: storage.Location
+    tracking_uri: str
+    cache_dir: str
+    trial: int | None  # when set, `pick` is ignored
+    pick: str
+    rank_by: str
+    latency_budget_ms: float | None
+    size_budget_kb: float | None
+    max_drop: float
+    tolerance: float
+    min_agreement: float
+    model_name: str
+    alias: str
+    threads: int  # for the host latency measurements
+    phone: Mapping[str, Any]  # phone.*: `phone` builds the adb runner from it
+
+    @classmethod
+    def of(cls, cfg: Mapping[str, Any]) -> Request:
+        check(cfg)
+        return cls(storage.Location.of(cfg["study"]), cfg["tracking"]["uri"], cfg["cache_dir"], cfg["trial"],
+                   cfg["pick"], cfg["rank_by"], cfg["latency_budget_ms"], cfg["size_budget_kb"], cfg["max_drop"],
+                   cfg["tolerance"], cfg["min_agreement"], cfg["model_name"], cfg["alias"], cfg["latency_threads"],
+                   dict(cfg["phone"]))
+
+
+@dataclass(frozen=True)
 class Promotion:
     """What was promoted, printed as JSON on the command's last line."""
 
@@ -132,21 +161,20 @@ def phone(cfg: Mapping[str, Any]) -> AdbRunner | None:
         raise ConfigError(f"phone: {e} (phone.tool, phone.binary, phone.threads, phone.warmup)") from None
 
 
-def choose(pts: list[pareto.Point], cfg: Mapping[str, Any], objectives: list[str], floor: float | None = None
-           ) -> pareto.Point:
+def choose(pts: list[pareto.Point], r: Request, objectives: list[str], floor: float | None = None) -> pareto.Point:
     """The trial the config asks for: `trial=N`, else the front's knee, the most accurate one within budgets, or the
     fastest one at least `floor` accurate (`max_drop` points below the float baseline)."""
     try:
-        if cfg["trial"] is not None:
-            chosen = [p for p in pts if p.trial == cfg["trial"]]
+        if r.trial is not None:
+            chosen = [p for p in pts if p.trial == r.trial]
             if not chosen:
-                raise ValueError(f"trial: {cfg['trial']} is not a complete trial of the study")
+                raise ValueError(f"trial: {r.trial} is not a complete trial of the study")
             return chosen[0]
-        if cfg["pick"] == "knee":
+        if r.pick == "knee":
             return pareto.knee(pts, objectives)
-        if cfg["pick"] == "fastest":
+        if r.pick == "fastest":
             return pareto.fastest(pts, floor)
-        return pareto.most_accurate(pts, {"latency_ms": cfg["latency_budget_ms"], "size_kb": cfg["size_budget_kb"]})
+        return pareto.most_accurate(pts, {"latency_ms": r.latency_budget_ms, "size_kb": r.size_budget_kb})
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -169,12 +197,12 @@ def host_runner(kind: str, threads: int) -> runners.Runner:
 
 
 def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracker, study_cfg: Mapping[str, Any],
-                   data: datasets.Dataset, device: AdbRunner | None, cfg: Mapping[str, Any]) -> list[pareto.Point]:
+                   data: datasets.Dataset, device: AdbRunner | None, r: Request) -> list[pareto.Point]:
     """The predicted front's trials with `latency_ms` measured on the `rank_by` runtime, ranked again: each is
     exported (a `.tflite` for XNNPACK and benchmark_model, else ONNX) and all are timed in one run, shuffled, so
     their ratios hold. A trial whose precisions the file cannot hold is left out, and the command says so."""
-    kind = cfg["rank_by"]
-    runner = device if kind == "phone" else host_runner(kind, cfg["latency_threads"])
+    kind = r.rank_by
+    runner = device if kind == "phone" else host_runner(kind, r.threads)
     module = backends.get(runner.backend)
     runs = tracker.trial_runs()
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,53 +225,53 @@ def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracke
 
 
 def promote(cfg: Mapping[str, Any]) -> Promotion:
-    check(cfg)
+    r = Request.of(cfg)
     device = phone(cfg)  # one runner: the phone is checked and the tool pushed once
-    name = cfg["study"]["name"]
-    tracker = Tracker(cfg["tracking"]["uri"], name, create=False)
+    name = r.where.name
+    tracker = Tracker(r.tracking_uri, name, create=False)
     study_cfg = tracker.study_config()
     try:
-        study = optuna.load_study(study_name=name, storage=storage.for_study(cfg))
+        study = optuna.load_study(study_name=name, storage=storage.for_study(r.where))
     except KeyError:
-        raise UserError(f"study.name: no Optuna study {name!r} in {cfg['study']['storage']}") from None
+        raise UserError(f"study.name: no Optuna study {name!r} in {r.where.url}") from None
 
     def splits() -> datasets.Dataset:  # the study's data, read only when a network is built
-        return datasets.load(study_cfg["data"], study_cfg["seed"], cfg["cache_dir"])
+        return datasets.load(study_cfg["data"], study_cfg["seed"], r.cache_dir)
 
     data = None
     pts = pareto.points(study.trials, study_cfg["objectives"])
     floor = None
-    if cfg["trial"] is None and cfg["pick"] == "fastest":  # from every trial: a measured front may lack the baseline
+    if r.trial is None and r.pick == "fastest":  # from every trial: a measured front may lack the baseline
         try:
-            floor = pareto.accuracy_floor(pts, cfg["max_drop"])
+            floor = pareto.accuracy_floor(pts, r.max_drop)
         except ValueError as e:
             raise UserError(str(e)) from None
-    point = choose(pts, cfg, study_cfg["objectives"], floor)
-    if cfg["trial"] is None and cfg["rank_by"] != "predicted":  # picked on measured latency; reported as the trial
+    point = choose(pts, r, study_cfg["objectives"], floor)
+    if r.trial is None and r.rank_by != "predicted":  # picked on measured latency; reported as the trial
         data = splits()
-        measured = measured_front(pts, study, tracker, study_cfg, data, device, cfg)
-        point = next(p for p in pts if p.trial == choose(measured, cfg, study_cfg["objectives"], floor).trial)
+        measured = measured_front(pts, study, tracker, study_cfg, data, device, r)
+        point = next(p for p in pts if p.trial == choose(measured, r, study_cfg["objectives"], floor).trial)
     run_id = tracker.trial_runs()[point.trial].info.run_id
-    kept = tracker.registered(cfg["model_name"], name, point.trial)
+    kept = tracker.registered(r.model_name, name, point.trial)
     if kept is not None:  # promoting the same trial again only moves the alias
-        tracker.set_alias(cfg["model_name"], kept.version, cfg["alias"])
-        return Promotion(**{**json.loads(kept.tags["promotion"]), "version": kept.version, "alias": cfg["alias"],
+        tracker.set_alias(r.model_name, kept.version, r.alias)
+        return Promotion(**{**json.loads(kept.tags["promotion"]), "version": kept.version, "alias": r.alias,
                             "new_version": False})
 
     data = data or splits()
     net = network(study_cfg, data, study.trials[point.trial].params, tracker.weights(run_id))
     x_test = parity.inputs(data.test, data.mean, data.std)
     net_logits = parity.torch_logits(net, x_test)
-    folder = Path(cfg["study"]["dir"]) / "promoted"
+    folder = r.where.folder / "promoted"
     with tempfile.TemporaryDirectory() as tmp:
         path = backend.export(net, data.input_shape, Path(tmp) / "model.onnx")
         checked = parity.compare(backend.outputs(path, x_test), net_logits, data.test.y)
-        gate(checked, point, cfg, "ONNX file", lambda: " Layers where the file starts to differ: " + ", ".join(
+        gate(checked, point, r, "ONNX file", lambda: " Layers where the file starts to differ: " + ", ".join(
             f"{layer} ({error:.1%} of its output)"
             for layer, error in parity.worst_layers(parity.layer_errors(net, path, x_test[:64]))))
-        host = time_model(path, threads=cfg["latency_threads"])
-        tflite = _tflite(net, data, x_test, net_logits, point, cfg, Path(tmp) / "model.tflite")
-        on_phone = _on_phone(device, cfg, path, tflite, point.values["latency_ms"])
+        host = time_model(path, threads=r.threads)
+        tflite = _tflite(net, data, x_test, net_logits, point, r, Path(tmp) / "model.tflite")
+        on_phone = _on_phone(device, r, path, tflite, point.values["latency_ms"])
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"trial-{point.trial}.onnx"
         path.replace(final)
@@ -252,13 +280,13 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
             Path(tflite["tflite_path"]).replace(tflite_final)
             tflite |= {"tflite_path": str(tflite_final), "tflite_kb": tflite_final.stat().st_size / 1024}
     promotion = Promotion(
-        study=name, trial=point.trial, model_name=cfg["model_name"], version="", alias=cfg["alias"], new_version=True,
+        study=name, trial=point.trial, model_name=r.model_name, version="", alias=r.alias, new_version=True,
         onnx_path=str(final), test_accuracy=point.values["test_accuracy"], onnx_test_accuracy=checked.accuracy,
         onnx_agreement=checked.agreement, onnx_max_logit_diff=checked.max_logit_diff,
         predicted_latency_ms=point.values["latency_ms"], host_latency_ms=host.median_ms,
         size_kb=point.values["size_kb"], onnx_kb=final.stat().st_size / 1024,
         **{k: v for k, v in tflite.items() if k != "parity"}, **on_phone,
-        ranked_by="predicted" if cfg["trial"] is not None else cfg["rank_by"])
+        ranked_by="predicted" if r.trial is not None else r.rank_by)
     example = parity.inputs(data.test, data.mean, data.std, 0, 2)
     version = tracker.register(run_id, final, example, backend.outputs(final, example), promotion, {
         "target": study_cfg["target"]["name"], "torch_test_accuracy": f"{checked.torch_accuracy:.4f}",
@@ -268,33 +296,32 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     return Promotion(**{**asdict(promotion), "version": version})
 
 
-def gate(checked: parity.Parity, point: pareto.Point, cfg: Mapping[str, Any], what: str,
-         where=lambda: "") -> None:
+def gate(checked: parity.Parity, point: pareto.Point, r: Request, what: str, where=lambda: "") -> None:
     """ParityError unless the file's test accuracy is within `tolerance` of the trial's and its top-1 agreement
     with the trial's network at least `min_agreement`; `where()` (computed only then) says where it differs."""
     gap = abs(checked.accuracy - point.values["test_accuracy"])
-    if gap > cfg["tolerance"] or checked.agreement < cfg["min_agreement"]:
+    if gap > r.tolerance or checked.agreement < r.min_agreement:
         raise ParityError(
             f"parity: trial {point.trial}'s {what} scores {checked.describe()} on the test split; the trial "
-            f"scored {point.values['test_accuracy']:.2f}%: {gap:.2f} points (tolerance {cfg['tolerance']}), "
-            f"agreement {checked.agreement:.2f}% (min_agreement {cfg['min_agreement']}); nothing registered."
+            f"scored {point.values['test_accuracy']:.2f}%: {gap:.2f} points (tolerance {r.tolerance}), "
+            f"agreement {checked.agreement:.2f}% (min_agreement {r.min_agreement}); nothing registered."
             + where())
 
 
-def _tflite(net, data, x_test, net_logits, point, cfg, path: Path) -> dict:
+def _tflite(net, data, x_test, net_logits, point, r: Request, path: Path) -> dict:
     """The trial as a `.tflite` file, gated like the ONNX file and timed on XNNPACK; or why it cannot be one."""
     try:
         path = litert.export(net, data.input_shape, path)
     except ValueError as e:
         return {"tflite_refused": str(e)}
     checked = parity.compare(litert.outputs(path, x_test), net_logits, data.test.y)
-    gate(checked, point, cfg, ".tflite file")
-    timing = litert_runner.time_model(path, threads=cfg["latency_threads"])
+    gate(checked, point, r, ".tflite file")
+    timing = litert_runner.time_model(path, threads=r.threads)
     return {"tflite_path": str(path), "tflite_test_accuracy": checked.accuracy, "tflite_agreement": checked.agreement,
             "tflite_host_latency_ms": timing.median_ms, "parity": checked}
 
 
-def _on_phone(runner: AdbRunner | None, cfg: Mapping[str, Any], onnx_path: Path, tflite: Mapping[str, Any],
+def _on_phone(runner: AdbRunner | None, r: Request, onnx_path: Path, tflite: Mapping[str, Any],
               predicted_ms: float) -> dict:
     """The file the phone's tool runs, timed on the phone in one sustained run; nothing without `phone.serial`."""
     if runner is None:
@@ -303,8 +330,8 @@ def _on_phone(runner: AdbRunner | None, cfg: Mapping[str, Any], onnx_path: Path,
     if kind == "tflite" and "tflite_path" not in tflite:
         raise UserError(f"phone.tool: benchmark_model runs .tflite files, and this trial has none "
                         f"({tflite['tflite_refused']}); use phone.tool=onnxruntime_perf_test; nothing registered")
-    s = runner.sustained(Path(tflite["tflite_path"]) if kind == "tflite" else onnx_path, cfg["phone"]["seconds"],
-                         cfg["phone"]["parts"])
+    s = runner.sustained(Path(tflite["tflite_path"]) if kind == "tflite" else onnx_path, r.phone["seconds"],
+                         r.phone["parts"])
     return {"phone_device": runner.settings()["device_model"], "phone_file": kind,
             "phone_latency_ms": s.first.median_ms, "phone_sustained_latency_ms": s.last.median_ms,
             "phone_slowdown": s.slowdown, "phone_peak_memory_mb": s.peak_memory_mb,

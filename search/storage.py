@@ -3,6 +3,7 @@ study's folder (`study.dir`: safe to resume after a crash, and cheap, a few ms p
 the preflight checks and the benchmarks all open it here."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,32 +21,45 @@ def journal(folder: str | Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(Path(folder) / JOURNAL)))
 
 
-def for_study(cfg: Mapping[str, Any]) -> optuna.storages.BaseStorage | str:
+@dataclass(frozen=True)
+class Location:
+    """Where a study lives: its name, its folder (the run folder: journal, front, promoted files) and the Optuna
+    storage URL `study.storage` names (None: the journal in the folder)."""
+
+    name: str
+    folder: Path
+    url: str | None = None
+
+    @classmethod
+    def of(cls, study: Mapping[str, Any]) -> Location:
+        """From the config's `study` section."""
+        return cls(study["name"], Path(study["dir"]), study["storage"] or None)
+
+
+def for_study(where: Location) -> optuna.storages.BaseStorage | str:
     """The study's storage, for creating or loading it: a SQLite store is opened (its tables created) under a
     file lock, so studies started at once against one store do not race to create them."""
-    url = cfg["study"]["storage"]
-    if url:
-        with locks.sqlite_setup(url):
-            return optuna.storages.RDBStorage(url) if url.startswith(locks.SQLITE) else url
-    return journal(cfg["study"]["dir"])
+    if where.url:
+        with locks.sqlite_setup(where.url):
+            return optuna.storages.RDBStorage(where.url) if where.url.startswith(locks.SQLITE) else where.url
+    return journal(where.folder)
 
 
-def existing(cfg: Mapping[str, Any]) -> optuna.Study | None:
-    """The configured study if its storage already holds it (else None), opened without writing anything."""
+def existing(where: Location) -> optuna.Study | None:
+    """The study if its storage already holds it (else None), opened without writing anything."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    url = cfg["study"]["storage"]
     try:
-        if url:
-            if url.startswith(locks.SQLITE) and not Path(url[len(locks.SQLITE):]).exists():
+        if where.url:
+            if where.url.startswith(locks.SQLITE) and not Path(where.url[len(locks.SQLITE):]).exists():
                 return None
-            store = optuna.storages.RDBStorage(url, skip_table_creation=True)
+            store = optuna.storages.RDBStorage(where.url, skip_table_creation=True)
         else:
-            path = Path(cfg["study"]["dir"]) / JOURNAL
+            path = where.folder / JOURNAL
             if not path.exists():
                 return None
             store = JournalStorage(JournalFileBackend(str(path)))
-        return optuna.load_study(study_name=cfg["study"]["name"], storage=store, sampler=optuna.samplers.RandomSampler())
+        return optuna.load_study(study_name=where.name, storage=store, sampler=optuna.samplers.RandomSampler())
     except (KeyError, SQLAlchemyError, optuna.exceptions.StorageInternalError):  # no such study; no Optuna tables yet
         return None
 

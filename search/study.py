@@ -99,7 +99,7 @@ def _open(cfg: Mapping[str, Any], space: spaces.SearchSpace) -> optuna.Study:
     """Create or load the study; a new one starts with the baselines, a resumed one draws new points.
     Budgets reach the sampler as each trial's constraints (`Driver.start`), whatever the sampler."""
     directions = [objectives.DIRECTIONS[o] for o in cfg["objectives"]]
-    study = optuna.create_study(study_name=cfg["study"]["name"], storage=storage.for_study(cfg), directions=directions,
+    study = optuna.create_study(study_name=cfg["study"]["name"], storage=storage.for_study(storage.Location.of(cfg["study"])), directions=directions,
                                 load_if_exists=True)
     if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
         raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "

@@ -1,6 +1,7 @@
 """The front against a hand-checked set of points (ties, a dominated chain, an infeasible point that
 would dominate everything), its hypervolume and picks, and the files drawn from it."""
 import csv
+from pathlib import Path
 
 import optuna
 import pytest
@@ -9,6 +10,7 @@ from optuna.trial import TrialState, create_trial
 
 import search.promote
 from search import pareto, plots
+from search.storage import Location
 
 OBJECTIVES = ["accuracy", "latency_ms"]
 # name: (accuracy %, latency ms, size KB, constraints)
@@ -95,8 +97,11 @@ def test_fastest_within_an_accuracy_drop_of_the_float_baseline():
     assert names[pareto.fastest(pts, pareto.accuracy_floor(pts, 5.0)).trial] == "A"
     assert names[pareto.fastest(pts, pareto.accuracy_floor(pts, 15.0)).trial] == "F"
     assert names[pareto.fastest(pts, pareto.accuracy_floor(pts, 0.0)).trial] in {"B", "C"}
-    cfg = {"trial": None, "pick": "fastest", "max_drop": 5.0}
-    assert names[search.promote.choose(pts, cfg, OBJECTIVES, pareto.accuracy_floor(pts, 5.0)).trial] == "A"
+    asked = search.promote.Request(
+        where=Location("s", Path("s")), tracking_uri="sqlite:///m.db", cache_dir=".cache", trial=None, pick="fastest",
+        rank_by="predicted", latency_budget_ms=None, size_budget_kb=None, max_drop=5.0, tolerance=1.0,
+        min_agreement=99.5, model_name="m", alias="candidate", threads=1, phone={})
+    assert names[search.promote.choose(pts, asked, OBJECTIVES, pareto.accuracy_floor(pts, 5.0)).trial] == "A"
     with pytest.raises(ValueError, match="reaches accuracy 99.50"):
         pareto.fastest(pts, 99.5)
     without = pareto.points([t for t in trials() if t.user_attrs["baseline"] != "float"], OBJECTIVES)

@@ -76,7 +76,7 @@ def test_budgets_reach_every_sampler_as_trial_constraints(tmp_path, sampler):
             accuracy = 90 + predicted["size_kb"] / 100  # bigger is better here: infeasible trials would win
             trial.set_user_attr("accuracy", accuracy)
             study.tell(trial, [accuracy, predicted["latency_ms"]])
-    stored = optuna.load_study(study_name=study.study_name, storage=storage.for_study(cfg)).trials
+    stored = optuna.load_study(study_name=study.study_name, storage=storage.for_study(storage.Location.of(cfg["study"]))).trials
     assert all(t.constraints == {"size_kb": pytest.approx(t.user_attrs["size_kb"] - 150)} for t in stored)
     feasible = {t.number for t in stored if t.user_attrs["size_kb"] <= 150}
     assert feasible and len(feasible) < len(stored)
@@ -92,7 +92,7 @@ def test_a_resumed_study_refuses_a_config_that_changes_what_its_trials_mean(tmp_
     study = driver._open(cfg, digits_space(cfg))
     journal = tmp_path / "optuna.db" if where else Path(cfg["study"]["dir"]) / "optuna.journal"
     written = journal.stat().st_size, journal.stat().st_mtime_ns
-    reloaded = optuna.load_study(study_name=study.study_name, storage=storage.for_study(cfg))
+    reloaded = optuna.load_study(study_name=study.study_name, storage=storage.for_study(storage.Location.of(cfg["study"])))
     assert reloaded.metric_names == ["accuracy", "latency_ms"]  # what optuna-dashboard shows
     assert reloaded.user_attrs[preflight.CONFIG_ATTR]["supernet.epochs"] == cfg["supernet"]["epochs"]
 
