@@ -78,8 +78,8 @@ def close(done: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial
 
 
 def smallest(done: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial:
+    """The smallest of them (`pick=fastest max_drop=1` gives the fastest)."""
     return min(close(done), key=lambda t: t.user_attrs["size_kb"])
-
 
 
 def load(folder: Path) -> optuna.Study:

@@ -99,7 +99,8 @@ def _open(cfg: Mapping[str, Any], space: spaces.SearchSpace) -> optuna.Study:
     """Create or load the study; a new one starts with the baselines, a resumed one draws new points.
     Budgets reach the sampler as each trial's constraints (`Driver.start`), whatever the sampler."""
     directions = [objectives.DIRECTIONS[o] for o in cfg["objectives"]]
-    study = optuna.create_study(study_name=cfg["study"]["name"], storage=storage.for_study(storage.Location.of(cfg["study"])), directions=directions,
+    where = storage.Location.of(cfg["study"])
+    study = optuna.create_study(study_name=where.name, storage=storage.for_study(where), directions=directions,
                                 load_if_exists=True)
     if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
         raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "
@@ -161,8 +162,7 @@ class Settings:
     """What the driver, the front and the summary read of the config, read once (`config.validate` has checked
     every value, naming its key)."""
 
-    name: str
-    folder: Path  # the run folder: the front's files
+    where: storage.Location  # its name, and the run folder the front's files go in
     n_trials: int  # complete trials the study should hold
     seed: int  # with the trial number, each trial's fine-tuning seed
     objectives: tuple[str, ...]
@@ -174,7 +174,7 @@ class Settings:
 
     @classmethod
     def of(cls, cfg: Mapping[str, Any]) -> Settings:
-        return cls(cfg["study"]["name"], Path(cfg["study"]["dir"]), cfg["n_trials"], cfg["seed"],
+        return cls(storage.Location.of(cfg["study"]), cfg["n_trials"], cfg["seed"],
                    tuple(cfg["objectives"]), dict(cfg["budget"]), cfg["target"]["file"], cfg["pareto"]["every"],
                    dict(cfg["pareto"]["reference"]), cfg["tracking"]["uri"])
 
@@ -363,7 +363,7 @@ def publish_front(study: optuna.Study, tracker: Tracker, settings: Settings, ste
     study's MLflow run with its size and hypervolume, and each trial run tagged pareto=true|false and its rank."""
     names = settings.objectives
     pts = pareto.points(study.trials, names)
-    folder = settings.folder
+    folder = settings.where.folder
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / "pareto.csv", folder / "pareto.html", folder / "pareto.png"]
     title = f"{study.study_name}: {len(pts)} networks evaluated, {len(pareto.front(pts))} on the front"
@@ -383,14 +383,14 @@ def _target_tags(cfg: Mapping[str, Any], predictor: latency.Predictor) -> dict[s
 
 def _summary(pts: list[pareto.Point], settings: Settings, experiment_id: str, complete: int, repeats: int) -> None:
     front = sorted(pareto.front(pts), key=lambda p: p.values["latency_ms"])
-    name = settings.name
+    name = settings.where.name
     print(f"\nstudy {name}: {complete} complete trials ({repeats} repeats of a network already evaluated, "
           f"not trained again), {len(front)} on the Pareto front of {' / '.join(settings.objectives)}:")
     print(f"{'trial':>6} {'accuracy %':>10} {'latency ms':>10} {'size KB':>9}  baseline")
     for p in front:
         v = p.values
         print(f"{p.trial:>6} {v['accuracy']:>10.2f} {v['latency_ms']:>10.2f} {v['size_kb']:>9.1f}  {p.baseline}")
-    print(f"front: {settings.folder}/pareto.html (and on the study's MLflow run)")
+    print(f"front: {settings.where.folder}/pareto.html (and on the study's MLflow run)")
     print(f"browse: {runs_link(settings.tracking_uri, experiment_id)}")
     print(f"promote: python -m search.promote study.name={name} pick=knee")
 
