@@ -2,7 +2,7 @@
 evaluator (Optuna, MLflow, Ray, the latency predictor), trials per minute with 1 and with 2 parallel
 workers, and the time from the command to the first finished trial.
 
-    .venv/bin/python scripts/bench_overhead.py            # MNIST, 20 trials per study, rewrites README
+    .venv/bin/python scripts/bench_overhead.py            # the default data, 20 trials per study, rewrites README
     .venv/bin/python scripts/bench_overhead.py --quick    # digits, 3 trials (the test suite runs this)
 
 The overhead is measured on the default study (its sampler included). The 1-against-2-workers

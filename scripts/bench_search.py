@@ -2,7 +2,7 @@
 width, bits and sparsity at once), NSGA-II (conf/sampler/nsga2.yaml), random search and a sequential
 pipeline, on the same data, space, target, predictor, evaluator and trial budget, for several seeds.
 
-    .venv/bin/python scripts/bench_search.py            # 3 seeds x 45 trials on MNIST, rewrites README
+    .venv/bin/python scripts/bench_search.py            # 5 seeds x 30 trials on the default data, rewrites README
     .venv/bin/python scripts/bench_search.py --quick    # digits, 1 seed, 6 trials: keeps the script working
     .venv/bin/python scripts/bench_search.py --no-run   # re-read the last run's studies, rewrite README
 
@@ -161,8 +161,8 @@ def main() -> None:
     parser.add_argument("--no-run", action="store_true", help="re-read the studies of the last run, run nothing")
     args = parser.parse_args()
     started = time.monotonic()
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    trials = args.trials or (6 if args.quick else 45)
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
+    trials = args.trials or (6 if args.quick else 30)
     done = args.folder / "results.json"
     if not args.no_run:
         if (args.folder / "mlflow.db").exists():

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/search_report.py --no-run   # only re-read the last run's study
 
 The study runs as a user runs it (`python -m search target=snapdragon665`), in a scratch study
-name and a fresh cache, so the time includes fetching MNIST and training the supernet. The knee and
+name and a fresh cache, so the time includes fetching the data set and training the supernet. The knee and
 both baselines are promoted as a user would; their ONNX files (onnxruntime) and `.tflite` files
 (XNNPACK) are then timed on this CPU, each kind together in one run, so the speed-ups are ratios
 measured in one run. And the study's networks are predicted again under the lowest and the highest
@@ -161,7 +161,7 @@ def report(folder: Path) -> str:
     lines = [
         f"Default study (`python -m search target=snapdragon665`{' ' + ' '.join(wall['overrides']) if wall['overrides'] else ''}): "
         f"{len(done)} complete trials in **{wall['minutes']:.1f} minutes** from a cold cache "
-        f"(MNIST fetch and supernet training included), on {machine()}.",
+        f"(data set fetch and supernet training included), on {machine()}.",
         "",
         "| network | trial | val accuracy % | test accuracy % | size KB | smaller | predicted latency ms | MMACs |",
         "|---|---|---|---|---|---|---|---|",

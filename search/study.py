@@ -333,8 +333,7 @@ class Driver:
     def stop(self, overrides: list[str]) -> None:
         """Ctrl-C: cancel the running trials, FAIL them (and those waiting for them) in Optuna, KILLED in MLflow,
         and say how to resume."""
-        for ref in self.running:
-            self.workers.cancel(ref)
+        self.workers.cancel(list(self.running))
         stopped = [(t, p, r) for t, p, r, _ in self.running.values()] + [w for ws in self.waiting.values() for w in ws]
         for trial, predicted, run_id in stopped:
             self.study.tell(trial, state=TrialState.FAIL)

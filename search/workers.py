@@ -125,9 +125,14 @@ class Workers:
                              max_retries=self.max_retries).remote(cpus, fn, *args)
 
     @staticmethod
-    def cancel(ref: ray.ObjectRef) -> None:
-        """Stop a task now (its worker process is killed)."""
-        ray.cancel(ref, force=True)
+    def cancel(refs: list[ray.ObjectRef], settle: float = 10.0) -> None:
+        """Stop tasks now (their worker processes are killed), then wait up to `settle` seconds for Ray to
+        record them as cancelled: a shutdown while a forced cancel is still pending can crash Ray's core
+        worker (a RAY_CHECK in TaskManager::CompletePendingTask, ray-project/ray#54260)."""
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=settle)
 
     def run(self, fn: Callable[..., Any], *args: Any, cpus: int | None = None) -> Any:
         return self.result(self.submit(fn, *args, cpus=cpus))[0]

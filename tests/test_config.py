@@ -33,10 +33,10 @@ def test_every_calibration_option_composes(group, option):
 
 def test_defaults_are_the_documented_ones():
     cfg = resolve(compose([]))
-    assert (cfg["target"]["name"], cfg["space"]["name"], cfg["data"]["name"]) == ("snapdragon665", "mobilenetv2", "mnist")
+    assert (cfg["target"]["name"], cfg["space"]["name"], cfg["data"]["name"]) == ("snapdragon665", "mobilenetv2", "fashion_mnist")
     assert cfg["sampler"]["_target_"] == "optuna.samplers.TPESampler"
     assert cfg["tracking"]["uri"] == "sqlite:///mlflow.db"
-    assert cfg["study"]["name"] == "mobilenetv2-mnist-snapdragon665"
+    assert cfg["study"]["name"] == "mobilenetv2-fashion_mnist-snapdragon665"
 
 
 BAD = [

@@ -47,7 +47,7 @@ class FakeWorkers:
         return ({"accuracy": 90.0 + number, "test_accuracy": 89.0 + number, "evaluate_s": 0.1},
                 {"w": np.full(3, number, dtype=np.float32)}), "node-1"
 
-    def cancel(self, ref):
+    def cancel(self, refs):
         pass
 
 
