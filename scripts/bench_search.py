@@ -5,6 +5,7 @@ pipeline, on the same data, space, target, predictor, evaluator and trial budget
     .venv/bin/python scripts/bench_search.py            # 5 seeds x 30 trials on the default data, rewrites README
     .venv/bin/python scripts/bench_search.py --quick    # digits, 1 seed, 6 trials: keeps the script working
     .venv/bin/python scripts/bench_search.py --no-run   # re-read the last run's studies, rewrite README
+    .venv/bin/python scripts/bench_search.py --resume   # continue an interrupted run
 
 The sequential pipeline spends a third of the budget on each stage: widths (float, dense), then
 per-layer sparsity at the chosen widths, then per-layer bits at the chosen widths and sparsity; each
@@ -55,7 +56,7 @@ def sequential(folder: Path, name: str, seed: int, trials: int, quick: bool) -> 
     """Three stages in one study, each fixing what the stages before it chose (their knees)."""
     fixed: dict = {}
     float_dense = _float_dense(folder, name, seed, quick)
-    seen: set[int] = set()
+    start = 0
     for i, prefix in enumerate(STAGES):  # the study seeds each stage's sampler
         budget = trials if i == len(STAGES) - 1 else (i + 1) * (trials // len(STAGES))
         later = {k: v for k, v in float_dense.items() if k.startswith(STAGES[i + 1:])}  # not chosen yet
@@ -63,8 +64,9 @@ def sequential(folder: Path, name: str, seed: int, trials: int, quick: bool) -> 
                    "base_sampler": compose(folder, name, seed, 1, quick)["sampler"]}  # the joint search's own
         cfg = compose(folder, name, seed, budget, quick, sampler)
         study = run(cfg)
-        stage = [t for t in study.trials if t.number not in seen]
-        seen |= {t.number for t in study.trials}
+        # a stage's trials: its share of the complete ones in asking order (a resumed run finds the same)
+        stage = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)[start:budget]
+        start = budget
         knee = pareto.knee(pareto.points(stage, cfg["objectives"]), cfg["objectives"])
         fixed |= {k: v for k, v in study.trials[knee.trial].params.items() if k.startswith(prefix)}
 
@@ -159,14 +161,16 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=ROOT / "outputs" / "bench-search")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--no-run", action="store_true", help="re-read the studies of the last run, run nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run: each study is topped up to its budget (no time is reported)")
     args = parser.parse_args()
     started = time.monotonic()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
     trials = args.trials or (6 if args.quick else 30)
     done = args.folder / "results.json"
     if not args.no_run:
-        if (args.folder / "mlflow.db").exists():
-            raise SystemExit(f"{args.folder} holds an earlier run: remove it to measure from scratch")
+        if (args.folder / "mlflow.db").exists() and not args.resume:
+            raise SystemExit(f"{args.folder} holds an earlier run: remove it to measure from scratch, or --resume it")
         args.folder.mkdir(parents=True, exist_ok=True)
         with Workers(None, None, 1, 0):  # one local Ray for every study
             for seed in seeds:
@@ -176,7 +180,7 @@ def main() -> None:
                         sequential(args.folder, name, seed, trials, args.quick)
                     else:  # the default sampler against the other conf/sampler options
                         run(compose(args.folder, name, seed, trials, args.quick, None if method == "joint" else method))
-        minutes = (time.monotonic() - started) / 60
+        minutes = None if args.resume else (time.monotonic() - started) / 60
     else:
         minutes = json.loads(done.read_text()).get("minutes") if done.exists() else None
     results: dict = {m: {s: curve(args.folder, f"{m}-s{s}", s, trials, args.quick) for s in seeds} for m in METHODS}
