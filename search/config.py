@@ -246,10 +246,10 @@ def validate_calibration(cfg: Mapping[str, Any]) -> None:
 
 
 def _validate_data(cfg: Mapping[str, Any]) -> None:
-    from .data import DataError, check
+    from .data import DataError, Source
 
     try:
-        check(_mapping(cfg, "data"))
+        Source.of(_mapping(cfg, "data"))
     except DataError as e:
         raise ConfigError(str(e)) from None
 

@@ -50,59 +50,71 @@ class Dataset:
         return int(c), int(h), int(w)
 
 
-def load(cfg: Mapping, seed: int, cache_dir: str | Path) -> Dataset:
-    """Load the dataset `cfg` names and split it; the same seed always gives the same arrays."""
-    check(cfg)
-    name = cfg["name"]
+@dataclass(frozen=True)
+class Source:
+    """The data config, checked (`of`): which data set, where the user's files are, how it is split."""
+
+    name: str
+    val_size: float  # of the pool that training and validation are split from
+    test_size: float | None = None  # data sets without a test split of their own
+    limit: int | None = None  # keep at most this many training images
+    root: Path | None = None  # the user's files; None: fetched into the cache
+    image_size: int | None = None  # imagefolder: images are resized to this
+
+    @classmethod
+    def of(cls, cfg: Mapping) -> Source:
+        """The data group of the config, checked value by value (not its files), naming the key: a known name,
+        fractions in (0, 1), whole numbers where they belong, a root for the data sets that read the user's files."""
+        name = cfg.get("name")
+        if not isinstance(name, str) or name not in NAMES:
+            raise DataError(f"data.name must be one of {', '.join(NAMES)}, got {name!r}")
+        limit, root, image_size = cfg.get("limit"), cfg.get("root"), cfg.get("image_size")
+        if limit is not None and not _is_int(limit, minimum=1):
+            raise DataError(f"data.limit must be a positive integer or null, got {limit!r}")
+        test_size = None
+        if name == "digits" or (name == "imagefolder" and cfg.get("test_size") is not None):
+            test_size = _fraction(cfg.get("test_size"), "test_size")
+        if name == "imagefolder" and not _is_int(image_size, minimum=1):
+            raise DataError(f"data.image_size must be a positive integer, got {image_size!r}")
+        if root is not None or name in ("cifar10", "imagefolder"):
+            if not isinstance(root, (str, Path)) or not str(root):
+                need = "set to a folder" if name in ("cifar10", "imagefolder") else "a folder or null"
+                raise DataError(f"data.root must be {need} for data.name={name}, got {root!r}")
+            root = Path(str(root)).expanduser()
+        return cls(name, _fraction(cfg.get("val_size"), "val_size"), test_size,
+                   None if limit is None else int(limit), root, None if image_size is None else int(image_size))
+
+
+def load(source: Source | Mapping, seed: int, cache_dir: str | Path) -> Dataset:
+    """Load the dataset `source` names (a data config is checked into one) and split it; the same seed always gives
+    the same arrays."""
+    source = source if isinstance(source, Source) else Source.of(source)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise DataError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     seed = int(seed)
-    limit = cfg.get("limit")
-    pool, test = LOADERS[name](cfg, seed, Path(cache_dir).expanduser())
+    pool, test = LOADERS[source.name](source, seed, Path(cache_dir).expanduser())
 
-    train_idx, val_idx = _split(pool.y, _fraction(cfg, "val_size"), seed, "data.val_size")
-    if limit is not None and limit < len(train_idx):
-        keep, _ = _split(pool.y[train_idx], len(train_idx) - int(limit), seed, "data.limit")
+    train_idx, val_idx = _split(pool.y, source.val_size, seed, "data.val_size")
+    if source.limit is not None and source.limit < len(train_idx):
+        keep, _ = _split(pool.y[train_idx], len(train_idx) - source.limit, seed, "data.limit")
         train_idx = train_idx[keep]
     train, val = _subset(pool, train_idx), _subset(pool, val_idx)
     mean, std = _channel_stats(train.x)
     num_classes = int(max(pool.y.max(), test.y.max())) + 1
-    return Dataset(str(name), train, val, test, num_classes, mean, std)
+    return Dataset(source.name, train, val, test, num_classes, mean, std)
 
 
-# A data set is a loader here: (its config, the seed, the cache folder) -> (the pool train and validation are
-# split from, the test split), plus conf/data/<name>.yaml. Each reads real files and never unpickles.
-LOADERS: dict[str, Callable[[Mapping, int, Path], tuple[Split, Split]]] = {
-    "mnist": lambda cfg, seed, cache: _load_idx_set(cache / "mnist", fetch.mnist),
-    "fashion_mnist": lambda cfg, seed, cache: (_load_idx_root(_root(cfg)) if cfg.get("root") is not None
+# A data set is a loader here: (its checked source, the seed, the cache folder) -> (the pool train and validation
+# are split from, the test split), plus conf/data/<name>.yaml. Each reads real files and never unpickles.
+LOADERS: dict[str, Callable[[Source, int, Path], tuple[Split, Split]]] = {
+    "mnist": lambda src, seed, cache: _load_idx_set(cache / "mnist", fetch.mnist),
+    "fashion_mnist": lambda src, seed, cache: (_load_idx_root(_root(src)) if src.root is not None
                                                else _load_idx_set(cache / "fashion_mnist", fetch.fashion_mnist)),
-    "digits": lambda cfg, seed, cache: _load_digits(_fraction(cfg, "test_size"), seed),
-    "cifar10": lambda cfg, seed, cache: _load_cifar10(_root(cfg)),
-    "imagefolder": lambda cfg, seed, cache: _load_imagefolder(_root(cfg), int(cfg["image_size"]), cfg.get("test_size"),
-                                                              seed),
+    "digits": lambda src, seed, cache: _load_digits(src.test_size, seed),
+    "cifar10": lambda src, seed, cache: _load_cifar10(_root(src)),
+    "imagefolder": lambda src, seed, cache: _load_imagefolder(_root(src), src.image_size, src.test_size, seed),
 }
 NAMES = tuple(LOADERS)
-
-def check(cfg: Mapping) -> None:
-    """The data config's values (not its files): a known name, fractions in (0, 1), whole numbers
-    where they belong, a root for the data sets that read the user's files."""
-    name = cfg.get("name")
-    if not isinstance(name, str) or name not in NAMES:
-        raise DataError(f"data.name must be one of {', '.join(NAMES)}, got {name!r}")
-    _fraction(cfg, "val_size")
-    limit = cfg.get("limit")
-    if limit is not None and not _is_int(limit, minimum=1):
-        raise DataError(f"data.limit must be a positive integer or null, got {limit!r}")
-    if name == "digits" or (name == "imagefolder" and cfg.get("test_size") is not None):
-        _fraction(cfg, "test_size")
-    if name == "imagefolder" and not _is_int(cfg.get("image_size"), minimum=1):
-        raise DataError(f"data.image_size must be a positive integer, got {cfg.get('image_size')!r}")
-    if name in ("cifar10", "imagefolder") and (not isinstance(cfg.get("root"), (str, Path)) or not str(cfg["root"])):
-        raise DataError(f"data.root must be set to a folder for data.name={name}, got {cfg.get('root')!r}")
-    if name == "fashion_mnist" and cfg.get("root") is not None and (
-        not isinstance(cfg["root"], (str, Path)) or not str(cfg["root"])
-    ):
-        raise DataError(f"data.root must be a folder or null for data.name={name}, got {cfg['root']!r}")
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -121,16 +133,15 @@ def _is_int(v: object, minimum: int) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
 
 
-def _fraction(cfg: Mapping, key: str) -> float:
-    v = cfg.get(key)
+def _fraction(v: object, key: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
         raise DataError(f"data.{key} must be a number in (0, 1), got {v!r}")
     return float(v)
 
 
-def _root(cfg: Mapping) -> Path:
+def _root(source: Source) -> Path:
     """The user's data folder, which must exist and hold something."""
-    root = Path(str(cfg["root"])).expanduser()
+    root = source.root
     if not root.exists():
         raise DataError(f"data.root does not exist: {root}")
     if not root.is_dir():
@@ -293,7 +304,7 @@ def _load_imagefolder(root: Path, size: int, test_size: object, seed: int) -> tu
         remap = np.array([classes.index(c) for c in test_classes], dtype=np.int64)
         return pool, Split(test.x, remap[test.y])
     every, _ = _read_imagefolder(root, size)
-    frac = _fraction({"test_size": test_size}, "test_size")
+    frac = _fraction(test_size, "test_size")
     pool_idx, test_idx = _split(every.y, frac, seed, "data.test_size")
     return _subset(every, pool_idx), _subset(every, test_idx)
 
