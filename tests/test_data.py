@@ -19,7 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from search import fetch
+from search import data, fetch
+from search.config import compose, resolve
 from search.data import DataError, Dataset, Split, load, normalize
 
 DIGITS = {"name": "digits", "val_size": 0.1, "test_size": 0.2}
@@ -588,3 +589,56 @@ def test_data_error_is_user_error() -> None:
     from search.errors import UserError
 
     assert issubclass(DataError, UserError)
+
+
+# --- the data-set contract, over every registered data set ----------------------------------------
+
+
+def provide(name: str, tmp_path: Path) -> dict:
+    """Files in the data set's real format, made here, and the data config (conf/data/<name>.yaml's keys) that
+    reads them without fetching. A data set added to `search.data.LOADERS` needs an entry here."""
+    files = fake_idx()
+    if name == "mnist":  # read from the cache, where the fetch puts them
+        for f, blob in files.items():
+            (tmp_path / "cache" / "mnist").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "cache" / "mnist" / f).write_bytes(blob)
+        return {}
+    if name == "fashion_mnist":
+        for f, blob in files.items():
+            (tmp_path / f).write_bytes(blob)
+        return {"root": str(tmp_path)}
+    if name == "digits":  # bundled with scikit-learn
+        return {}
+    if name == "cifar10":
+        write_cifar(tmp_path)
+        return {"root": str(tmp_path)}
+    if name == "imagefolder":
+        write_images(tmp_path, {"cat": 8, "ant": 8, "bee": 8})
+        return {"root": str(tmp_path), "image_size": 16}
+    raise AssertionError(f"data set {name!r} is registered but the contract suite cannot provide its files")
+
+
+@pytest.mark.parametrize("name", data.NAMES)
+def test_every_registered_data_set_honours_the_contract(name: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One YAML of its own composes into a config that loads without fetching; the splits are uint8 (N, C, H, W) images
+    and int64 labels in [0, num_classes), none empty, train and validation disjoint, and the same seed gives the
+    same arrays."""
+    monkeypatch.setattr(fetch.subprocess, "run", refuse_subprocess)
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", refuse_web)
+    settings = provide(name, tmp_path)
+    cfg = resolve(compose([f"data={name}", f"cache_dir={tmp_path / 'cache'}",
+                           *(f"data.{k}={v}" for k, v in settings.items())]))
+    source = data.Source.of(cfg["data"])
+    assert source.name == name
+    ds = load(source, cfg["seed"], cfg["cache_dir"])
+    assert ds.name == name and ds.num_classes >= 2
+    for split in (ds.train, ds.val, ds.test):
+        check_split(split, ds.input_shape)
+        assert len(split.y) and 0 <= split.y.min() and split.y.max() < ds.num_classes
+    assert not hashes(ds.train) & hashes(ds.val)
+    assert len(ds.mean) == len(ds.std) == ds.input_shape[0]
+    again = load(source, cfg["seed"], cfg["cache_dir"])
+    for a, b in ((ds.train, again.train), (ds.val, again.val), (ds.test, again.test)):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
