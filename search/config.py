@@ -99,16 +99,17 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def _int(cfg: Mapping, key: str, minimum: int, allow_none: bool = False) -> None:
-    value = _get(cfg, key)
+# The value checks every command's own check uses (search, promote, calibrate): one message format for all.
+def check_int(cfg: Mapping, key: str, minimum: int, allow_none: bool = False) -> None:
+    value = value_at(cfg, key)
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key}: must be an integer >= {minimum}{' or null' if allow_none else ''}, got {value!r}")
 
 
-def _number(cfg: Mapping, key: str, minimum: float = 0.0, allow_none: bool = False, strict: bool = True) -> None:
-    value = _get(cfg, key)
+def check_number(cfg: Mapping, key: str, minimum: float = 0.0, allow_none: bool = False, strict: bool = True) -> None:
+    value = value_at(cfg, key)
     if value is None and allow_none:
         return
     bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
@@ -117,7 +118,8 @@ def _number(cfg: Mapping, key: str, minimum: float = 0.0, allow_none: bool = Fal
         raise ConfigError(f"{key}: must be a number {bound}{' or null' if allow_none else ''}, got {value!r}")
 
 
-def _get(cfg: Mapping, key: str) -> Any:
+def value_at(cfg: Mapping, key: str) -> Any:
+    """The value at a dotted key; a missing one is a ConfigError naming it."""
     node: Any = cfg
     for part in key.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -127,13 +129,13 @@ def _get(cfg: Mapping, key: str) -> Any:
 
 
 def _text(cfg: Mapping, key: str, what: str, allow_none: bool = False) -> None:
-    value = _get(cfg, key)
+    value = value_at(cfg, key)
     if not (value is None and allow_none) and (not isinstance(value, str) or not value.strip()):
         raise ConfigError(f"{key}: must be {what}{' or null' if allow_none else ''}, got {value!r}")
 
 
 def _mapping(cfg: Mapping, key: str, allow_none: bool = False) -> Mapping:
-    value = _get(cfg, key)
+    value = value_at(cfg, key)
     if not isinstance(value, Mapping) and not (value is None and allow_none):
         raise ConfigError(f"{key}: must be a mapping of settings{' or null' if allow_none else ''}, got {value!r}")
     return value or {}
@@ -173,18 +175,18 @@ def unknown_keys(cfg: Mapping[str, Any], config_name: str, groups: tuple[str, ..
 def validate(cfg: Mapping[str, Any]) -> None:
     """Every value the search reads, checked before any compute. `cfg` is resolved plain data."""
     unknown_keys(cfg, CONFIG_NAME, GROUPS)
-    _int(cfg, "seed", 0)
-    if _get(cfg, "seed") >= 2**32:
-        raise ConfigError(f"seed: must be an integer in [0, 2**32), got {_get(cfg, 'seed')!r}")
-    _int(cfg, "search_seed", 0, allow_none=True)
-    _int(cfg, "n_trials", 1)
-    name = _get(cfg, "study.name")
+    check_int(cfg, "seed", 0)
+    if value_at(cfg, "seed") >= 2**32:
+        raise ConfigError(f"seed: must be an integer in [0, 2**32), got {value_at(cfg, 'seed')!r}")
+    check_int(cfg, "search_seed", 0, allow_none=True)
+    check_int(cfg, "n_trials", 1)
+    name = value_at(cfg, "study.name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ConfigError(f"study.name: letters, digits and . _ - only, got {name!r}")
     _text(cfg, "study.dir", "a folder path")
     _text(cfg, "study.storage", "an Optuna storage URL", allow_none=True)
     _text(cfg, "cache_dir", "a folder path")
-    objectives = _get(cfg, "objectives")
+    objectives = value_at(cfg, "objectives")
     if not isinstance(objectives, list) or not objectives \
             or any(not isinstance(o, str) or o not in DIRECTIONS for o in objectives) \
             or len(set(objectives)) != len(objectives):
@@ -192,27 +194,27 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for key in _mapping(cfg, "budget"):
         if key not in BUDGETS:
             raise ConfigError(f"budget.{key}: unknown budget; allowed: {', '.join(BUDGETS)}")
-        _number(cfg, f"budget.{key}", allow_none=True)
-    _int(cfg, "pareto.every", 1)
+        check_number(cfg, f"budget.{key}", allow_none=True)
+    check_int(cfg, "pareto.every", 1)
     for key in objectives:
-        _number(cfg, f"pareto.reference.{key}", strict=False)
+        check_number(cfg, f"pareto.reference.{key}", strict=False)
     for key in ("epochs", "batch_size"):
-        _int(cfg, f"supernet.{key}", 1)
-    _int(cfg, "supernet.random_subnets", 0)
-    _number(cfg, "supernet.lr")
+        check_int(cfg, f"supernet.{key}", 1)
+    check_int(cfg, "supernet.random_subnets", 0)
+    check_number(cfg, "supernet.lr")
     for key, minimum in (("steps", 0), ("batch_size", 1), ("bn_batches", 1)):
-        _int(cfg, f"finetune.{key}", minimum)
-    _number(cfg, "finetune.lr", strict=False)
-    _number(cfg, "finetune.temperature")
+        check_int(cfg, f"finetune.{key}", minimum)
+    check_number(cfg, "finetune.lr", strict=False)
+    check_number(cfg, "finetune.temperature")
     _text(cfg, "tracking.uri", "an MLflow tracking URI")
-    address = _get(cfg, "ray.address")
+    address = value_at(cfg, "ray.address")
     match = RAY_ADDRESS.fullmatch(address) if isinstance(address, str) else None
     if address is not None and address not in ("auto", "local") and not (match and 0 < int(match[2]) < 65536):
         raise ConfigError(f"ray.address: must be HOST:PORT, ray://HOST:PORT, auto, local or null, got {address!r}")
-    _int(cfg, "ray.num_cpus", 1, allow_none=True)
-    _int(cfg, "ray.cpus_per_trial", 1)
-    _int(cfg, "ray.max_retries", 0)
-    _number(cfg, "ray.gpus_per_trial", strict=False)
+    check_int(cfg, "ray.num_cpus", 1, allow_none=True)
+    check_int(cfg, "ray.cpus_per_trial", 1)
+    check_int(cfg, "ray.max_retries", 0)
+    check_number(cfg, "ray.gpus_per_trial", strict=False)
     _validate_data(cfg)
     _validate_sampler(cfg)
     _validate_space(cfg)
@@ -222,19 +224,19 @@ def validate(cfg: Mapping[str, Any]) -> None:
 def validate_calibration(cfg: Mapping[str, Any]) -> None:
     """Every value `python -m search.calibrate` reads (its files are read by calibrate.check)."""
     unknown_keys(cfg, "calibrate", ("target", "space", "runner"))
-    _int(cfg, "seed", 0)
-    _int(cfg, "networks", 3)
-    shape = _get(cfg, "input_shape")
+    check_int(cfg, "seed", 0)
+    check_int(cfg, "networks", 3)
+    shape = value_at(cfg, "input_shape")
     if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool)
                                                                    and n >= 1 for n in shape):
         raise ConfigError(f"input_shape: must be [channels, height, width], whole numbers >= 1, got {shape!r}")
-    _int(cfg, "num_classes", 1)
+    check_int(cfg, "num_classes", 1)
     for key in ("benchmarks", "evaluate"):
         _text(cfg, key, "a measurement file", allow_none=True)
-    holdout = _get(cfg, "holdout")
+    holdout = value_at(cfg, "holdout")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
         raise ConfigError(f"holdout: must be a number in (0, 1), got {holdout!r}")
-    _int(cfg, "fit_rows", 2, allow_none=True)
+    check_int(cfg, "fit_rows", 2, allow_none=True)
     _text(cfg, "tracking.uri", "an MLflow tracking URI")
     _text(cfg, "tracking.experiment", "an MLflow experiment name")
     _text(cfg, "cache_dir", "a folder path")
@@ -242,7 +244,7 @@ def validate_calibration(cfg: Mapping[str, Any]) -> None:
     if _mapping(cfg, "runner").get("kind") not in kinds:
         raise ConfigError(f"runner.kind: must be {', '.join(kinds)}, got {cfg['runner'].get('kind')!r}")
     _space_name(cfg)
-    validate_target(_get(cfg, "target"), [])
+    validate_target(value_at(cfg, "target"), [])
 
 
 def _validate_data(cfg: Mapping[str, Any]) -> None:
@@ -323,7 +325,7 @@ def space_error(e: Exception) -> ConfigError:
 
 
 def _validate_target(cfg: Mapping[str, Any]) -> None:
-    validate_target(_get(cfg, "target"), _get(cfg, "space.bits"))
+    validate_target(value_at(cfg, "target"), value_at(cfg, "space.bits"))
 
 
 def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
@@ -346,12 +348,12 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
     held = target.get("bits")
     if held is not None and (not isinstance(held, list) or not held or any(b not in kernels for b in held)):
         raise ConfigError(f"target.bits: a non-empty list of bit-widths that target.kernels declares, got {held!r}")
-    if not isinstance(_get(cfg, "target.sparse_kernels"), bool):
+    if not isinstance(value_at(cfg, "target.sparse_kernels"), bool):
         raise ConfigError("target.sparse_kernels: must be true or false")
     for kernel in _mapping(cfg, "target.speedups"):
         if kernel not in KERNELS:
             raise ConfigError(f"target.speedups.{kernel}: unknown kernel; allowed: {', '.join(KERNELS)}")
-        _number(cfg, f"target.speedups.{kernel}")
+        check_number(cfg, f"target.speedups.{kernel}")
     for kernel, span in (target.get("speedup_range") or {}).items():  # the evidence's lowest and highest
         used = target["speedups"].get(kernel)
         if used is None or not isinstance(span, list) or len(span) != 2 or not all(
@@ -360,17 +362,17 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
             raise ConfigError(f"target.speedup_range.{kernel}: [lowest, highest] evidenced speed-up around "
                               f"target.speedups.{kernel} ({used}), got {span!r}")
     if "border_cost" in target:
-        _number(cfg, "target.border_cost", strict=False)
+        check_number(cfg, "target.border_cost", strict=False)
     _mapping(cfg, "target.measurements")
-    measured = _get(cfg, "target.measurements.space")
+    measured = value_at(cfg, "target.measurements.space")
     if not isinstance(measured, str) or measured not in spaces.SPACES:
         raise ConfigError(f"target.measurements.space: unknown space; allowed: {', '.join(spaces.SPACES)}")
     for key in ("measurements.file", "predictor"):
         _text(cfg, f"target.{key}", "a file path")
     if _mapping(cfg, "target.proxy", allow_none=True):
-        _number(cfg, "target.proxy.scale")
+        check_number(cfg, "target.proxy.scale")
         for key in ("device", "assumption"):
-            if not isinstance(_get(cfg, f"target.proxy.{key}"), str):
+            if not isinstance(value_at(cfg, f"target.proxy.{key}"), str):
                 raise ConfigError(f"target.proxy.{key}: a proxy target must say which device was measured and why it stands in")
     if _mapping(cfg, "target.runner").get("kind") not in RUNNERS:
         raise ConfigError(f"target.runner.kind: must be {' or '.join(RUNNERS)}, got {target['runner'].get('kind')!r}")

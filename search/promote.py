@@ -36,7 +36,7 @@ import spaces
 from . import backends, pareto, parity, runners, storage
 from . import data as datasets
 from .cli import command
-from .config import ConfigError, _get, _int, _number
+from .config import ConfigError, check_int, check_number, value_at
 from .errors import UserError
 from .backends import litert
 from .backends import onnx as backend
@@ -121,27 +121,27 @@ class Promotion:
 
 
 def check(cfg: Mapping[str, Any]) -> None:
-    name = _get(cfg, "study.name")
+    name = value_at(cfg, "study.name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"study.name: the study to promote from, got {name!r}")
-    if _get(cfg, "pick") not in PICKS:
+    if value_at(cfg, "pick") not in PICKS:
         raise ConfigError(f"pick: one of {', '.join(PICKS)}, got {cfg['pick']!r}")
-    if _get(cfg, "rank_by") not in RANK_BY:
+    if value_at(cfg, "rank_by") not in RANK_BY:
         raise ConfigError(f"rank_by: one of {', '.join(RANK_BY)}, got {cfg['rank_by']!r}")
-    if cfg["rank_by"] == "phone" and _get(cfg, "phone.serial") is None:
+    if cfg["rank_by"] == "phone" and value_at(cfg, "phone.serial") is None:
         raise ConfigError("rank_by: phone needs phone.serial (and phone.binary) to measure on")
-    _int(cfg, "trial", 0, allow_none=True)
-    _number(cfg, "latency_budget_ms", allow_none=True)
-    _number(cfg, "size_budget_kb", allow_none=True)
-    _number(cfg, "max_drop", strict=False)
-    _number(cfg, "tolerance", strict=False)
-    _number(cfg, "min_agreement", strict=False)
-    _int(cfg, "latency_threads", 1)
+    check_int(cfg, "trial", 0, allow_none=True)
+    check_number(cfg, "latency_budget_ms", allow_none=True)
+    check_number(cfg, "size_budget_kb", allow_none=True)
+    check_number(cfg, "max_drop", strict=False)
+    check_number(cfg, "tolerance", strict=False)
+    check_number(cfg, "min_agreement", strict=False)
+    check_int(cfg, "latency_threads", 1)
     journal = Path(cfg["study"]["dir"]) / storage.JOURNAL
     if not cfg["study"]["storage"] and not journal.is_file():
         raise ConfigError(f"study.name: no study {name!r} here: {journal} does not exist (study.dir, study.storage)")
     for key in ("model_name", "alias"):
-        value = _get(cfg, key)
+        value = value_at(cfg, key)
         if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
             raise ConfigError(f"{key}: letters, digits and . _ - only, got {value!r}")
     phone(cfg)
@@ -149,11 +149,11 @@ def check(cfg: Mapping[str, Any]) -> None:
 
 def phone(cfg: Mapping[str, Any]) -> AdbRunner | None:
     """The adb runner `phone.*` asks for (checked before anything is exported), or None without `phone.serial`."""
-    p = _get(cfg, "phone")
+    p = value_at(cfg, "phone")
     if p["serial"] is None:
         return None
-    _number(cfg, "phone.seconds")
-    _int(cfg, "phone.parts", 2)
+    check_number(cfg, "phone.seconds")
+    check_int(cfg, "phone.parts", 2)
     try:
         return AdbRunner(str(p["serial"]), p["tool"], p["binary"] or "", list(p["flags"]), threads=p["threads"],
                          warmup=p["warmup"])
