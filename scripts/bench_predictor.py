@@ -27,7 +27,7 @@ from readme_results import machine, write_readme  # noqa: E402
 
 import spaces  # noqa: E402
 from search import latency, measurements  # noqa: E402
-from search.calibrate import _space_settings  # noqa: E402
+from search.calibrate import space_settings  # noqa: E402
 from search.config import ROOT, compose, resolve  # noqa: E402
 
 SIZES = (10, 30, 100, 300, 1000)
@@ -50,7 +50,7 @@ def load(label: str, target: str, space: str, path: Path, held_out: float) -> Da
     """A target's measurement file, read with the space and kernels its calibration uses;
     `held_out` is a number of rows, or a share of them when below 1."""
     cfg = resolve(compose([f"target={target}", f"space={space}"], "calibrate"))
-    space = spaces.create(**_space_settings(cfg))
+    space = spaces.create(**space_settings(cfg))
     rows = measurements.read(path, space)
     kernels = {int(k): v for k, v in cfg["target"]["kernels"].items()}
     return Data(label, [space.layers(r.candidate) for r in rows], np.array([r.latency_ms for r in rows]),

@@ -23,7 +23,7 @@ from readme_results import machine, write_readme  # noqa: E402
 
 import spaces  # noqa: E402
 from search import latency, measurements  # noqa: E402
-from search.calibrate import calibrate, split  # noqa: E402
+from search.calibrate import Request, calibrate, split  # noqa: E402
 from search.config import ROOT, compose, resolve  # noqa: E402
 
 A50 = ROOT / "conf" / "measurements" / "fbnet_samsung_a50.csv"
@@ -47,9 +47,9 @@ def phone(fit_rows: int, folder: Path) -> tuple[latency.Report, latency.Report]:
     cfg = resolve(compose(["target=snapdragon665", "space=fbnet", f"fit_rows={fit_rows}",
                            f"holdout={1 - fit_rows / 5000}", f"target.predictor={folder}/p{fit_rows}.json",
                            f"tracking.uri=sqlite:///{folder}/m.db"], "calibrate"))
-    ours = calibrate(cfg)
+    ours = calibrate(Request.of(cfg))
     space = spaces.create("fbnet")
-    train, test = split(measurements.read(A50, space), cfg)
+    train, test = split(measurements.read(A50, space), cfg["seed"], cfg["holdout"], cfg["fit_rows"])
     predicted = baseline([space.layers(r.candidate) for r in train], [r.latency_ms for r in train],
                          [space.layers(r.candidate) for r in test])
     return ours, latency.Report.of(predicted, [r.latency_ms for r in test])

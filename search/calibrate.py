@@ -7,7 +7,7 @@ import json
 import random
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -19,7 +19,7 @@ import spaces
 
 from . import latency, measurements, preflight, runners
 from .cli import command
-from .config import CONF_DIR, ROOT, ConfigError, space_error, validate_calibration, validate_target
+from .config import CONF_DIR, ROOT, ConfigError, space_error, validate_calibration
 from .errors import UserError
 from .measurements import Measurement
 
@@ -124,84 +124,114 @@ def noise_floor(rows: Sequence[Measurement]) -> float | None:
     return float(np.median(spreads)) if spreads else None
 
 
-def check(cfg: Mapping[str, Any]) -> None:
+@dataclass(frozen=True)
+class Request:
+    """What calibration reads of its config, built once by `check` after every value is checked."""
+
+    target: Mapping[str, Any]  # the target group: kernels, measurement and predictor files, proxy
+    space: Mapping[str, Any]  # the space's settings: its group and the input it is measured at
+    runner: str  # who measures: host, litert or adb; file: a measurement file is fitted on
+    runner_settings: Mapping[str, Any]  # the measuring runner's config (kind and settings); empty for file
+    source: Path | None  # the measurement file fitted on (benchmarks=, runner=file); None: measured now
+    networks: int  # networks measured
+    seed: int  # which networks, and the held-out share
+    evaluate: Path | None  # a measurement file scored on instead of a held-out share
+    holdout: float
+    fit_rows: int | None
+    tracking_uri: str
+    experiment: str
+
+    @classmethod
+    def of(cls, cfg: Mapping[str, Any]) -> Request:
+        validate_calibration(cfg)
+        target = cfg["target"]
+        if cfg["space"]["name"] != target["measurements"]["space"] and not cfg["benchmarks"]:
+            raise ConfigError(f"space: target {target['name']} is measured on space {target['measurements']['space']!r}; "
+                              f"pass space={target['measurements']['space']}")
+        runner, source = _plan(cfg)
+        return cls(target, space_settings(cfg), runner, {} if source else _runner_cfg(cfg, runner), source,
+                   cfg["networks"], cfg["seed"], Path(cfg["evaluate"]) if cfg["evaluate"] else None, cfg["holdout"],
+                   cfg["fit_rows"], cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
+
+    def build_space(self) -> spaces.Space:
+        try:
+            return spaces.create(**self.space)
+        except (TypeError, ValueError) as e:
+            raise space_error(e) from None
+
+
+def check(cfg: Mapping[str, Any]) -> Request:
     """Everything calibration reads from the user, before anything is measured or written: the
     values, the space, every measurement file it will read (in full), the runner's settings and
     the tracking server."""
-    validate_calibration(cfg)
-    space = _space(cfg)
-    runner, source = _plan(cfg)
-    if source:
-        split(measurements.read(source, space), cfg)  # reads the evaluate file too
+    r = Request.of(cfg)
+    space = r.build_space()
+    if r.source:
+        rows_to_fit(r, space)  # reads the evaluate file too
     else:
-        make_runner(_runner_cfg(cfg, runner), cfg["seed"])
-        if cfg["evaluate"]:
-            measurements.read(cfg["evaluate"], space)
-    preflight.reachable("tracking.uri", cfg["tracking"]["uri"])
+        make_runner(r.runner_settings, r.seed)
+        if r.evaluate:
+            measurements.read(r.evaluate, space)
+    preflight.reachable("tracking.uri", r.tracking_uri)
+    return r
 
 
-def calibrate(cfg: Mapping[str, Any]) -> latency.Report:
-    target = cfg["target"]
-    validate_target(target, [])
-    space = _space(cfg)
-    runner, source = _plan(cfg)
+def calibrate(r: Request) -> latency.Report:
+    target = r.target
+    space = r.build_space()
     floor, settings = None, {"runner": "file"}
-    if source:
-        rows = measurements.read(source, space)
+    if r.source:
+        source, rows = r.source, measurements.read(r.source, space)
     else:
-        print(f"measuring {cfg['networks']} {space.name} networks with the {runner} runner ...", file=sys.stderr)
-        rows, settings, floor = measure(space, calibration_set(space, cfg["networks"], cfg["seed"]),
-                                        _runner_cfg(cfg, runner), cfg["seed"])
+        print(f"measuring {r.networks} {space.name} networks with the {r.runner} runner ...", file=sys.stderr)
+        rows, settings, floor = measure(space, calibration_set(space, r.networks, r.seed), r.runner_settings, r.seed)
         source = Path(target["measurements"]["file"])
         source.parent.mkdir(parents=True, exist_ok=True)
         measurements.write(source, space, rows)
-    fit_rows, held_out = split(rows, cfg)
-    networks = [space.layers(r.candidate) for r in fit_rows]
-    tile, coefficients = latency.fit_tiled(networks, [r.latency_ms for r in fit_rows],
+    fit_rows, held_out = rows_to_fit(r, space, rows)
+    networks = [space.layers(row.candidate) for row in fit_rows]
+    tile, coefficients = latency.fit_tiled(networks, [row.latency_ms for row in fit_rows],
                                            latency.declared(target)["kernels"], target["sparse_kernels"])
     proxy = target.get("proxy")
     predictor = latency.Predictor(target["name"], coefficients=coefficients, channel_tile=tile,
                                   **latency.declared(target))
     # Scored unscaled: the held-out rows are measurements of the measured device itself.
     measured_device = latency.Predictor(**{**asdict(predictor), "scale": 1.0})
-    report = latency.Report.of([measured_device.predict(space.layers(r.candidate)) for r in held_out],
-                               [r.latency_ms for r in held_out], floor if floor is not None else noise_floor(rows))
+    report = latency.Report.of([measured_device.predict(space.layers(row.candidate)) for row in held_out],
+                               [row.latency_ms for row in held_out], floor if floor is not None else noise_floor(rows))
     provenance = {"file": _shown(target["predictor"]), "measurements": _shown(source), "digest": measurements.digest(rows),
                   "fit_rows": len(fit_rows), "heldout_rows": len(held_out), "space": space.name,
                   "runner": settings, "report": asdict(report),
                   "proxy": f"{proxy['device']}; {proxy['assumption']}" if proxy else "none"}
     predictor = latency.Predictor(**{**asdict(predictor), "provenance": provenance})
     predictor.save(target["predictor"])
-    _log(cfg, predictor, report, source)
+    _log(r, predictor, report, source)
     return report
 
 
-def split(rows: list[Measurement], cfg: Mapping[str, Any]) -> tuple[list[Measurement], list[Measurement]]:
-    """Rows to fit on and rows to score on: `evaluate=FILE`, or a seeded held-out share."""
+def rows_to_fit(r: Request, space: spaces.Space, rows: list[Measurement] | None = None
+                ) -> tuple[list[Measurement], list[Measurement]]:
+    """The request's rows to fit on and to score on: from `rows`, else its measurement file; scored on its evaluate
+    file, else on a seeded held-out share."""
+    rows = measurements.read(r.source, space) if rows is None else rows
+    held_out = measurements.read(r.evaluate, space) if r.evaluate else None
+    return split(rows, r.seed, r.holdout, r.fit_rows, held_out)
+
+
+def split(rows: list[Measurement], seed: int, holdout: float, fit_rows: int | None = None,
+          held_out: list[Measurement] | None = None) -> tuple[list[Measurement], list[Measurement]]:
+    """Rows to fit on (at most `fit_rows` of them, a seeded random subset) and rows to score on: `held_out` when
+    given (every row is then fitted on), else a seeded `holdout` share."""
     order = list(rows)
-    random.Random(cfg["seed"]).shuffle(order)
-    if cfg["evaluate"]:
-        held_out = measurements.read(cfg["evaluate"], _space(cfg))
-        fit_rows = order
-    else:
-        cut = max(1, round(len(order) * cfg["holdout"]))
-        held_out, fit_rows = order[:cut], order[cut:]
-    if cfg["fit_rows"]:
-        fit_rows = fit_rows[:cfg["fit_rows"]]
-    if len(fit_rows) < 2 or not held_out:
-        raise UserError(f"calibration needs at least 2 rows to fit and 1 to score; got {len(fit_rows)} and {len(held_out)}")
-    return fit_rows, held_out
-
-
-def _space(cfg: Mapping[str, Any]) -> spaces.Space:
-    target = cfg["target"]
-    if cfg["space"]["name"] != target["measurements"]["space"] and not cfg["benchmarks"]:
-        raise ConfigError(f"space: target {target['name']} is measured on space {target['measurements']['space']!r}; "
-                          f"pass space={target['measurements']['space']}")
-    try:
-        return spaces.create(**_space_settings(cfg))
-    except (TypeError, ValueError) as e:
-        raise space_error(e) from None
+    random.Random(seed).shuffle(order)
+    if held_out is None:
+        cut = max(1, round(len(order) * holdout))
+        held_out, order = order[:cut], order[cut:]
+    if fit_rows:
+        order = order[:fit_rows]
+    if len(order) < 2 or not held_out:
+        raise UserError(f"calibration needs at least 2 rows to fit and 1 to score; got {len(order)} and {len(held_out)}")
+    return order, held_out
 
 
 def _plan(cfg: Mapping[str, Any]) -> tuple[str, Path | None]:
@@ -233,34 +263,35 @@ def _shown(path: str | Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def _space_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A space that fixes its input (fbnet) keeps it; others are measured at the configured one."""
+def space_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A calibration config's space settings. A space that fixes its input (fbnet) keeps it; others are measured at
+    the configured one."""
     return {"input_shape": cfg["input_shape"], "num_classes": cfg["num_classes"], **cfg["space"]}
 
 
-def _log(cfg: Mapping[str, Any], predictor: latency.Predictor, report: latency.Report, source: Path) -> None:
+def _log(r: Request, predictor: latency.Predictor, report: latency.Report, source: Path) -> None:
     from . import tracking  # with MLflow's INFO lines routed to the log file
 
-    client = tracking.client(cfg["tracking"]["uri"])
-    name = cfg["tracking"]["experiment"]
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-    run = client.create_run(experiment_id, run_name=f"{predictor.target}-{cfg['space']['name']}",
+    client = tracking.client(r.tracking_uri)
+    experiment = client.get_experiment_by_name(r.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(r.experiment)
+    space = r.space["name"]
+    run = client.create_run(experiment_id, run_name=f"{predictor.target}-{space}",
                             tags={"target": predictor.target, "latency.proxy": predictor.provenance["proxy"]})
     rid = run.info.run_id
-    for key, value in {"target": predictor.target, "space": cfg["space"]["name"], "measurements": str(source),
+    for key, value in {"target": predictor.target, "space": space, "measurements": str(source),
                        "digest": predictor.provenance["digest"], "fit_rows": predictor.provenance["fit_rows"],
                        "runner": json.dumps(predictor.provenance["runner"])}.items():
         client.log_param(rid, key, str(value))
     for key, value in asdict(report).items():
         if value is not None:
             client.log_metric(rid, key, float(value))
-    client.log_artifact(rid, cfg["target"]["predictor"])
+    client.log_artifact(rid, r.target["predictor"])
     client.set_terminated(rid)
 
 
-def _run(cfg: dict[str, Any], _: None) -> None:
-    print(json.dumps(asdict(calibrate(cfg))))
+def _run(cfg: dict[str, Any], checked: Request | None) -> None:
+    print(json.dumps(asdict(calibrate(checked or check(cfg)))))
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 import spaces
 from search import measurements
-from search.calibrate import _space_settings, calibration_set
+from search.calibrate import space_settings, calibration_set
 from search.config import compose, resolve
 from search.latency import features
 from search.measurements import Measurement
@@ -66,7 +66,7 @@ def test_quick_run_writes_table_plot_and_readme_copy(tmp_path):
 def host_like(tmp_path) -> Path:
     """50 mobilenetv2 networks whose 'measured' latency is a known linear model of the features."""
     cfg = resolve(compose(["target=host"], "calibrate"))
-    space = spaces.create(**_space_settings(cfg))
+    space = spaces.create(**space_settings(cfg))
     kernels = {int(k): v for k, v in cfg["target"]["kernels"].items()}
     price = {"macs": 0.02, "activations": 0.5, "weights": 0.3, "layers": 0.002, "count": 0.001}
     rows = []

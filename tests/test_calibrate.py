@@ -19,7 +19,7 @@ import yaml
 
 import spaces
 from search import measurements
-from search.calibrate import calibrate, calibration_set, split
+from search.calibrate import Request, calibrate, calibration_set, split
 from search.config import compose, resolve
 from search.errors import UserError
 from search.latency import Predictor, features, for_target
@@ -101,16 +101,17 @@ def fbnet_rows(n: int, seed: int, start: int = 0) -> list[Measurement]:
 
 def test_split_holds_out_a_seeded_share():
     rows = fbnet_rows(20, seed=0)
-    cfg = {"seed": 0, "evaluate": None, "holdout": 0.25, "fit_rows": None}
-    fit_rows, held_out = split(rows, cfg)
+    fit_rows, held_out = split(rows, seed=0, holdout=0.25)
     assert len(held_out) == 5 and len(fit_rows) == 15
     assert sorted(r.arch_id for r in fit_rows + held_out) == sorted(r.arch_id for r in rows)
-    assert split(rows, cfg) == (fit_rows, held_out)
-    assert split(rows, cfg | {"seed": 1}) != (fit_rows, held_out)
-    fit3, held3 = split(rows, cfg | {"fit_rows": 3})
+    assert split(rows, seed=0, holdout=0.25) == (fit_rows, held_out)
+    assert split(rows, seed=1, holdout=0.25) != (fit_rows, held_out)
+    fit3, held3 = split(rows, seed=0, holdout=0.25, fit_rows=3)
     assert fit3 == fit_rows[:3] and held3 == held_out
+    given = fbnet_rows(4, seed=1, start=100)
+    assert split(rows, seed=0, holdout=0.25, held_out=given)[1] == given  # an evaluate file: every row is fitted
     with pytest.raises(UserError, match="at least 2 rows to fit"):
-        split(rows[:2], cfg | {"holdout": 0.5})
+        split(rows[:2], seed=0, holdout=0.5)
 
 
 # --- the command line ----------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def test_a50_fit_on_100_rows_meets_the_bar(tmp_path, monkeypatch):
     cfg = resolve(compose(["target=snapdragon665", "space=fbnet", "fit_rows=100", "holdout=0.98",
                            f"target.predictor={tmp_path}/p.json", f"tracking.uri=sqlite:///{tmp_path}/m.db"],
                           "calibrate"))
-    report = calibrate(cfg)
+    report = calibrate(Request.of(cfg))
     assert report.n == 4900
     assert report.within_10pct >= 0.90
     assert report.spearman > 0.85
