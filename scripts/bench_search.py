@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_results import machine, write_readme  # noqa: E402
 from search import config, pareto  # noqa: E402
 from search.storage import Location, for_study  # noqa: E402
-from search.study import run  # noqa: E402
+from search.study import run, trial_seed  # noqa: E402
 from search.workers import Workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +81,43 @@ def _float_dense(folder: Path, name: str, seed: int, quick: bool) -> dict:
     return spaces.create(**{**cfg["space"], "input_shape": d.input_shape, "num_classes": d.num_classes}).baselines()["float"]
 
 
+def neighbours(folder: Path, quick: bool, workers: Workers) -> list[dict]:
+    """The uniform 8-bit baseline and each one-step compression of it (one width a step narrower, or one layer group a
+    step sparser), evaluated exactly as trials are (on a worker, from the study's supernet, with the baseline trial's
+    fine-tuning seed): is there a network near the baseline that keeps its accuracy and is faster?"""
+    import spaces
+    from search import data, latency, supernet
+    from search.evaluate import evaluate
+
+    cfg = compose(folder, "joint-s0", 0, 1, quick)
+    d = data.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
+    settings = {**cfg["space"], "input_shape": d.input_shape, "num_classes": d.num_classes}
+    space = spaces.create(**settings)
+    key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"], cfg["supernet"])
+    trained, _ = supernet.load_or_train(key, cfg["cache_dir"], lambda: sys.exit("the studies' supernet is not cached"))
+    predictor = latency.for_target(cfg["target"])
+    base = space.baselines()["int8"]
+    steps = {"uniform 8-bit baseline": {}}
+    for name, value in base.items():
+        kind = name.split(".")[0]
+        if kind == "width":
+            step = max((w for w in cfg["space"]["widths"] if w < value), default=None)
+        elif kind == "sparsity":
+            step = min((s for s in cfg["space"]["sparsity"] if s > value), default=None)
+        else:
+            continue
+        if step is not None:
+            steps[f"`{name}={step}`"] = {name: step}
+    shared = [workers.share(d), workers.share(trained)]
+    candidates = {label: space.sample(optuna.trial.FixedTrial(base | change)) for label, change in steps.items()}
+    number = list(space.baselines()).index("int8")  # the baseline's trial number in every study
+    refs = {label: workers.submit(evaluate, settings, c, *shared, cfg["finetune"], trial_seed(cfg["seed"], number))
+            for label, c in candidates.items()}
+    return [{"network": label, **{k: workers.result(ref)[0][0][k] for k in ("accuracy", "test_accuracy")},
+             "latency_ms": predictor.predict(space.layers(candidates[label])), "val_images": len(d.val.y)}
+            for label, ref in refs.items()]
+
+
 def curve(folder: Path, name: str, seed: int, trials: int, quick: bool) -> dict:
     """Hypervolume after each completed trial, where the baselines stand, and how many trials repeated a network
     evaluated before (told its result, not trained again)."""
@@ -108,7 +145,26 @@ def trials_to_reach(hv: list[float], target: float) -> int | None:
     return next((k + 1 for k, v in enumerate(hv) if v >= target - 1e-9), None)
 
 
-def report(results: dict, trials: int, seeds: list[int], plot: Path, minutes: float | None) -> str:
+def neighbourhood(near: list[dict]) -> list[str]:
+    """The lines on the uniform 8-bit baseline's neighbours: can anything near it dominate it?"""
+    base, steps = near[0], near[1:]
+    kept = [n for n in steps if n["accuracy"] >= base["accuracy"] and n["latency_ms"] < base["latency_ms"]]
+    p = base["accuracy"] / 100
+    stderr = 100 * (p * (1 - p) / base["val_images"]) ** 0.5
+    lines = ["What it takes to dominate the uniform 8-bit baseline: it and each one-step compression of it (one width "
+             "a step narrower, or one layer group a step sparser), evaluated exactly as its trial is (same supernet, "
+             "fine-tune and seed):", "",
+             "| network | val accuracy % | test accuracy % | predicted latency ms |", "|---|---|---|---|"]
+    lines += [f"| {n['network']} | {n['accuracy']:.2f} | {n['test_accuracy']:.2f} | {n['latency_ms']:.3f} |" for n in near]
+    lines += ["", f"{len(kept)} of the {len(steps)} one-step compressions keep the baseline's validation accuracy "
+              f"({base['accuracy']:.2f}%) and are faster; they differ from it by "
+              f"{min(n['accuracy'] for n in steps) - base['accuracy']:+.2f} to "
+              f"{max(n['accuracy'] for n in steps) - base['accuracy']:+.2f} points. One validation accuracy has a "
+              f"standard error of {stderr:.2f} points ({base['val_images']} images)."]
+    return lines
+
+
+def report(results: dict, trials: int, seeds: list[int], plot: Path, minutes: float | None, near: list[dict]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,6 +192,7 @@ def report(results: dict, trials: int, seeds: list[int], plot: Path, minutes: fl
               f"{len(seeds)} seeds (goal: every seed).",
               "- Repeats: trials whose network the study had already evaluated; they are told its result, not "
               "trained again, and count toward the trial budget.",
+              "", *neighbourhood(near),
               "", f"![hypervolume against completed trials]({plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot})"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in METHODS:
@@ -172,7 +229,7 @@ def main() -> None:
         if (args.folder / "mlflow.db").exists() and not args.resume:
             raise SystemExit(f"{args.folder} holds an earlier run: remove it to measure from scratch, or --resume it")
         args.folder.mkdir(parents=True, exist_ok=True)
-        with Workers(None, None, 1, 0):  # one local Ray for every study
+        with Workers(None, None, 1, 0) as workers:  # one local Ray for every study
             for seed in seeds:
                 for method in METHODS:
                     name = f"{method}-s{seed}"
@@ -180,13 +237,18 @@ def main() -> None:
                         sequential(args.folder, name, seed, trials, args.quick)
                     else:  # the default sampler against the other conf/sampler options
                         run(compose(args.folder, name, seed, trials, args.quick, None if method == "joint" else method))
+            near = neighbours(args.folder, args.quick, workers)
         minutes = None if args.resume else (time.monotonic() - started) / 60
     else:
-        minutes = json.loads(done.read_text()).get("minutes") if done.exists() else None
+        stored = json.loads(done.read_text()) if done.exists() else {}
+        minutes, near = stored.get("minutes"), stored.get("neighbours")
+        if near is None:  # a run from before the neighbours were evaluated
+            with Workers(None, None, 1, 0) as workers:
+                near = neighbours(args.folder, args.quick, workers)
     results: dict = {m: {s: curve(args.folder, f"{m}-s{s}", s, trials, args.quick) for s in seeds} for m in METHODS}
-    done.write_text(json.dumps({**results, "minutes": minutes}, indent=1))
+    done.write_text(json.dumps({**results, "minutes": minutes, "neighbours": near}, indent=1))
     section = report(results, trials, seeds, (args.folder if args.quick else ROOT / "docs") / "bench-search.png",
-                     minutes)
+                     minutes, near)
     print(section)
     write_readme(section, args.readme, "bench-search")
 

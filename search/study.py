@@ -264,7 +264,7 @@ class Driver:
             self.waiting[network].append((trial, predicted, run_id))
         else:
             ref = self.workers.submit(evaluate, self.inputs.space, candidate, self.inputs.data, self.inputs.supernet,
-                                      self.inputs.finetune, self.settings.seed * 100_003 + trial.number)
+                                      self.inputs.finetune, trial_seed(self.settings.seed, trial.number))
             self.running[ref] = (trial, predicted, run_id, network)
             self.waiting[network] = []
 
@@ -341,6 +341,11 @@ class Driver:
         self.tracker.end_study({"complete_trials": self.complete, "repeats": self.repeats}, status="KILLED")
         print(f"\nstopped: {self.complete} complete trials kept, {len(stopped)} running trial(s) marked "
               f"FAIL. Resume with the same command: python -m search {' '.join(overrides)}".rstrip(), flush=True)
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """Trial `number`'s fine-tuning seed: the same trial of the same study always trains the same way."""
+    return seed * 100_003 + number
 
 
 def constrain(trial: optuna.Trial, predicted: Mapping[str, float], budget: Mapping[str, float | None]) -> None:

@@ -17,7 +17,14 @@ def test_quick_bench_search_writes_its_section(tmp_path, shared_cache):
         curve = results[method]["0"]["hypervolume"]
         assert len(curve) == 6 and curve == sorted(curve)  # one point per completed trial, never decreasing
         assert set(results[method]["0"]["baselines"]) == {"float", "int8"}
+    near = results["neighbours"]  # the int8 baseline again, evaluated as its trial was, then its neighbours
+    assert near[0]["network"] == "uniform 8-bit baseline" and len(near) > 1
+    assert {n["network"] for n in near[1:]} >= {"`width.head=0.75`", "`sparsity.b1.expand=0.25`"}
+    int8 = results["joint"]["0"]["baselines"]["int8"]
+    assert abs(near[0]["accuracy"] - int8["accuracy"]) < 1.0  # the same network, seed and fine-tune
+    assert near[0]["latency_ms"] == pytest.approx(int8["latency_ms"])
     text = readme.read_text()
+    assert "| joint |" in text and "What it takes to dominate the uniform 8-bit baseline" in text
     assert "| joint |" in text and "| sequential |" in text and (folder / "bench-search.png").exists()
     again = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_search.py"), "--quick", "--no-run", "--folder",
                             str(folder), "--readme", str(readme)], cwd=tmp_path, env=env(tmp_path), capture_output=True,
