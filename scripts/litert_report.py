@@ -1,4 +1,4 @@
-"""Calibrate `host-litert`, run a study on it (`DATA`), promote its knee and both baselines, time their `.tflite`
+"""Calibrate `host-litert`, run a study on it (the default data), promote its knee and both baselines, time their `.tflite`
 files on XNNPACK together, and write the measured results into the README.
 
     .venv/bin/python scripts/litert_report.py            # calibrate, search, promote, time, rewrite README
@@ -6,7 +6,7 @@ files on XNNPACK together, and write the measured results into the README.
     .venv/bin/python scripts/litert_report.py --no-run   # only re-read the last run
 
 Everything runs as a user runs it (`python -m search.calibrate target=host-litert`, `python -m search
-target=host-litert data=mnist`, `python -m search.promote`), in a scratch folder with a fresh cache. The promoted files are timed
+target=host-litert`, `python -m search.promote`), in a scratch folder with a fresh cache. The promoted files are timed
 in one run, interleaved (`TIMING` passes, each in a new shuffled order), so their ratios are what this script reports.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STUDY = "report-litert"
 MARK = "litert"  # README section between <!-- results:litert --> and <!-- /results:litert -->
 TIMING = {"passes": 200, "min_seconds": 4.0}  # per file: a few files, so each is timed long
-DATA = "data=mnist"  # the data set this report's study searches
+DATA: list[str] = []  # the data set this report's study searches (none: the default, as a user runs it)
 
 
 def common(folder: Path) -> list[str]:
@@ -56,7 +56,7 @@ def run(folder: Path, networks: int) -> None:
         r |= {"calibrate_minutes": minutes, "calibration": json.loads(calibration), "networks": networks}
         saved.write_text(json.dumps(r, indent=1))
     if "search_minutes" not in r:
-        r["search_minutes"] = timed(["search", "target=host-litert", DATA, *study], folder)[0]
+        r["search_minutes"] = timed(["search", "target=host-litert", *DATA, *study], folder)[0]
         saved.write_text(json.dumps(r, indent=1))
     done = load(folder).get_trials(states=(TrialState.COMPLETE,))
     picks = {"knee": ["pick=knee"], **{t.user_attrs["baseline"]: [f"trial={t.number}", f"alias={t.user_attrs['baseline']}"]
@@ -109,7 +109,7 @@ def report(folder: Path) -> str:
         f"held-out networks (n={cal['n']}): {cal['within_10pct']:.0%} within ±10%, Spearman {cal['spearman']:.3f}, "
         f"MAPE {cal['mape']:.1%}, noise floor {cal['noise_floor']:.1%}.",
         "",
-        f"`python -m search target=host-litert {DATA}` (bits narrowed to [8, 32]): {len(done)} complete trials in "
+        f"`{' '.join(['python -m search target=host-litert', *DATA])}` (bits narrowed to [8, 32]): {len(done)} complete trials in "
         f"{r['search_minutes']:.1f} minutes, on {machine()}. Promoted with `python -m search.promote`, then the "
         f"{len(promoted)} `.tflite` files timed together on XNNPACK (1 thread, batch 1, interleaved: {TIMING['passes']} "
         f"passes, each in a new shuffled order, median; the machine's speed varied by {spread:.0%} between passes, "
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args()
     if not args.no_run:
-        run(args.folder, args.networks)
+        run(args.folder.resolve(), args.networks)
     section = report(args.folder)
     print(section)
     write_readme(section, args.readme, MARK)
