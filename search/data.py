@@ -82,7 +82,7 @@ class Source:
                 raise DataError(f"data.root must be {need} for data.name={name}, got {root!r}")
             root = Path(str(root)).expanduser()
         return cls(name, _fraction(cfg.get("val_size"), "val_size"), test_size,
-                   None if limit is None else int(limit), root, None if image_size is None else int(image_size))
+                   None if limit is None else int(limit), root, int(image_size) if name == "imagefolder" else None)
 
 
 def load(source: Source | Mapping, seed: int, cache_dir: str | Path) -> Dataset:
