@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_results import machine, write_readme  # noqa: E402
+from readme_results import evaluation, machine, write_readme  # noqa: E402
 from search import config, pareto  # noqa: E402
 from search.storage import Location, for_study  # noqa: E402
 from search.study import run, trial_seed  # noqa: E402
@@ -85,16 +85,11 @@ def neighbours(folder: Path, quick: bool, workers: Workers) -> list[dict]:
     """The uniform 8-bit baseline and each one-step compression of it (one width a step narrower, or one layer group a
     step sparser), evaluated exactly as trials are (on a worker, from the study's supernet, with the baseline trial's
     fine-tuning seed): is there a network near the baseline that keeps its accuracy and is faster?"""
-    import spaces
-    from search import data, latency, supernet
+    from search import latency
     from search.evaluate import evaluate
 
     cfg = compose(folder, "joint-s0", 0, 1, quick)
-    d = data.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
-    settings = {**cfg["space"], "input_shape": d.input_shape, "num_classes": d.num_classes}
-    space = spaces.create(**settings)
-    key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"], cfg["supernet"])
-    trained, _ = supernet.load_or_train(key, cfg["cache_dir"], lambda: sys.exit("the studies' supernet is not cached"))
+    d, settings, space, trained = evaluation(cfg)
     predictor = latency.for_target(cfg["target"])
     base = space.baselines()["int8"]
     steps = {"uniform 8-bit baseline": {}}

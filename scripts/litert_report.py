@@ -1,5 +1,5 @@
 """Calibrate `host-litert`, run a study on it (the default data), promote its knee and both baselines, time their `.tflite`
-files on XNNPACK together, and write the measured results into the README.
+files on XNNPACK together with what a width multiplier alone gives, and write the measured results into the README.
 
     .venv/bin/python scripts/litert_report.py            # calibrate, search, promote, time, rewrite README
                                                          # (a calibration or study already in the folder is kept)
@@ -8,6 +8,7 @@ files on XNNPACK together, and write the measured results into the README.
 Everything runs as a user runs it (`python -m search.calibrate target=host-litert`, `python -m search
 target=host-litert`, `python -m search.promote`), in a scratch folder with a fresh cache. The promoted files are timed
 in one run, interleaved (`TIMING` passes, each in a new shuffled order), so their ratios are what this script reports.
+The width multipliers are not trials: they are evaluated beside the study, from its supernet, as a trial would be.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.trial import TrialState
-from readme_results import machine, write_readme
+from readme_results import evaluation, machine, write_readme
 
 from search import pareto, storage
 from search.runners.litert import LiteRTRunner
@@ -65,10 +66,47 @@ def run(folder: Path, networks: int) -> None:
              "fastest": ["pick=fastest", "max_drop=1", "alias=fastest"]}
     promoted = {label: json.loads(timed(["search.promote", *study, *overrides], folder)[1])
                 for label, overrides in picks.items()}
-    files = {k: Path(p["tflite_path"]) for k, p in promoted.items()}
+    scaled = width_ladder(folder, study)
+    files = {k: Path(p["tflite_path"]) for k, p in (promoted | scaled).items()}
     timings, references = LiteRTRunner(seed=0, **TIMING).measure(files, files["float"])
-    saved.write_text(json.dumps(r | {"promoted": promoted, "xnnpack_ms": {k: t.median_ms for k, t in timings.items()},
+    saved.write_text(json.dumps(r | {"promoted": promoted, "scaled": scaled,
+                                     "xnnpack_ms": {k: t.median_ms for k, t in timings.items()},
                                      "reference_ms": [t.median_ms for t in references]}, indent=1))
+
+
+def width_ladder(folder: Path, study: list[str]) -> dict[str, dict]:
+    """What a width multiplier alone gives, the usual way to make a MobileNet faster: the float baseline with every
+    width at each smaller multiplier of the space, evaluated as a trial is (on a worker, from the study's supernet, the
+    float baseline's fine-tuning seed; not a trial of the study) and exported as `.tflite` the way promote does."""
+    from search import config, latency, parity, promote
+    from search.backends import litert
+    from search.evaluate import evaluate
+    from search.study import trial_seed
+    from search.workers import Workers
+
+    cfg = config.resolve(config.compose(["target=host-litert", *DATA, *study, *common(folder)]))
+    d, settings, space, trained = evaluation(cfg)
+    predictor = latency.for_target(cfg["target"])
+    base = space.baselines()["float"]
+    ladder = {w: {k: w if k.startswith("width.") else v for k, v in base.items()} for w in cfg["space"]["widths"] if w < 1}
+    with Workers(None, None, 1, 0) as workers:
+        shared = [workers.share(d), workers.share(trained)]
+        seed = trial_seed(cfg["seed"], list(space.baselines()).index("float"))
+        refs = {w: workers.submit(evaluate, settings, space.sample(optuna.trial.FixedTrial(p)), *shared, cfg["finetune"],
+                                  seed) for w, p in ladder.items()}
+        evaluated = {w: workers.result(ref)[0] for w, ref in refs.items()}
+    x_test = parity.inputs(d.test, d.mean, d.std)
+    out = {}
+    for w, (metrics, state) in evaluated.items():
+        net = promote.network(cfg, d, ladder[w], state)
+        path = litert.export(net, d.input_shape, folder / "scaled" / f"width-{w}.tflite")
+        checked = parity.compare(litert.outputs(path, x_test), parity.torch_logits(net, x_test), d.test.y)
+        out[f"width-{w}"] = {"width": w, "accuracy": metrics["accuracy"], "test_accuracy": metrics["test_accuracy"],
+                             "tflite_path": str(path), "tflite_test_accuracy": checked.accuracy,
+                             "tflite_agreement": checked.agreement, "tflite_kb": path.stat().st_size / 1024,
+                             "predicted_latency_ms": predictor.predict(space.layers(space.sample(
+                                 optuna.trial.FixedTrial(ladder[w]))))}
+    return out
 
 
 def close(done: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
@@ -97,9 +135,11 @@ def report(folder: Path) -> str:
     spread = (q3 - q1) / median
     predicted_float = promoted["float"]["predicted_latency_ms"]
 
+    scaled = r.get("scaled", {})
+
     def row(label: str, key: str) -> str:
-        p = promoted[key]
-        return (f"| {label} | {p['trial']} | {p['test_accuracy']:.2f} | {p['tflite_test_accuracy']:.2f} "
+        p = promoted.get(key) or scaled[key]
+        return (f"| {label} | {p.get('trial', 'none')} | {p['test_accuracy']:.2f} | {p['tflite_test_accuracy']:.2f} "
                 f"| {p['tflite_agreement']:.2f} | {p['tflite_kb']:.1f} | {ms[key]:.4f} | {ms['float'] / ms[key]:.2f}x "
                 f"| {p['predicted_latency_ms']:.4f} | {predicted_float / p['predicted_latency_ms']:.2f}x (predicted) "
                 f"| {ms[key] / p['predicted_latency_ms']:.2f} |")
@@ -111,7 +151,7 @@ def report(folder: Path) -> str:
         "",
         f"`{' '.join(['python -m search target=host-litert', *DATA])}` (bits narrowed to [8, 32]): {len(done)} complete trials in "
         f"{r['search_minutes']:.1f} minutes, on {machine()}. Promoted with `python -m search.promote`, then the "
-        f"{len(promoted)} `.tflite` files timed together on XNNPACK (1 thread, batch 1, interleaved: {TIMING['passes']} "
+        f"{len(promoted) + len(scaled)} `.tflite` files timed together on XNNPACK (1 thread, batch 1, interleaved: {TIMING['passes']} "
         f"passes, each in a new shuffled order, median; the machine's speed varied by {spread:.0%} between passes, "
         "alike for every file; between the calibration and this timing it can differ more, which the measured / "
         "predicted column carries and the speed-ups, ratios within one run, do not):",
@@ -125,6 +165,7 @@ def report(folder: Path) -> str:
         row("knee of the front (`pick=knee`)", "knee"),
         *([row("smallest front point within 1 point of float", "smallest")] if "smallest" in promoted else []),
         *([row("fastest within 1 point of float (`pick=fastest`)", "fastest")] if "fastest" in promoted else []),
+        *[row(f"every width x{p['width']}, all float (not searched)", key) for key, p in scaled.items()],
         "",
         f"The knee is the front's balanced point, not its fastest: measured {ms['float'] / ms['knee']:.2f}x faster "
         f"than float ({'meets' if ms['float'] / ms['knee'] >= 2 else 'short of'} the 2x goal), "
@@ -137,7 +178,13 @@ def report(folder: Path) -> str:
         + (f" The fastest network within 1 point of float (`pick=fastest max_drop=1`, by predicted latency) is trial "
            f"{promoted['fastest']['trial']}: measured {ms['float'] / ms['fastest']:.2f}x faster than float, "
            f"{promoted['float']['tflite_test_accuracy'] - promoted['fastest']['tflite_test_accuracy']:.2f} points below "
-           "it in test accuracy." if "fastest" in promoted else ""),
+           "it in test accuracy." if "fastest" in promoted else "")
+        + ("" if not scaled else " The last rows are what a width multiplier alone gives, the usual way to make a "
+           "MobileNet faster (the float baseline at each smaller width of the space, evaluated as a trial is from the "
+           "same supernet and exported the same way, not a trial of the study): "
+           + "; ".join(f"x{p['width']} runs {ms['float'] / ms[key]:.2f}x faster than float, "
+                       f"{promoted['float']['tflite_test_accuracy'] - p['tflite_test_accuracy']:.2f} points below it"
+                       for key, p in scaled.items()) + "."),
     ])
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 
 def machine() -> str:
@@ -20,3 +22,24 @@ def write_readme(section: str, readme: Path, mark: str) -> None:
     if not pattern.search(text):
         raise SystemExit(f"{readme}: no <!-- results:{mark} --> section to rewrite")
     readme.write_text(pattern.sub(lambda m: m.group(1) + section + "\n" + m.group(2), text))
+
+
+class Evaluation(NamedTuple):
+    """What a study's trials were evaluated with: a script evaluates networks beside them on these."""
+
+    data: Any
+    settings: dict
+    space: Any
+    supernet: Any
+
+
+def evaluation(cfg: dict) -> Evaluation:
+    """The study's data, space and cached supernet (trained by the study: a script never trains one)."""
+    import spaces
+    from search import data, supernet
+
+    d = data.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
+    settings = {**cfg["space"], "input_shape": d.input_shape, "num_classes": d.num_classes}
+    key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"], cfg["supernet"])
+    trained, _ = supernet.load_or_train(key, cfg["cache_dir"], lambda: sys.exit("the study's supernet is not cached"))
+    return Evaluation(d, settings, spaces.create(**settings), trained)
