@@ -1,19 +1,23 @@
 """Search efficiency, side by side: the joint search (the default sampler, conf/sampler/tpe.yaml: TPE over
 width, bits and sparsity at once), NSGA-II (conf/sampler/nsga2.yaml), random search and a sequential
-pipeline, on the same data, space, target, predictor, evaluator and trial budget, for several seeds.
+pipeline, on the same data, space, target, predictor, evaluator and budget, for several seeds. The budget is networks
+trained: a trial that repeats a network its study already evaluated is told the stored result, trains nothing, and
+does not count (a method that proposes the same network again would otherwise spend less and be compared as if alike).
 
-    .venv/bin/python scripts/bench_search.py            # 5 seeds x 30 trials on the default data, rewrites README
-    .venv/bin/python scripts/bench_search.py --quick    # digits, 1 seed, 6 trials: keeps the script working
+    .venv/bin/python scripts/bench_search.py            # 5 seeds x 30 networks on the default data, rewrites README
+    .venv/bin/python scripts/bench_search.py --quick    # digits, 1 seed, 6 networks: keeps the script working
     .venv/bin/python scripts/bench_search.py --no-run   # re-read the last run's studies, rewrite README
     .venv/bin/python scripts/bench_search.py --resume   # continue an interrupted run
 
 The sequential pipeline spends a third of the budget on each stage: widths (float, dense), then
-per-layer sparsity at the chosen widths, then per-layer bits at the chosen widths and sparsity; each
-stage starts from the previous stage's knee (Optuna's PartialFixedSampler fixes what is chosen).
-Every study begins with the same two baselines (float full-width, uniform 8-bit), and every study
+per-layer sparsity at the chosen widths, then per-layer bits at the chosen widths and sparsity. Each
+stage is its own study, as a pipeline is run: its sampler models that stage's trials only (in one study,
+TPE would model the fixed values of earlier stages and propose their knee again), Optuna's
+PartialFixedSampler fixes what is chosen, and a later stage starts from the previous stage's knee.
+Every method begins with the same two baselines (float full-width, uniform 8-bit), and every study
 uses the same data split and supernet (seed 0): the seeds vary the search only (`search_seed`).
 Hypervolume is of the (validation accuracy, predicted latency) front against the fixed reference
-point in conf/search.yaml (pareto.reference), after each completed trial.
+point in conf/search.yaml (pareto.reference), after each network trained.
 """
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_results import evaluation, machine, write_readme  # noqa: E402
-from search import config, pareto  # noqa: E402
+from search import config, pareto, storage  # noqa: E402
+from search.objectives import DIRECTIONS  # noqa: E402
+from search.pareto import REPEAT_OF  # noqa: E402
 from search.storage import Location, for_study  # noqa: E402
 from search.study import run, trial_seed  # noqa: E402
 from search.workers import Workers  # noqa: E402
@@ -52,22 +58,45 @@ def compose(folder: Path, name: str, seed: int, trials: int, quick: bool, sample
     return cfg
 
 
-def sequential(folder: Path, name: str, seed: int, trials: int, quick: bool) -> None:
-    """Three stages in one study, each fixing what the stages before it chose (their knees)."""
+def trained(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials that trained their network: not repeats of an earlier one."""
+    return [t for t in trials if REPEAT_OF not in t.user_attrs]
+
+
+def until_trained(cfg: dict, networks: int) -> optuna.Study:
+    """Run (or resume) the study until it has trained `networks` networks, repeats not counted."""
+    n_trials = networks
+    for _ in range(3 * networks):  # each round asks for as many trials as networks are missing
+        study = run({**cfg, "n_trials": n_trials})
+        done = study.get_trials(states=(TrialState.COMPLETE,))
+        missing = networks - len(trained(done))
+        if missing <= 0:
+            return study
+        n_trials = len(done) + missing
+    raise SystemExit(f"{cfg['study']['name']}: the sampler keeps proposing networks it has evaluated")
+
+
+def stages(name: str) -> list[str]:
+    """The sequential pipeline's studies, one per stage."""
+    return [f"{name}-{prefix.rstrip('.')}" for prefix in STAGES]
+
+
+def sequential(folder: Path, name: str, seed: int, networks: int, quick: bool) -> None:
+    """Three stages, each its own study fixing what the stages before it chose (their knees). The first starts with
+    the baselines, as every study does; a later one starts from the previous stage's knee (trained again: it counts)."""
     fixed: dict = {}
     float_dense = _float_dense(folder, name, seed, quick)
-    start = 0
-    for i, prefix in enumerate(STAGES):  # the study seeds each stage's sampler
-        budget = trials if i == len(STAGES) - 1 else (i + 1) * (trials // len(STAGES))
+    for i, (prefix, stage) in enumerate(zip(STAGES, stages(name))):
+        budget = networks - (len(STAGES) - 1) * (networks // len(STAGES)) if i == 0 else networks // len(STAGES)
         later = {k: v for k, v in float_dense.items() if k.startswith(STAGES[i + 1:])}  # not chosen yet
         sampler = {"_target_": "optuna.samplers.PartialFixedSampler", "fixed_params": fixed | later,
-                   "base_sampler": compose(folder, name, seed, 1, quick)["sampler"]}  # the joint search's own
-        cfg = compose(folder, name, seed, budget, quick, sampler)
-        study = run(cfg)
-        # a stage's trials: its share of the complete ones in asking order (a resumed run finds the same)
-        stage = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)[start:budget]
-        start = budget
-        knee = pareto.knee(pareto.points(stage, cfg["objectives"]), cfg["objectives"])
+                   "base_sampler": compose(folder, stage, seed, 1, quick)["sampler"]}  # the joint search's own
+        cfg = compose(folder, stage, seed, budget, quick, sampler)
+        if i and storage.existing(Location.of(cfg["study"])) is None:  # not the baselines: the previous knee
+            optuna.create_study(study_name=stage, storage=for_study(Location.of(cfg["study"])),
+                                directions=[DIRECTIONS[o] for o in cfg["objectives"]]).enqueue_trial(float_dense | fixed)
+        study = until_trained(cfg, budget)
+        knee = pareto.knee(pareto.points(study.get_trials(), cfg["objectives"]), cfg["objectives"])
         fixed |= {k: v for k, v in study.trials[knee.trial].params.items() if k.startswith(prefix)}
 
 
@@ -113,19 +142,24 @@ def neighbours(folder: Path, quick: bool, workers: Workers) -> list[dict]:
             for label, ref in refs.items()]
 
 
-def curve(folder: Path, name: str, seed: int, trials: int, quick: bool) -> dict:
-    """Hypervolume after each completed trial, where the baselines stand, and how many trials repeated a network
-    evaluated before (told its result, not trained again)."""
-    cfg = compose(folder, name, seed, trials, quick)
-    study = optuna.load_study(study_name=name, storage=for_study(Location.of(cfg["study"])))
-    done = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.datetime_complete)
+def curve(folder: Path, name: str, seed: int, networks: int, quick: bool) -> dict:
+    """Hypervolume after each network trained, where the baselines stand, and how many trials repeated a network
+    evaluated before (told its result, not trained again: a repeat adds no point to the front). The sequential
+    pipeline's stages are read as one run, in the order their trials completed."""
+    done = []
+    for study_name in stages(name) if name.startswith("sequential") else [name]:
+        cfg = compose(folder, study_name, seed, networks, quick)
+        study = optuna.load_study(study_name=study_name, storage=for_study(Location.of(cfg["study"])))
+        done += study.get_trials(states=(TrialState.COMPLETE,))
+    done.sort(key=lambda t: t.datetime_complete)
     objectives, reference = cfg["objectives"], cfg["pareto"]["reference"]
-    hv = [pareto.hypervolume(pareto.points(done[:k], objectives), objectives, reference) for k in range(1, len(done) + 1)]
+    hv = [pareto.hypervolume(pareto.points(done[:k + 1], objectives), objectives, reference)
+          for k, t in enumerate(done) if REPEAT_OF not in t.user_attrs]
     pts = pareto.points(done, objectives)
     baselines = {b.baseline: {"dominated_by": dominators(b, pts, objectives), **{k: b.values[k] for k in objectives}}
                  for b in pts if b.baseline}
     return {"hypervolume": hv, "baselines": baselines, "front": len(pareto.front(pts)),
-            "repeats": sum(pareto.REPEAT_OF in t.user_attrs for t in done)}
+            "repeats": len(done) - len(trained(done))}
 
 
 def dominators(baseline: pareto.Point, pts: list[pareto.Point], objectives: list[str]) -> list[int]:
@@ -168,7 +202,7 @@ def report(results: dict, trials: int, seeds: list[int], plot: Path, minutes: fl
     final = {m: [results[m][s]["hypervolume"][-1] for s in seeds] for m in METHODS}
     needs = [trials_to_reach(results["joint"][s]["hypervolume"], results["random"][s]["hypervolume"][-1]) for s in seeds]
     took = f", {minutes:.0f} minutes in all" if minutes is not None else ""
-    lines = [f"{len(seeds)} seeds x {trials} trials per method ({machine()}{took}); hypervolume "
+    lines = [f"{len(seeds)} seeds x {trials} networks trained per method ({machine()}{took}); hypervolume "
              "of (validation accuracy, predicted latency) against the fixed reference point `pareto.reference`.", "",
              "| method | final hypervolume (mean) | per seed | front size (mean) | repeats (mean) |",
              "|---|---|---|---|---|"]
@@ -181,23 +215,23 @@ def report(results: dict, trials: int, seeds: list[int], plot: Path, minutes: fl
     beats = sum(j > q for j, q in zip(final["joint"], final["sequential"]))
     int8 = [bool(results["joint"][s]["baselines"].get("int8", {}).get("dominated_by")) for s in seeds]
     fractions = [n / trials if n else 1.0 for n in needs]
-    lines += ["", f"- Trials the joint search needs to reach random search's final hypervolume, per seed: "
+    lines += ["", f"- Networks the joint search trains to reach random search's final hypervolume, per seed: "
               f"{', '.join(shown)}; {np.mean(fractions):.2f} of the budget on average (goal: at most 1/3 on average "
               "and 1/2 on every seed).",
               f"- Joint beats the sequential pipeline at equal budget on {beats} of {len(seeds)} seeds (goal: every seed).",
               f"- The uniform 8-bit baseline is dominated by another network of the joint search on {sum(int8)} of "
               f"{len(seeds)} seeds (goal: every seed).",
-              "- Repeats: trials whose network the study had already evaluated; they are told its result, not "
-              "trained again, and count toward the trial budget.",
+              "- Repeats: trials whose network the study had already evaluated; they are told its result, are not "
+              "trained again, and do not count toward the budget: every method trains the same number of networks.",
               "", *neighbourhood(near),
-              "", f"![hypervolume against completed trials]({plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot})"]
+              "", f"![hypervolume against networks trained]({plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot})"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in METHODS:
         curves = np.array([results[m][s]["hypervolume"][:trials] for s in seeds])
         x = np.arange(1, curves.shape[1] + 1)
         ax.plot(x, curves.mean(0), label=m)
         ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2)
-    ax.set_xlabel("completed trials")
+    ax.set_xlabel("networks trained")
     ax.set_ylabel("hypervolume")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -209,9 +243,9 @@ def report(results: dict, trials: int, seeds: list[int], plot: Path, minutes: fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="digits, 1 seed, 6 trials (the test suite runs this)")
+    parser.add_argument("--quick", action="store_true", help="digits, 1 seed, 6 networks (the test suite runs this)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--networks", type=int, default=None, help="networks each method trains")
     parser.add_argument("--folder", type=Path, default=ROOT / "outputs" / "bench-search")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--no-run", action="store_true", help="re-read the studies of the last run, run nothing")
@@ -220,7 +254,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
-    trials = args.trials or (6 if args.quick else 30)
+    trials = args.networks or (6 if args.quick else 30)
     done = args.folder / "results.json"
     if not args.no_run:
         if (args.folder / "mlflow.db").exists() and not args.resume:
@@ -233,7 +267,8 @@ def main() -> None:
                     if method == "sequential":
                         sequential(args.folder, name, seed, trials, args.quick)
                     else:  # the default sampler against the other conf/sampler options
-                        run(compose(args.folder, name, seed, trials, args.quick, None if method == "joint" else method))
+                        until_trained(compose(args.folder, name, seed, trials, args.quick,
+                                              None if method == "joint" else method), trials)
             near = neighbours(args.folder, args.quick, workers)
         minutes = None if args.resume else (time.monotonic() - started) / 60
     else:

@@ -15,7 +15,7 @@ def test_quick_bench_search_writes_its_section(tmp_path, shared_cache):
     results = json.loads((folder / "results.json").read_text())
     for method in ("joint", "random", "sequential"):
         curve = results[method]["0"]["hypervolume"]
-        assert len(curve) == 6 and curve == sorted(curve)  # one point per completed trial, never decreasing
+        assert len(curve) == 6 and curve == sorted(curve)  # one point per network trained, never decreasing
         assert set(results[method]["0"]["baselines"]) == {"float", "int8"}
     near = results["neighbours"]  # the int8 baseline again, evaluated as its trial was, then its neighbours
     assert near[0]["network"] == "uniform 8-bit baseline" and len(near) > 1
