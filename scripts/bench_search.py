@@ -66,7 +66,7 @@ def trained(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenT
 def until_trained(cfg: dict, networks: int) -> optuna.Study:
     """Run (or resume) the study until it has trained `networks` networks, repeats not counted."""
     n_trials = networks
-    for _ in range(3 * networks):  # each round asks for as many trials as networks are missing
+    for _ in range(3 * networks + 10):  # each round asks for as many trials as networks are missing
         study = run({**cfg, "n_trials": n_trials})
         done = study.get_trials(states=(TrialState.COMPLETE,))
         missing = networks - len(trained(done))

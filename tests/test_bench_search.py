@@ -17,6 +17,7 @@ def test_quick_bench_search_writes_its_section(tmp_path, shared_cache):
         curve = results[method]["0"]["hypervolume"]
         assert len(curve) == 6 and curve == sorted(curve)  # one point per network trained, never decreasing
         assert set(results[method]["0"]["baselines"]) == {"float", "int8"}
+    assert all((folder / f"sequential-s0-{stage}").is_dir() for stage in ("width", "sparsity", "bits"))  # a study each
     near = results["neighbours"]  # the int8 baseline again, evaluated as its trial was, then its neighbours
     assert near[0]["network"] == "uniform 8-bit baseline" and len(near) > 1
     assert {n["network"] for n in near[1:]} >= {"`width.head=0.75`", "`sparsity.b1.expand=0.25`"}
