@@ -50,18 +50,20 @@ def study_command(folder: Path, name: str, trials: int, workers: int, quick: boo
 
 
 def trials_of(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's evaluated trials: a repeat is told a stored result (and its evaluate_s) without a worker."""
-    from search import pareto, storage
+    from search import storage
 
-    done = storage.load(folder / name, name).get_trials(states=(TrialState.COMPLETE,))
-    return [t for t in done if pareto.REPEAT_OF not in t.user_attrs]
+    return storage.load(folder / name, name).get_trials(states=(TrialState.COMPLETE,))
 
 
-def per_trial(trials: list[optuna.trial.FrozenTrial]) -> dict:
+def per_trial(done: list[optuna.trial.FrozenTrial]) -> dict:
+    """Costs over the evaluated trials only: a repeat is told a stored result (and its evaluate_s) without a worker."""
+    from search.pareto import REPEAT_OF
+
+    trials = [t for t in done if REPEAT_OF not in t.user_attrs]
     wall = np.array([(t.datetime_complete - t.datetime_start).total_seconds() for t in trials])
     inside = np.array([t.user_attrs["evaluate_s"] for t in trials])
     span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
-    return {"trials": len(trials), "wall_s": float(wall.mean()), "evaluate_s": float(inside.mean()),
+    return {"trials": len(done), "repeats": len(done) - len(trials), "wall_s": float(wall.mean()), "evaluate_s": float(inside.mean()),
             "outside_share": float(1 - inside.sum() / wall.sum()), "per_minute": 60 * len(trials) / span,
             "mmacs": float(np.mean([t.user_attrs["macs"] for t in trials]) / 1e6)}
 
@@ -99,7 +101,7 @@ def report(results: dict) -> str:
     default, one, two = results["default"], results["workers"]["1"], results["workers"]["2"]
     m = results["machinery"]
     lines = [f"`python -m search target=snapdragon665`, {one['trials']} trials per study, supernet cached, on {machine()}. "
-             f"Only evaluated trials are counted: repeats (the default study's {one['trials'] - default['trials']}) are "
+             f"Only evaluated trials are counted: repeats (the default study's {default['repeats']}) are "
              "told a stored result without a worker.",
              "", "| study | workers | trial wall s (mean) | inside the evaluator s | outside the evaluator "
              "| trials per minute | network MMACs (mean) |", "|---|---|---|---|---|---|---|"]

@@ -76,8 +76,10 @@ def until_trained(cfg: dict, networks: int) -> optuna.Study:
     raise SystemExit(f"{cfg['study']['name']}: the sampler keeps proposing networks it has evaluated")
 
 
-def stages(name: str) -> list[str]:
-    """The sequential pipeline's studies, one per stage."""
+def studies(name: str) -> list[str]:
+    """The studies a method's run is made of: one, or the sequential pipeline's one per stage."""
+    if not name.startswith("sequential"):
+        return [name]
     return [f"{name}-{prefix.rstrip('.')}" for prefix in STAGES]
 
 
@@ -86,7 +88,7 @@ def sequential(folder: Path, name: str, seed: int, networks: int, quick: bool) -
     the baselines, as every study does; a later one starts from the previous stage's knee (trained again: it counts)."""
     fixed: dict = {}
     float_dense = _float_dense(folder, name, seed, quick)
-    for i, (prefix, stage) in enumerate(zip(STAGES, stages(name))):
+    for i, (prefix, stage) in enumerate(zip(STAGES, studies(name))):
         budget = networks - (len(STAGES) - 1) * (networks // len(STAGES)) if i == 0 else networks // len(STAGES)
         later = {k: v for k, v in float_dense.items() if k.startswith(STAGES[i + 1:])}  # not chosen yet
         sampler = {"_target_": "optuna.samplers.PartialFixedSampler", "fixed_params": fixed | later,
@@ -147,7 +149,7 @@ def curve(folder: Path, name: str, seed: int, networks: int, quick: bool) -> dic
     evaluated before (told its result, not trained again: a repeat adds no point to the front). The sequential
     pipeline's stages are read as one run, in the order their trials completed."""
     done = []
-    for study_name in stages(name) if name.startswith("sequential") else [name]:
+    for study_name in studies(name):
         cfg = compose(folder, study_name, seed, networks, quick)
         study = optuna.load_study(study_name=study_name, storage=for_study(Location.of(cfg["study"])))
         done += study.get_trials(states=(TrialState.COMPLETE,))

@@ -89,11 +89,11 @@ def width_ladder(folder: Path, study: list[str]) -> dict[str, dict]:
     predictor = latency.for_target(cfg["target"])
     base = space.baselines()["float"]
     ladder = {w: {k: w if k.startswith("width.") else v for k, v in base.items()} for w in cfg["space"]["widths"] if w < 1}
+    candidates = {w: space.sample(optuna.trial.FixedTrial(p)) for w, p in ladder.items()}
     with Workers(None, None, 1, 0) as workers:
         shared = [workers.share(d), workers.share(trained)]
         seed = trial_seed(cfg["seed"], list(space.baselines()).index("float"))
-        refs = {w: workers.submit(evaluate, settings, space.sample(optuna.trial.FixedTrial(p)), *shared, cfg["finetune"],
-                                  seed) for w, p in ladder.items()}
+        refs = {w: workers.submit(evaluate, settings, c, *shared, cfg["finetune"], seed) for w, c in candidates.items()}
         evaluated = {w: workers.result(ref)[0] for w, ref in refs.items()}
     x_test = parity.inputs(d.test, d.mean, d.std)
     out = {}
@@ -104,8 +104,7 @@ def width_ladder(folder: Path, study: list[str]) -> dict[str, dict]:
         out[f"width-{w}"] = {"width": w, "accuracy": metrics["accuracy"], "test_accuracy": metrics["test_accuracy"],
                              "tflite_path": str(path), "tflite_test_accuracy": checked.accuracy,
                              "tflite_agreement": checked.agreement, "tflite_kb": path.stat().st_size / 1024,
-                             "predicted_latency_ms": predictor.predict(space.layers(space.sample(
-                                 optuna.trial.FixedTrial(ladder[w]))))}
+                             "predicted_latency_ms": predictor.predict(space.layers(candidates[w]))}
     return out
 
 
