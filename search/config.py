@@ -118,6 +118,11 @@ def check_number(cfg: Mapping, key: str, minimum: float = 0.0, allow_none: bool 
         raise ConfigError(f"{key}: must be a number {bound}{' or null' if allow_none else ''}, got {value!r}")
 
 
+def check_flag(cfg: Mapping, key: str) -> None:
+    if not isinstance(value_at(cfg, key), bool):
+        raise ConfigError(f"{key}: must be true or false, got {value_at(cfg, key)!r}")
+
+
 def value_at(cfg: Mapping, key: str) -> Any:
     """The value at a dotted key; a missing one is a ConfigError naming it."""
     node: Any = cfg
@@ -215,6 +220,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     check_int(cfg, "ray.cpus_per_trial", 1)
     check_int(cfg, "ray.max_retries", 0)
     check_number(cfg, "ray.gpus_per_trial", strict=False)
+    check_flag(cfg, "ray.in_order")
     _validate_data(cfg)
     _validate_sampler(cfg)
     _validate_space(cfg)
@@ -348,8 +354,7 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
     held = target.get("bits")
     if held is not None and (not isinstance(held, list) or not held or any(b not in kernels for b in held)):
         raise ConfigError(f"target.bits: a non-empty list of bit-widths that target.kernels declares, got {held!r}")
-    if not isinstance(value_at(cfg, "target.sparse_kernels"), bool):
-        raise ConfigError("target.sparse_kernels: must be true or false")
+    check_flag(cfg, "target.sparse_kernels")
     for kernel in _mapping(cfg, "target.speedups"):
         if kernel not in KERNELS:
             raise ConfigError(f"target.speedups.{kernel}: unknown kernel; allowed: {', '.join(KERNELS)}")

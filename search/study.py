@@ -171,12 +171,13 @@ class Settings:
     refresh_every: int  # publish the front every this many complete trials
     reference: Mapping[str, float]  # the hypervolume's reference point
     tracking_uri: str
+    in_order: bool  # tell results in the order trials were asked: the same seed makes the same study
 
     @classmethod
     def of(cls, cfg: Mapping[str, Any]) -> Settings:
         return cls(storage.Location.of(cfg["study"]), cfg["n_trials"], cfg["seed"],
                    tuple(cfg["objectives"]), dict(cfg["budget"]), cfg["target"]["file"], cfg["pareto"]["every"],
-                   dict(cfg["pareto"]["reference"]), cfg["tracking"]["uri"])
+                   dict(cfg["pareto"]["reference"]), cfg["tracking"]["uri"], cfg["ray"]["in_order"])
 
 
 @dataclass(frozen=True)
@@ -226,14 +227,20 @@ class Driver:
         A repeat is a complete trial (as in Optuna's recipe for duplicated samples) and counts: n_trials means
         what Optuna, a resume and `study.optimize` count, and a sampler that keeps proposing evaluated networks
         ends the study rather than spinning. So a study may train fewer than n_trials networks: `repeats` says
-        how many fewer."""
+        how many fewer.
+
+        With `in_order`, trials on workers are told in the order they were asked (a result that comes early waits
+        in Ray's object store). Then what the sampler has seen when it proposes a trial depends on the trial's
+        number and the number of slots alone, not on which worker finished first: the same seed makes the same
+        study. A slot may idle while the oldest trial finishes."""
         n_trials = self.settings.n_trials
         bar = tqdm(total=n_trials, initial=self.complete, unit="trial", dynamic_ncols=True)
         try:
             while self.complete < n_trials:
                 while len(self.running) < self.workers.slots and self.complete + self.pending < n_trials:
                     self.start()
-                for ref in self.workers.wait(list(self.running)):
+                running = list(self.running)  # in the order the trials were asked
+                for ref in self.workers.wait(running[:1] if self.settings.in_order else running):
                     self.finish(ref)
                 bar.n = self.complete
                 bar.set_postfix(running=len(self.running), failed=self.failed, repeats=self.repeats)

@@ -1,11 +1,7 @@
 """No network is evaluated twice: a candidate's identity is the network it builds, and the driver tells a
 trial of a network already evaluated (or being evaluated) that result instead of training it again. The
-driver runs here against a real Optuna study, MLflow store, space and predictor, with a stand-in for the
-Ray workers that records what was submitted and answers at once: nothing trains, so no Ray."""
+driver runs here on fake workers (tests/drivers.py): nothing trains, so no Ray."""
 from __future__ import annotations
-
-import itertools
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -14,68 +10,12 @@ import torch
 from mlflow import MlflowClient
 
 import spaces
-from search import latency, pareto
+from search import pareto
 from search import study as driver
-from search.config import compose, resolve
-from search.tracking import Tracker
-from search.workers import TrialFailed
 from spaces.candidate import identity
+from tests.drivers import FakeWorkers, config, digits_space, make_driver, runs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class FakeWorkers:
-    """Ray's part of `Workers`: records submissions; `wait` hands back the oldest running trial (or the newest,
-    `lifo`); a trial's accuracy is 90 + its number (its seed, at seed 0), so a copied result shows whose it is."""
-
-    def __init__(self, slots: int, lifo: bool = False, fail: set[int] = frozenset()):
-        self.slots, self.lifo, self.fail = slots, lifo, fail
-        self.submitted: list[int] = []  # trial numbers
-        self.refs = itertools.count()
-
-    def submit(self, fn, space_settings, candidate, data, supernet, finetune, seed):
-        self.submitted.append(seed)
-        return (next(self.refs), seed)
-
-    def wait(self, refs):
-        return [max(refs) if self.lifo else min(refs)] if refs else []
-
-    def result(self, ref):
-        number = ref[1]
-        if number in self.fail:
-            raise TrialFailed("RuntimeError: out of memory")
-        return ({"accuracy": 90.0 + number, "test_accuracy": 89.0 + number, "evaluate_s": 0.1},
-                {"w": np.full(3, number, dtype=np.float32)}), "node-1"
-
-    def cancel(self, refs):
-        pass
-
-
-def config(tmp_path: Path, n_trials: int) -> dict:
-    return resolve(compose(["data=digits", f"study.dir={tmp_path}/study", f"cache_dir={tmp_path}/cache",
-                            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"n_trials={n_trials}",
-                            "pareto.every=100"]))
-
-
-def digits_space(cfg: dict, **settings):
-    return spaces.create(**{**cfg["space"], **settings}, input_shape=(1, 8, 8), num_classes=10)
-
-
-def make_driver(cfg: dict, workers: FakeWorkers, sampler: optuna.samplers.BaseSampler | None = None):
-    """The driver `study.run` makes (a resumed study too), on fake workers."""
-    space = digits_space(cfg)
-    study = driver._open(cfg, space)
-    if sampler is not None:
-        study.sampler = sampler
-    tracker = Tracker(cfg["tracking"]["uri"], cfg["study"]["name"])
-    tracker.start_study(cfg, [], "", {})
-    complete = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
-    return driver.Driver(driver.Settings.of(cfg), study, tracker, workers, space, latency.for_target(cfg["target"]), {},
-                         driver.Inputs({}, None, None, {}), complete=complete)
-
-
-def runs(cfg: dict) -> dict[int, object]:
-    return Tracker(cfg["tracking"]["uri"], cfg["study"]["name"], create=False).trial_runs()
 
 
 # --- identity -----------------------------------------------------------------------------------------
@@ -141,28 +81,28 @@ def test_a_repeat_of_a_complete_trial_is_told_its_result_and_not_trained(tmp_pat
 
 @pytest.mark.parametrize("fails", [False, True])
 def test_a_repeat_of_a_running_trial_waits_for_its_result(tmp_path, fails):
-    """Trial 2 proposes the float network while trial 0 still trains it: it takes no slot, and gets trial 0's
-    result when that arrives; if trial 0 fails, it fails with it (the sampler may propose the network again)."""
+    """Trial 2 proposes the int8 network while trial 1 still trains it: it takes no slot, and gets trial 1's
+    result when that arrives; if trial 1 fails, it fails with it (the sampler may propose the network again)."""
     cfg = config(tmp_path, 3)
     space = digits_space(cfg)
-    workers = FakeWorkers(slots=2, lifo=True, fail={0} if fails else set())
+    workers = FakeWorkers(slots=2, fail={1} if fails else set(), duration=lambda n: 1 + n)  # 0 ends first
     d = make_driver(cfg, workers)
-    d.study.enqueue_trial(space.baselines()["float"])
+    d.study.enqueue_trial(space.baselines()["int8"])
     d.loop()
     trials = d.study.trials
     State = optuna.trial.TrialState
     if not fails:
         assert workers.submitted == [0, 1] and d.repeats == 1 and d.failed == 0
-        assert trials[2].state == State.COMPLETE and trials[2].user_attrs["repeat_of"] == 0
-        assert trials[2].values == trials[0].values == [90.0, trials[0].user_attrs["latency_ms"]]
+        assert trials[2].state == State.COMPLETE and trials[2].user_attrs["repeat_of"] == 1
+        assert trials[2].values == trials[1].values == [91.0, trials[1].user_attrs["latency_ms"]]
         with np.load(MlflowClient(cfg["tracking"]["uri"]).download_artifacts(
                 runs(cfg)[2].info.run_id, "weights.npz", str(tmp_path))) as npz:
-            assert npz["w"].tolist() == [0.0, 0.0, 0.0]  # trial 0's weights
+            assert npz["w"].tolist() == [1.0, 1.0, 1.0]  # trial 1's weights
     else:
         assert workers.submitted[:2] == [0, 1] and 2 not in workers.submitted and d.failed == 2
-        assert [trials[0].state, trials[2].state] == [State.FAIL, State.FAIL]
+        assert [trials[1].state, trials[2].state] == [State.FAIL, State.FAIL]
         error = runs(cfg)[2].data.tags["error"]
-        assert error.startswith("repeat of trial 0, which failed: RuntimeError")
+        assert error.startswith("repeat of trial 1, which failed: RuntimeError")
         assert d.complete == 3 and d.repeats == 0  # the study went on with other networks
 
 
