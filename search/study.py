@@ -338,8 +338,11 @@ class Driver:
             publish_front(self.study, self.tracker, self.settings, self.complete)
 
     def stop(self, overrides: list[str]) -> None:
-        """Ctrl-C: cancel the running trials, FAIL them (and those waiting for them) in Optuna, KILLED in MLflow,
-        and say how to resume."""
+        """Ctrl-C: keep the trials that have finished (told in order, their results may wait for an older trial),
+        cancel the running ones, FAIL them (and those waiting for them) in Optuna, KILLED in MLflow, and say how
+        to resume."""
+        while ready := self.workers.wait(list(self.running), timeout=0):
+            self.finish(ready[0])
         self.workers.cancel(list(self.running))
         stopped = [(t, p, r) for t, p, r, _ in self.running.values()] + [w for ws in self.waiting.values() for w in ws]
         for trial, predicted, run_id in stopped:

@@ -33,10 +33,11 @@ class FakeWorkers:
         self.submitted.append(seed)
         return (self.clock + self.duration(seed), next(self.refs), seed)
 
-    def wait(self, refs):
-        if not refs:
+    def wait(self, refs, timeout=None):
+        """The first to finish; with timeout=0, only one finished by now."""
+        first = min(refs, default=None)
+        if first is None or (timeout == 0 and first[0] > self.clock):
             return []
-        first = min(refs)
         self.clock = max(self.clock, first[0])
         return [first]
 

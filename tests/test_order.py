@@ -36,3 +36,17 @@ def test_in_order_the_same_seed_makes_the_same_study_whichever_worker_finishes_f
 def test_in_order_is_a_flag(tmp_path):
     with pytest.raises(ConfigError, match=r"^ray.in_order: must be true or false, got 'yes'"):
         validate(config(tmp_path, 2, "ray.in_order=yes"))
+
+
+def test_stopping_keeps_the_results_that_wait_for_an_older_trial(tmp_path, capsys):
+    """Ctrl-C while trial 0 still trains and trial 1 has finished (its result waiting for trial 0's): trial 1 is
+    kept, trial 0 is FAIL."""
+    workers = FakeWorkers(slots=2, duration=lambda n: 10.0 if n == 0 else 1.0)
+    d = make_driver(config(tmp_path, 4), workers)
+    d.start()
+    d.start()
+    workers.clock = 5.0
+    d.stop([])
+    State = optuna.trial.TrialState
+    assert [t.state for t in d.study.trials] == [State.FAIL, State.COMPLETE] and d.complete == 1
+    assert "1 complete trials kept, 1 running trial(s) marked FAIL" in capsys.readouterr().out
