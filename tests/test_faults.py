@@ -184,7 +184,8 @@ def test_optuna_and_mlflow_agree_after_everything(afternoon):
     trials = study(folder).trials
     states = Counter(t.state for t in trials)
     assert states[TrialState.COMPLETE] == events["target"] and states[TrialState.RUNNING] == 0
-    assert states[TrialState.FAIL] >= 3  # the crashed worker, Ctrl-C, SIGKILL
+    # the crashed worker and SIGKILL's trial; Ctrl-C fails the trials still running then, none if they had all finished
+    assert states[TrialState.FAIL] >= 2
     # the worker killed under ray.max_retries=1 was re-run, not failed
     before = events["after_sigkill"]
     assert states[TrialState.FAIL] == before[TrialState.FAIL] + before[TrialState.RUNNING]
