@@ -203,7 +203,7 @@ def test_optuna_and_mlflow_agree_after_everything(afternoon):
         elif run is not None:
             assert run.info.status in ("FAILED", "KILLED")
     statuses = Counter(r.info.status for r in runs)
-    assert statuses["KILLED"] >= 2 and statuses["RUNNING"] == 0
+    assert statuses["KILLED"] >= 1 and statuses["RUNNING"] == 0  # SIGKILL's trial; Ctrl-C's too if one still ran
     crashed = [r for r in runs if r.info.status == "FAILED"]
     assert crashed and all("died" in r.data.tags["error"].lower() or "crash" in r.data.tags["error"].lower()
                            for r in crashed), [r.data.tags.get("error") for r in crashed]
