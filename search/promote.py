@@ -38,7 +38,7 @@ from . import data as datasets
 from .cli import command
 from .config import ConfigError, check_int, check_number, value_at
 from .errors import UserError
-from .backends import litert
+from .backends import litert, litert_audit
 from .backends import onnx as backend
 from .runners import litert as litert_runner
 from .runners.adb import AdbError, AdbRunner
@@ -69,6 +69,7 @@ class Request:
     max_drop: float
     tolerance: float
     min_agreement: float
+    litert_min_agreement: float
     model_name: str
     alias: str
     threads: int  # for the host latency measurements
@@ -79,7 +80,7 @@ class Request:
         check(cfg)
         return cls(storage.Location.of(cfg["study"]), cfg["tracking"]["uri"], cfg["cache_dir"], cfg["trial"],
                    cfg["pick"], cfg["rank_by"], cfg["latency_budget_ms"], cfg["size_budget_kb"], cfg["max_drop"],
-                   cfg["tolerance"], cfg["min_agreement"], cfg["model_name"], cfg["alias"], cfg["latency_threads"],
+                   cfg["tolerance"], cfg["min_agreement"], cfg["litert_min_agreement"], cfg["model_name"], cfg["alias"], cfg["latency_threads"],
                    dict(cfg["phone"]))
 
 
@@ -136,6 +137,7 @@ def check(cfg: Mapping[str, Any]) -> None:
     check_number(cfg, "max_drop", strict=False)
     check_number(cfg, "tolerance", strict=False)
     check_number(cfg, "min_agreement", strict=False)
+    check_number(cfg, "litert_min_agreement", strict=False)
     check_int(cfg, "latency_threads", 1)
     journal = Path(cfg["study"]["dir"]) / storage.JOURNAL
     if not cfg["study"]["storage"] and not journal.is_file():
@@ -296,26 +298,35 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     return Promotion(**{**asdict(promotion), "version": version})
 
 
-def gate(checked: parity.Parity, point: pareto.Point, r: Request, what: str, where=lambda: "") -> None:
+def gate(checked: parity.Parity, point: pareto.Point, r: Request, what: str, where=lambda: "",
+         agreement_key: str = "min_agreement") -> None:
     """ParityError unless the file's test accuracy is within `tolerance` of the trial's and its top-1 agreement
-    with the trial's network at least `min_agreement`; `where()` (computed only then) says where it differs."""
+    with the trial's network at least the `agreement_key` setting; `where()` (computed only then) says where it
+    differs."""
     gap = abs(checked.accuracy - point.values["test_accuracy"])
-    if gap > r.tolerance or checked.agreement < r.min_agreement:
+    least = getattr(r, agreement_key)
+    if gap > r.tolerance or checked.agreement < least:
         raise ParityError(
             f"parity: trial {point.trial}'s {what} scores {checked.describe()} on the test split; the trial "
             f"scored {point.values['test_accuracy']:.2f}%: {gap:.2f} points (tolerance {r.tolerance}), "
-            f"agreement {checked.agreement:.2f}% (min_agreement {r.min_agreement}); nothing registered."
-            + where())
+            f"agreement {checked.agreement:.2f}% ({agreement_key} {least}); nothing registered." + where())
 
 
 def _tflite(net, data, x_test, net_logits, point, r: Request, path: Path) -> dict:
-    """The trial as a `.tflite` file, gated like the ONNX file and timed on XNNPACK; or why it cannot be one."""
+    """The trial as a `.tflite` file, timed on XNNPACK, or why it cannot be one. Its gate: the file holds the
+    network's precision plan (`litert_audit`: exact, the same on every CPU), then accuracy within `tolerance`
+    and agreement at least `litert_min_agreement` (its integer kernels round their own way)."""
     try:
         path = litert.export(net, data.input_shape, path)
     except ValueError as e:
         return {"tflite_refused": str(e)}
+    problems = litert_audit.audit(path, net, data.input_shape)
+    if problems:
+        raise ParityError(f"parity: trial {point.trial}'s .tflite file does not hold the network's precision plan: "
+                          + "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+                          + "; nothing registered.")
     checked = parity.compare(litert.outputs(path, x_test), net_logits, data.test.y)
-    gate(checked, point, r, ".tflite file")
+    gate(checked, point, r, ".tflite file", agreement_key="litert_min_agreement")
     timing = litert_runner.time_model(path, threads=r.threads)
     return {"tflite_path": str(path), "tflite_test_accuracy": checked.accuracy, "tflite_agreement": checked.agreement,
             "tflite_host_latency_ms": timing.median_ms, "parity": checked}

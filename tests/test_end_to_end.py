@@ -343,7 +343,7 @@ def test_rank_by_a_runtime_picks_the_knee_of_the_front_as_measured(study, knee, 
     monkeypatch.chdir(study)
     cfg = config.resolve(config.compose([f"study.name={STUDY}", f"tracking.uri={uri(study)}", "cache_dir=cache",
                                          "model_name=measured", "rank_by=onnxruntime", "tolerance=100",
-                                         "min_agreement=0"], "promote"))
+                                         "min_agreement=0", "litert_min_agreement=0"], "promote"))
     p = search.promote.promote(cfg)
     measured = {int(t): float(ms) for t, ms in
                 re.findall(r"rank_by=onnxruntime: trial (\d+): ([0-9.]+) ms measured", capsys.readouterr().err)}

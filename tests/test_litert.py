@@ -4,19 +4,25 @@ XNNPACK, computing what the torch network computes; refused, by layer, where a p
 The networks are tests/test_export.py's (a tiny MobileNetV2 space on scikit-learn's 8 x 8 digits), and every
 file runs in the real LiteRT interpreter. A float file is the torch network to float rounding. An int8 file runs
 integer kernels, whose requantization rounds differently from torch's float arithmetic by one step now and then;
-on these tiny, briefly trained networks that flips 1-2% of predictions (measured), so the bar for int8 agreement
-here is 95%: a file that quantized on grids of its own would agree on 30-60% (measured while building it)."""
+on these tiny, briefly trained networks that flips a few of the 397 test images, and how many depends on the
+network training made, which depends on the CPU's float paths (torch's, not XNNPACK's: the files' outputs were
+bit-identical under XNNPACK's AVX-512 and AVX2 paths, the latter under `qemu-x86_64 -cpu Haswell-v4`). So
+agreement is bounded in images, from that spread, and what makes a file wrong is checked exactly, by
+`litert_audit`, on files with each defect planted (tests/tflite_edit.py)."""
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from search.backends import get, litert
+from search.backends import get, litert, litert_audit
 from search.runners.litert import LiteRTRunner, time_model
 from spaces import Candidate
+from tests import tflite_edit
 from tests.test_export import INPUT, build, digits, make_space, sampled, torch_logits, train  # noqa: F401 (digits: a fixture)
 
 pytestmark = pytest.mark.slow  # converts networks (seconds each)
@@ -98,23 +104,95 @@ def test_an_int8_file_runs_int8_kernels_on_xnnpack_and_agrees_with_the_network(f
     assert path.stat().st_size < 0.5 * files["float"][1].stat().st_size
 
 
-def test_mixed_8_bit_and_float_layers_convert_and_run_on_xnnpack(space, trained, digits, tmp_path):
+def test_mixed_8_bit_and_float_layers_convert_and_run_on_xnnpack(space, mixed, digits):
     """A float layer between 8-bit ones stays a float kernel on float32 weights (the converter would otherwise make
     it an int8 kernel of its own), and the file agrees with the network."""
-    c = sampled(space, 5, **{n: 1.0 for n in space.width_names},
-                **{f"bits.{n}": (8, 32)[i % 2] for i, n in enumerate(space.layer_names)})
-    net = build(space, c, trained, digits)
-    path = litert.export(net, INPUT, tmp_path / "mixed.tflite")
+    net, path, candidate = mixed
     assert litert.delegated(litert.interpreter(path)) == 1
     it = litert.interpreter(path, xnnpack=False)  # every op visible
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     weights = [tensors[op["inputs"][1]] for op in it._get_ops_details()
                if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
     plain = [w for w in weights if "torch.nn.modules" in w["name"]]  # float layers: plain torch modules
-    assert len(plain) == sum(layer.bits == 32 for layer in space.layers(c))
+    assert len(plain) == sum(layer.bits == 32 for layer in space.layers(candidate))
     assert all(w["dtype"] == np.float32 for w in plain)
     assert sum(w["dtype"] == np.int8 for w in weights) >= len(weights) - len(plain) - 1  # a last int8 layer may
-    assert agreement(net, path, digits["x_test"]) >= 0.99                               # run as float on int8 weights
+    assert litert_audit.audit(path, net, INPUT) == []                                    # run as float on int8 weights
+    assert disagreements(net, path, digits["x_test"]) <= MIXED_DISAGREEMENTS
+
+
+# Training seeds 0-7 of this network, natively (AMD EPYC, AVX-512 VNNI) and with torch capped at AVX2, disagreed
+# on 0-4 of the 397 images (4 here: the seed the test uses); twice the worst is the bound. A planted weight-scale
+# defect (x1.25 on one layer) disagreed on 32, and a zero point one step off on 4: agreement cannot tell the
+# latter from a correct file, which is why the audit below exists.
+MIXED_DISAGREEMENTS = 8
+
+
+def disagreements(net, path, x) -> int:
+    return int((torch_logits(net, x).argmax(1) != litert.outputs(path, x).argmax(1)).sum())
+
+
+@pytest.fixture(scope="module")
+def mixed(space, trained, digits, tmp_path_factory):
+    """The mixed 8-bit/float network of the test above, its file and its candidate."""
+    c = sampled(space, 5, **{n: 1.0 for n in space.width_names},
+                **{f"bits.{n}": (8, 32)[i % 2] for i, n in enumerate(space.layer_names)})
+    net = build(space, c, trained, digits)
+    return net, litert.export(net, INPUT, tmp_path_factory.mktemp("mixed") / "mixed.tflite"), c
+
+
+@pytest.mark.parametrize("kind", ["float", "pruned", "int8"])
+def test_every_file_the_backend_writes_holds_its_networks_precision_plan(files, kind):
+    net, path = files[kind]
+    assert litert_audit.audit(path, net, INPUT) == []
+
+
+@pytest.mark.parametrize("what,by,found", [
+    ("weight_scale", 1.02, "weight scales differ"),
+    ("input_scale", 1.02, "input grid scale"),
+    ("input_zero_point", 1, "zero point -12[0-9], the network quantizes it to"),
+])
+@pytest.mark.parametrize("which", ["int8", "mixed"])
+def test_a_scale_or_zero_point_planted_in_the_file_is_refused_naming_the_layer(files, mixed, which, what, by,
+                                                                               found, tmp_path):
+    net, path = mixed[:2] if which == "mixed" else files[which]
+    kernel = tflite_edit.integer_kernels(path)[0]
+    broken = tflite_edit.edit(path, tmp_path / "broken.tflite", kernel, what, by)
+    problems = litert_audit.audit(broken, net, INPUT)
+    assert problems and re.match(rf"layer '[\w.]+': .*{found}", problems[0])
+    litert.outputs(broken, np.zeros((1, *INPUT), np.float32))  # the file still loads and runs: only the audit sees it
+
+
+def test_a_float_layer_made_integer_is_refused(mixed, monkeypatch, tmp_path):
+    """litert-torch outside strict QDQ mode turns a float layer between int8 ones into an int8 kernel on weights
+    it quantizes itself: the real defect `_strict_qdq` exists for, planted by converting that way."""
+    net = mixed[0]
+    monkeypatch.setattr(litert, "_strict_qdq", contextlib.nullcontext)
+    broken = litert.export(net, INPUT, tmp_path / "broken.tflite")
+    problems = litert_audit.audit(broken, net, INPUT)
+    assert any(re.match(r"layer '[\w.]+': the plan runs it as a float32 kernel; the file has .*int8", p)
+               for p in problems), problems
+
+
+def test_a_missing_quantize_point_is_refused(mixed, monkeypatch, tmp_path):
+    """An exporter that drops one integer layer's input quantizer writes a file where that layer runs on a float
+    input (dequantized weights, a float kernel): planted by dropping it from the network the converter reads."""
+    net = mixed[0]
+    plain = litert.plain
+
+    def dropped(*args):
+        model, folded = plain(*args)
+        first = next(f for f in folded.values() if isinstance(model.get_submodule(f.path), litert._Int8Weights)
+                     and f.path.endswith(".layer"))
+        model.get_submodule(first.path.rpartition(".")[0]).quantize = torch.nn.Identity()
+        return model, folded
+
+    monkeypatch.setattr(litert, "plain", dropped)
+    broken = litert.export(net, INPUT, tmp_path / "broken.tflite")
+    monkeypatch.setattr(litert, "plain", plain)
+    problems = litert_audit.audit(broken, net, INPUT)
+    assert any("the plan runs it as a int8 kernel; the file has input float32" in p for p in problems), problems
+    assert any("a quantize point is missing" in p for p in problems), problems
 
 
 @pytest.mark.parametrize("bits", [4, 16])

@@ -100,7 +100,7 @@ def test_fastest_within_an_accuracy_drop_of_the_float_baseline():
     asked = search.promote.Request(
         where=Location("s", Path("s")), tracking_uri="sqlite:///m.db", cache_dir=".cache", trial=None, pick="fastest",
         rank_by="predicted", latency_budget_ms=None, size_budget_kb=None, max_drop=5.0, tolerance=1.0,
-        min_agreement=99.5, model_name="m", alias="candidate", threads=1, phone={})
+        min_agreement=99.5, litert_min_agreement=98.0, model_name="m", alias="candidate", threads=1, phone={})
     assert names[search.promote.choose(pts, asked, OBJECTIVES, pareto.accuracy_floor(pts, 5.0)).trial] == "A"
     with pytest.raises(ValueError, match="reaches accuracy 99.50"):
         pareto.fastest(pts, 99.5)

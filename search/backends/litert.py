@@ -82,8 +82,9 @@ def expressible(folded: dict[str, FoldedLayer]) -> None:
                              "XNNPACK (LiteRT backend: 5-8 or 32 bits per layer)")
 
 
-def plain(net: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
-    """The network as the converter reads it: `spaces.fold.deployable` with int8 activations and weights."""
+def plain(net: nn.Module, input_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, FoldedLayer]]:
+    """The network as the converter reads it (`spaces.fold.deployable` with int8 activations and weights), and
+    its layers by name."""
     model, folded = deployable(net, input_shape)
     expressible(folded)
     paths = dict(model.named_modules())
@@ -99,7 +100,7 @@ def plain(net: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
     for path, new in replace.items():
         parent, _, child = path.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
-    return model.eval()
+    return model.eval(), folded
 
 
 def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) -> Path:
@@ -108,7 +109,7 @@ def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) 
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}")
-    model = plain(net, input_shape)
+    model, _ = plain(net, input_shape)
     litert_torch, config = _converter()
     with _quiet(), _strict_qdq(), torch.no_grad():
         edge = litert_torch.convert(model, (torch.zeros(1, *input_shape),), quant_config=config)
