@@ -3,6 +3,7 @@ infeasible ones crossed, the baselines marked. The same picture twice: interacti
 self-contained so it opens offline and inside MLflow's artifact view) and PNG (matplotlib)."""
 from __future__ import annotations
 
+import textwrap
 from itertools import combinations
 from pathlib import Path
 from typing import Sequence
@@ -82,7 +83,7 @@ def write_png(pts: Sequence[Point], objectives: Sequence[str], path: Path, title
         ax.set_ylabel(LABELS.get(y, y))
         ax.grid(alpha=0.3)
     subplots[0][0].legend(loc="lower right")
-    fig.suptitle(title)
+    fig.suptitle("\n".join(textwrap.wrap(title, width=int(9 * fig.get_figwidth()))))  # ~9 characters an inch
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -239,11 +239,12 @@ class Driver:
             while self.complete < n_trials:
                 while len(self.running) < self.workers.slots and self.complete + self.pending < n_trials:
                     self.start()
+                bar.set_postfix(running=len(self.running), failed=self.failed, repeats=self.repeats)  # while they run
                 running = list(self.running)  # in the order the trials were asked
                 for ref in self.workers.wait(running[:1] if self.settings.in_order else running):
                     self.finish(ref)
                 bar.n = self.complete
-                bar.set_postfix(running=len(self.running), failed=self.failed, repeats=self.repeats)
+                bar.refresh()
                 if self.failed >= n_trials:
                     raise UserError(f"stopping: {self.failed} trials failed; see the FAILED runs in MLflow")
         finally:

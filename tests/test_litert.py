@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +142,35 @@ def mixed(space, trained, digits, tmp_path_factory):
                 **{f"bits.{n}": (8, 32)[i % 2] for i, n in enumerate(space.layer_names)})
     net = build(space, c, trained, digits)
     return net, litert.export(net, INPUT, tmp_path_factory.mktemp("mixed") / "mixed.tflite"), c
+
+
+QEMU = shutil.which("qemu-x86_64")
+RUN_FILES = """import sys, numpy as np
+from search.backends import litert
+x = np.load(sys.argv[1])
+np.savez(sys.argv[2], **{str(i): litert.outputs(p, x) for i, p in enumerate(sys.argv[3:])})
+"""
+
+
+@pytest.mark.skipif(QEMU is None, reason="needs Debian's qemu-user (.ci/run installs it)")
+def test_xnnpacks_avx2_path_computes_what_this_cpus_path_computes(files, mixed, digits, tmp_path):
+    """The same files run by the same LiteRT wheel in a process that sees an AVX2-only CPU (`qemu-x86_64 -cpu
+    Haswell-v4`: XNNPACK picks its microkernels, and their requantization, from CPUID): the integer kernels give
+    the same logits to the bit, the float ones to float rounding, so a file's agreement with its network does not
+    depend on which x86 CPU runs it."""
+    paths = [files["int8"][1], mixed[1], files["float"][1]]
+    x = digits["x_test"]
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run([QEMU, "-cpu", "Haswell-v4", sys.executable, "-c", RUN_FILES, str(tmp_path / "x.npy"),
+                           str(tmp_path / "out.npz"), *map(str, paths)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    emulated = np.load(tmp_path / "out.npz")
+    here = [litert.outputs(p, x) for p in paths]
+    np.testing.assert_array_equal(emulated["0"], here[0])  # all-integer file: the same to the bit
+    for i in (1, 2):  # float kernels: float rounding (measured 0 apart for these files; SSE4's path 4e-6 apart)
+        np.testing.assert_allclose(emulated[str(i)], here[i], rtol=0, atol=1e-4 * float(np.abs(here[i]).max()))
+    assert disagreements(mixed[0], mixed[1], x) <= MIXED_DISAGREEMENTS
 
 
 @pytest.mark.parametrize("kind", ["float", "pruned", "int8"])

@@ -39,6 +39,9 @@ from .files import save_atomically
 NAME = "litert"
 SUFFIX = ".tflite"
 Q = torch.ops.quantized_decomposed
+# TensorFlow's C++ start-up lines (oneDNN's notice, absl's pre-init warning) go to fd 2 straight, some from a thread
+# after the import returns, so `_quiet` cannot catch them; errors still print.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 class _Int8Activation(nn.Module):
