@@ -20,6 +20,7 @@ import spaces
 from . import latency, measurements, preflight, runners
 from .cli import command
 from .config import CONF_DIR, ROOT, ConfigError, space_error, validate_calibration
+from .domain import Domain
 from .errors import UserError
 from .measurements import Measurement
 
@@ -203,7 +204,8 @@ def calibrate(r: Request) -> latency.Report:
                   "fit_rows": len(fit_rows), "heldout_rows": len(held_out), "space": space.name,
                   "runner": settings, "report": asdict(report),
                   "proxy": f"{proxy['device']}; {proxy['assumption']}" if proxy else "none"}
-    predictor = latency.Predictor(**{**asdict(predictor), "provenance": provenance})
+    predictor = latency.Predictor(**{**asdict(predictor), "provenance": provenance,
+                                     "domain": Domain.of(networks).as_dict()})
     predictor.save(target["predictor"])
     _log(r, predictor, report, source)
     return report

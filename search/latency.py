@@ -180,6 +180,7 @@ class Predictor:
     border: float = 0.0  # a float/int8 border's cost as a share of a float residual add on the same tensor
     channel_tile: int = 1  # MACs counted on channels rounded up to this (calibration picks it: `best_tile`)
     provenance: dict[str, Any] = field(default_factory=dict)
+    domain: dict[str, Any] | None = None  # the networks it was fitted on, as bounds (`search.domain`); None: unknown
 
     def coefficient(self, name: str) -> float:
         """A fitted coefficient, or one derived when the measurements never exercised it: a precision's from
@@ -197,6 +198,15 @@ class Predictor:
     def predict(self, layers: Sequence[Layer]) -> float:
         f = features(layers, self.kernels, self.sparse_kernels, self.channel_tile)
         return self.scale * sum(self.coefficient(k) * v for k, v in f.items())
+
+    def extrapolated(self, layers: Sequence[Layer]) -> list[str]:
+        """Why a prediction for `layers` is an extrapolation (bounds of the calibrated domain crossed); empty
+        inside it. A predictor saved before domains were recorded says its domain is unknown."""
+        from .domain import Domain
+
+        if self.domain is None:
+            return ["calibrated domain unknown (fit the predictor again to record it)"]
+        return Domain.from_dict(self.domain).outside(layers)
 
     def fastest(self, choices: Sequence[Sequence[Layer]]) -> float:
         """A floor under the latency of every network whose i-th layer is one of `choices[i]`. Every

@@ -22,7 +22,7 @@ import spaces
 from spaces.candidate import identity
 
 from . import data as datasets
-from . import latency, locks, objectives, pareto, plots, preflight, storage, supernet
+from . import domain, latency, locks, objectives, pareto, plots, preflight, storage, supernet
 from .config import ConfigError, validate
 from .errors import UserError
 from .evaluate import evaluate
@@ -34,7 +34,6 @@ from .workers import TrialFailed, Workers
 # folder's log file; the console shows warnings), not to a console handler of Optuna's own.
 optuna.logging.disable_default_handler()
 optuna.logging.enable_propagation()
-
 
 def run(cfg: Mapping[str, Any], overrides: list[str] = (), data: datasets.Dataset | None = None) -> optuna.Study:
     """Run (or resume) the study described by a resolved config until it holds n_trials
@@ -77,8 +76,11 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = (), data: datasets.Datase
             driver.stop(overrides)
             raise
         pts = publish_front(study, tracker, settings, driver.complete)
-        tracker.end_study({"complete_trials": driver.complete, "repeats": driver.repeats})
+        outside = domain.extrapolated(study.trials)
+        tracker.end_study({"complete_trials": driver.complete, "repeats": driver.repeats,
+                           "extrapolated_trials": len(outside)})
     _summary(pts, settings, tracker.experiment_id, driver.complete, driver.repeats)
+    domain.summary(outside, driver.complete, cfg["target"]["name"])
     return study
 
 
@@ -263,8 +265,11 @@ class Driver:
         layers = self.space.layers(candidate)
         predicted = objectives.metrics(layers, self.predictor.predict(layers), self.settings.file)
         constrain(trial, predicted, self.settings.budget)
+        outside = "; ".join(self.predictor.extrapolated(layers))
+        trial.set_user_attr(domain.EXTRAPOLATED, outside)
         run_id = self.run_ids[trial.number] = self.tracker.start_trial(
-            trial.number, candidate.as_dict(), self.tags | {"baseline": trial.user_attrs.get("baseline", "")})
+            trial.number, candidate.as_dict(), self.tags | {"baseline": trial.user_attrs.get("baseline", ""),
+                                                            "latency.extrapolated": outside or "no"})
         network = identity(self.space, candidate)
         if network in self.evaluated:
             self.repeat(trial, run_id, self.evaluated[network])

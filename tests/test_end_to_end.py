@@ -107,6 +107,7 @@ def test_study_logs_one_parent_and_one_child_run_per_trial(study):
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.params["n_trials"] == "4" and parent.data.params["data.name"] == "digits"
+    assert parent.data.metrics["extrapolated_trials"] == 6
     for run in trials:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -114,6 +115,8 @@ def test_study_logs_one_parent_and_one_child_run_per_trial(study):
         assert 0 <= run.data.metrics["accuracy"] <= 100 and run.data.metrics["latency_ms"] > 0
         assert {"trial", "trial_state", "target", "space", "latency.predictor", "latency.source"} <= set(run.data.tags)
         assert run.data.tags["target"] == "snapdragon665" and run.data.tags["trial_state"] == "COMPLETE"
+        # digits networks (8 x 8 px, under 1 MMAC) lie far outside the FBNet networks snapdragon665 was fitted on
+        assert "input resolution 8 px below the calibrated 32 px" in run.data.tags["latency.extrapolated"]
         assert any(k.startswith("bits.") for k in run.data.params)
         assert any(k.startswith("sparsity.") for k in run.data.params)
         assert any(k.startswith("width.") for k in run.data.params)
