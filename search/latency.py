@@ -53,9 +53,14 @@ def _depthwise(layer: Layer) -> bool:
 
 
 def residual_blocks(layers: Sequence[Layer]) -> list[tuple[int, int]]:
-    """(first, last) layer of every block whose output is added to its input: a depthwise layer
-    with the 1x1 layers around it, stride 1, whose input and output shapes are equal. Read from the
-    shapes, because descriptors hold no edges (a block with equal shapes but no skip is miscounted)."""
+    """(first, last) layer of every block whose output is added to its input. Where the layers say which ones
+    end in an add (`Layer.residual`, read from a network's graph), the block starts at the nearest layer before
+    whose input has the last one's output shape. Otherwise guessed from the shapes: a depthwise layer with the 1x1
+    layers around it, stride 1, whose input and output shapes are equal (a block with equal shapes but no skip,
+    as in MobileNetV1, is miscounted)."""
+    if any(layer.residual is not None for layer in layers):
+        return [(next((i for i in range(last, -1, -1) if layers[i].in_shape == layers[last].out_shape), last), last)
+                for last, layer in enumerate(layers) if layer.residual]
     out = []
     for i, dw in enumerate(layers[1:-1], 1):
         if not (_depthwise(dw) and dw.stride == 1 and layers[i + 1].kernel == 1):
@@ -198,6 +203,25 @@ class Predictor:
     def predict(self, layers: Sequence[Layer]) -> float:
         f = features(layers, self.kernels, self.sparse_kernels, self.channel_tile)
         return self.scale * sum(self.coefficient(k) * v for k, v in f.items())
+
+    def breakdown(self, layers: Sequence[Layer]) -> list[tuple[str, str, float]]:
+        """Where `predict`'s milliseconds go: (layer name, how it runs, ms) for every layer, then what runs between
+        layers (residual adds, layout changes between float, integer and other kernels) and the network's fixed cost; they sum to `predict(layers)`."""
+        f = features(layers, self.kernels, self.sparse_kernels, self.channel_tile)
+        runs = execution(layers, self.kernels)
+        rows = []
+        for layer, run in zip(layers, runs):
+            cost = sum(self.coefficient(f"{kernel_class(layer)}.{run}.{q}") * v
+                       for q, v in quantities(layer, self.sparse_kernels, self.channel_tile).items())
+            rows.append((layer.name, run, self.scale * cost))
+        per_layer = {f"{kernel_class(layer)}.{run}" for layer, run in zip(layers, runs)}
+        between: dict[str, float] = {}
+        for k, v in f.items():
+            if k != INTERCEPT and k.rpartition(".")[0] not in per_layer:
+                what = "residual adds" if k.startswith("residual.") else "layout changes"
+                between[what] = between.get(what, 0.0) + self.scale * self.coefficient(k) * v
+        fixed = self.scale * self.coefficient(INTERCEPT) if INTERCEPT in self.coefficients else 0.0
+        return rows + [(what, "", ms) for what, ms in sorted(between.items())] + [("network (fixed)", "", fixed)]
 
     def extrapolated(self, layers: Sequence[Layer]) -> list[str]:
         """Why a prediction for `layers` is an extrapolation (bounds of the calibrated domain crossed); empty

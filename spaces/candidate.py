@@ -46,6 +46,9 @@ class Layer:
     bits: int = 32  # weights and input activations; 32 means float
     sparsity: float = 0.0
     granularity: str = "weight"
+    # whether its output is added to the input of the block it ends (a residual add); None: not known, and a
+    # predictor guesses it from the shapes around it (spaces leave it so; `search.describe` reads the graph)
+    residual: bool | None = None
 
     @property
     def weights(self) -> int:

@@ -1,0 +1,81 @@
+"""`python -m search.predict target=T model=FILE.onnx|FILE.tflite|BUILDER`: what a target's latency predictor says
+about any network (a promoted file, a user's export, a published family at a width and resolution), layer by
+layer, and whether it is inside the networks the predictor was calibrated on (after nn-Meter's `predict`)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+from spaces.precision import check as check_bits
+
+from . import describe, latency
+from .cli import command
+from .config import ConfigError, check_number, validate_target, value_at
+from .errors import UserError
+
+CONFIG_NAME = "predict"
+
+
+def check(cfg: Mapping[str, Any]) -> None:
+    if not isinstance(value_at(cfg, "model"), str) or not cfg["model"]:
+        raise ConfigError(f"model: {describe.SUPPORTED}, got {cfg['model']!r}")
+    check_number(cfg, "width")
+    check_number(cfg, "resolution")
+    try:
+        check_bits(value_at(cfg, "bits"))
+    except ValueError as e:
+        raise ConfigError(f"bits: {e}") from None
+    validate_target(cfg["target"], [])
+
+
+def predict(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The prediction as plain data: the network's layers, their milliseconds, the total, and the domain check."""
+    check(cfg)
+    try:
+        layers = describe.describe(cfg["model"], float(cfg["width"]), int(cfg["resolution"]))
+    except describe.DescribeError as e:
+        raise UserError(str(e)) from None
+    if not any(cfg["model"].endswith(s) for s in (".onnx", ".tflite")) and cfg["bits"] != 32:
+        layers = [dataclasses.replace(layer, bits=int(cfg["bits"])) for layer in layers]
+    predictor = latency.for_target(cfg["target"])
+    unknown = sorted({layer.bits for layer in layers} - set(predictor.kernels))
+    if unknown:
+        raise UserError(f"model: {'/'.join(map(str, unknown))}-bit layers; target {predictor.target} runs "
+                        f"{'/'.join(map(str, sorted(predictor.kernels)))}")
+    return {"target": predictor.target, "model": cfg["model"], "latency_ms": predictor.predict(layers),
+            "macs": sum(layer.macs for layer in layers), "layers": len(layers),
+            "breakdown": predictor.breakdown(layers), "extrapolated": predictor.extrapolated(layers),
+            "source": predictor.describe()["latency.source"],
+            "descriptors": {layer.name: layer for layer in layers}}
+
+
+def _run(cfg: dict[str, Any], _: None) -> None:
+    p = predict(cfg)
+    shown = p["model"] if p["model"].endswith((".onnx", ".tflite")) else (
+        f"{p['model']} width {cfg['width']} at {cfg['resolution']} px, {cfg['bits']}-bit")
+    print(f"{shown}: {p['layers']} layers, {p['macs'] / 1e6:.1f} MMACs")
+    if cfg["layers"]:
+        print(f"{'layer':<40} {'shape in -> out':<28} {'k/s/g':>8} {'MMACs':>8} {'runs as':>8} {'ms':>8}")
+        for name, run, ms in p["breakdown"]:
+            layer = p["descriptors"].get(name)
+            if layer is None:
+                print(f"{name:<40} {'':<28} {'':>8} {'':>8} {'':>8} {ms:>8.3f}")
+                continue
+            shape = f"{'x'.join(map(str, layer.in_shape))} -> {'x'.join(map(str, layer.out_shape))}"
+            print(f"{name[-40:]:<40} {shape:<28} {f'{layer.kernel}/{layer.stride}/{layer.groups}':>8} "
+                  f"{layer.macs / 1e6:>8.2f} {run:>8} {ms:>8.3f}")
+    print(f"predicted latency on {p['target']}: {p['latency_ms']:.2f} ms ({p['source']})")
+    if p["extrapolated"]:
+        print("outside the calibrated domain, so extrapolated: " + "; ".join(p["extrapolated"]))
+    else:
+        print("inside the calibrated domain")
+    print(json.dumps({k: p[k] for k in ("target", "model", "latency_ms", "macs", "extrapolated")}))
+
+
+def main() -> None:
+    command(CONFIG_NAME, check, _run)
+
+
+if __name__ == "__main__":
+    main()
