@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import spaces
 
-from . import latency, measurements, preflight, runners
+from . import latency, measurements, preflight, published, runners
 from .cli import command
 from .config import CONF_DIR, ROOT, ConfigError, space_error, validate_calibration
 from .domain import Domain
@@ -191,24 +191,67 @@ def calibrate(r: Request) -> latency.Report:
         measurements.write(source, space, rows)
     fit_rows, held_out = rows_to_fit(r, space, rows)
     networks = [space.layers(row.candidate) for row in fit_rows]
-    tile, coefficients = latency.fit_tiled(networks, [row.latency_ms for row in fit_rows],
-                                           latency.declared(target)["kernels"], target["sparse_kernels"])
+    kernels = latency.declared(target)["kernels"]
+    extra: dict[str, Any] = {}
+    if target.get("int8_pairs"):
+        extra["int8_speedup"] = fitted_speedup(target)
+    if target.get("published"):  # one structure over the reference set and the published ones, a scale per set
+        sets = {REFERENCE: (networks, [row.latency_ms for row in fit_rows]), **published_sets(target)}
+        tile = 1
+        coefficients, scales = latency.fit_sets(sets, REFERENCE, kernels, target["sparse_kernels"],
+                                                weights={REFERENCE: target["published"]["reference_weight"]})
+        extra["sets"] = {name: {"scale": scales[name], "networks": len(sets[name][0])} for name in sets}
+        networks = [n for group, _ in sets.values() for n in group]
+    else:
+        tile, coefficients = latency.fit_tiled(networks, [row.latency_ms for row in fit_rows], kernels,
+                                               target["sparse_kernels"])
     proxy = target.get("proxy")
     predictor = latency.Predictor(target["name"], coefficients=coefficients, channel_tile=tile,
                                   **latency.declared(target))
     # Scored unscaled: the held-out rows are measurements of the measured device itself.
     measured_device = latency.Predictor(**{**asdict(predictor), "scale": 1.0})
+    absolute = (target.get("published") or {}).get("absolute")
+    if absolute:  # the coefficients in the milliseconds of the set that stands for the target
+        if absolute not in extra["sets"]:
+            raise UserError(f"target.published.absolute: no set {absolute!r}; the sets: {', '.join(extra['sets'])}")
+        factor = extra["sets"][absolute]["scale"]
+        predictor = latency.Predictor(**{**asdict(predictor),
+                                         "coefficients": {k: v * factor for k, v in coefficients.items()}})
     report = latency.Report.of([measured_device.predict(space.layers(row.candidate)) for row in held_out],
                                [row.latency_ms for row in held_out], floor if floor is not None else noise_floor(rows))
     provenance = {"file": _shown(target["predictor"]), "measurements": _shown(source), "digest": measurements.digest(rows),
                   "fit_rows": len(fit_rows), "heldout_rows": len(held_out), "space": space.name,
                   "runner": settings, "report": asdict(report),
-                  "proxy": f"{proxy['device']}; {proxy['assumption']}" if proxy else "none"}
+                  "proxy": f"{proxy['device']}; {proxy['assumption']}" if proxy else "none", **extra}
     predictor = latency.Predictor(**{**asdict(predictor), "provenance": provenance,
                                      "domain": Domain.of(networks).as_dict()})
     predictor.save(target["predictor"])
     _log(r, predictor, report, source)
     return report
+
+
+REFERENCE = "reference"  # the target's own measurement set, in whose milliseconds the coefficients are
+
+
+def published_sets(target: Mapping[str, Any]) -> dict[str, tuple[list, list[float]]]:
+    """The float sets of the target's published tables (`target.published`), as (networks, latencies)."""
+    rows, _ = published.read(target["published"]["file"])
+    return {name: ([list(row.layers) for row in group], [row.latency_ms for row in group])
+            for name, group in published.sets(rows, bits=32).items()}
+
+
+def fitted_speedup(target: Mapping[str, Any]) -> dict[str, Any]:
+    """The int8 speed-up fitted from the target's fp32/int8 pairs; UserError if the target's YAML does not hold
+    the fitted value and interval (the YAML is where the study reads them; the fit is where they come from)."""
+    pairs = target["int8_pairs"]
+    fit = published.speedup(pairs["file"], pairs["core_class"], pairs["eras"])
+    value, interval, n = fit.newest
+    declared = (target["speedups"]["int8"], tuple((target.get("speedup_range") or {}).get("int8", ())))
+    if declared != (value, interval):
+        raise UserError(f"target.speedups.int8: the pairs fit {value} (90% interval {list(interval)}, {n} pairs of "
+                        f"the newest era); conf/target/{target['name']}.yaml says {declared[0]} "
+                        f"{list(declared[1])}: write the fitted values there")
+    return {"value": value, "interval": list(interval), "by_era": {k: list(v) for k, v in fit.eras.items()}}
 
 
 def rows_to_fit(r: Request, space: spaces.Space, rows: list[Measurement] | None = None

@@ -374,6 +374,19 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
         raise ConfigError(f"target.measurements.space: unknown space; allowed: {', '.join(spaces.SPACES)}")
     for key in ("measurements.file", "predictor"):
         _text(cfg, f"target.{key}", "a file path")
+    if target.get("published") is not None:
+        _mapping(cfg, "target.published")
+        _text(cfg, "target.published.file", "a file path")
+        check_number(cfg, "target.published.reference_weight")
+    if target.get("int8_pairs") is not None:
+        _mapping(cfg, "target.int8_pairs")
+        _text(cfg, "target.int8_pairs.file", "a file path")
+        _text(cfg, "target.int8_pairs.core_class", "a core class of the pairs file, e.g. A73-class")
+        eras = _mapping(cfg, "target.int8_pairs.eras")
+        if not eras or not all(isinstance(t, list) and t and all(isinstance(x, str) for x in t) for t in eras.values()):
+            raise ConfigError("target.int8_pairs.eras: each era (oldest first) a list of table ids, e.g. [T01, T07]")
+        if "int8" not in target["speedups"]:
+            raise ConfigError("target.speedups.int8: the value int8_pairs fits must be written here")
     if _mapping(cfg, "target.proxy", allow_none=True):
         check_number(cfg, "target.proxy.scale")
         for key in ("device", "assumption"):

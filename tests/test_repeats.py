@@ -39,7 +39,7 @@ def test_choices_that_build_the_same_network_are_the_same_network(tmp_path):
     assert len(keys) == 4
     float_, int8 = (identity(space, spaces.Candidate.of(space.name, p)) for p in space.baselines().values())
     assert float_ != int8  # the baselines enqueued at study start are never repeats of each other
-    plain = (str, int, float)
+    plain = (str, int, float, type(None))  # None: a layer whose residual add a space leaves to the predictor
     assert all(isinstance(v, plain) or all(isinstance(x, plain) or all(isinstance(y, plain) for y in x) for x in v)
                for v in identity(space, a))
 
