@@ -27,6 +27,7 @@ results: $(INSTALLED)
 	$(BIN)/python scripts/parity_report.py
 	$(BIN)/python scripts/litert_report.py
 	$(BIN)/python scripts/search_report.py
+	$(BIN)/python scripts/phone_report.py
 	$(BIN)/python scripts/ui_screenshot.py
 	$(BIN)/python scripts/bench_search.py
 	$(BIN)/python scripts/bench_overhead.py

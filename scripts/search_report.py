@@ -114,7 +114,7 @@ def sensitivity(folder: Path, done: list[optuna.trial.FrozenTrial]) -> list[str]
     used = target["speedups"]["int8"]
     float_ = next(t.number for t in done if t.user_attrs.get("baseline") == "float")
     rows = []
-    for label, factor in (("lowest evidenced", lo), ("declared (used by the search)", used), ("highest evidenced", hi)):
+    for label, factor in (("interval's low end", lo), ("fitted (used by the search)", used), ("interval's high end", hi)):
         predictor = dataclasses.replace(fitted, speedups={**fitted.speedups, "int8": factor})
         trials = []
         for t in done:
@@ -128,8 +128,8 @@ def sensitivity(folder: Path, done: list[optuna.trial.FrozenTrial]) -> list[str]
         rows.append(f"| {label} | {factor:.2f}x | {len(pareto.front(pts))} | {knee.trial} | {knee.values['accuracy']:.2f} "
                     f"| {knee.values['latency_ms']:.3f} | {base.values['latency_ms'] / knee.values['latency_ms']:.2f}x "
                     f"| {int8:.0%} |")
-    return ["", f"How the front and knee depend on the assumed int8 speed-up (`conf/target/snapdragon665.yaml`: "
-            f"{used}x declared, public measurements on A73-class cores span {lo}x to {hi}x). The same "
+    return ["", f"How the front and knee depend on the int8 speed-up (`conf/target/snapdragon665.yaml`: "
+            f"{used}x fitted from fp32/int8 pairs on A73-class cores, 90% interval {lo}x to {hi}x). The same "
             f"{len(done)} networks, predicted again with each factor (a study run under another factor would also "
             "propose other networks); all latencies here are predicted:", "",
             "| int8 speed-up | factor | front size | knee trial | knee val accuracy % | knee ms (predicted) "
@@ -174,7 +174,9 @@ def report(folder: Path) -> str:
         f"Pareto front: {len(front)} trials. The picked point is "
         f"{float_.user_attrs['accuracy'] - pick.user_attrs['accuracy']:.2f} points below the float baseline on "
         f"validation and {float_.user_attrs['size_kb'] / pick.user_attrs['size_kb']:.1f}x smaller. Latency is predicted by "
-        f"`{tags['latency.predictor']}`, {tags['latency.source']}.",
+        f"`{tags['latency.predictor']}`, {tags['latency.source']}. "
+        f"**{sum(bool(t.user_attrs.get('latency_extrapolated')) for t in done)} of {len(done)} trials lie outside the "
+        f"networks it was calibrated on** (MLflow tag `latency.extrapolated`; the phone section below says where).",
     ]
     return "\n".join(lines)
 
