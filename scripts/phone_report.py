@@ -126,7 +126,7 @@ def study_part(folder: Path, old: latency.Predictor, new: latency.Predictor) -> 
         return {p.trial for p in pareto.front(pareto.points(trials, cfg["objectives"]))}, ms
 
     (before, ms_old), (after, ms_new) = front(old), front(new)
-    reasons = collections.Counter(r.split(" ")[0] + " " + r.split(" ")[1] for n in layers for r in new.extrapolated(layers[n]))
+    reasons = collections.Counter(" ".join(r.split(" ")[:2]).rstrip(",") for n in layers for r in new.extrapolated(layers[n]))
     outside = sum(bool(new.extrapolated(layers[n])) for n in layers)
     domain = Domain.from_dict(new.domain)
     macs = sorted(sum(x.macs for x in layers[n]) for n in layers)
