@@ -96,7 +96,9 @@ def test_predict_prints_the_prediction_the_breakdown_and_the_domain(tmp_path):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["target"] == "snapdragon665" and out["latency_ms"] > 0
-    assert any(r.startswith("input resolution 96 px above") for r in out["extrapolated"])
+    assert any(r.startswith("network MACs 11.9M below") for r in out["extrapolated"])  # the smallest timed: 13.6M
     assert "features.1.conv.0.0" in done.stdout and "residual adds" in done.stdout
+    inside = command(tmp_path, "search.predict", "model=mobilenet_v2", "layers=false")
+    assert "inside the calibrated domain" in inside.stdout and json.loads(inside.stdout.splitlines()[-1])["extrapolated"] == []
     bad = command(tmp_path, "search.predict", "model=missing.tflite")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: model: no file missing.tflite"

@@ -300,19 +300,25 @@ def test_int8_layers_read_integers(int8_export):
                                             for n in g.model.graph.node)
 
 
-def agreement(net, path, x) -> tuple[float, float]:
-    """Top-1 agreement of the file with the torch network, and the mean logit difference in units of an 8-bit
-    step of the logits' spread. Not zero: the file folds batch norm into the weights, so a value that lands
-    within float rounding of a rounding boundary can go the other way."""
+# The ONNX file computes in float what the network computes, so it flips a prediction only where a value lands
+# within float rounding of a rounding boundary. Measured over training seeds 0-7, natively (AMD EPYC, AVX-512 VNNI)
+# and with torch capped at AVX2, for both files below: 0 of 128 images disagreed, and the mean logit difference was
+# at most 0.018 of an 8-bit step. The bounds: 2 images, and half a step (28x the worst).
+MAX_DISAGREEMENTS, MAX_STEPS = 2, 0.5
+
+
+def agreement(net, path, x) -> tuple[int, float]:
+    """How many images the file and the torch network classify differently, and the mean logit difference in
+    units of an 8-bit step of the logits' spread."""
     want, got = torch_logits(net, x), run(path, x)
-    return float((want.argmax(1) == got.argmax(1)).mean()), float(np.abs(got - want).mean() / np.ptp(want) * 256)
+    return int((want.argmax(1) != got.argmax(1)).sum()), float(np.abs(got - want).mean() / np.ptp(want) * 256)
 
 
 def test_int8_file_computes_the_fake_quantized_network(int8_export, digits):
     """Same quantization points, same scales: only float rounding (and the int32 bias) remains."""
     net, path = int8_export
-    agree, steps = agreement(net, path, random_batch(digits))
-    assert agree >= 0.99 and steps < 0.5
+    disagree, steps = agreement(net, path, random_batch(digits))
+    assert disagree <= MAX_DISAGREEMENTS and steps < MAX_STEPS
 
 
 def test_the_file_quantizes_where_the_network_does(int8_export, mixed_export):
@@ -360,8 +366,8 @@ def test_mixed_precision_per_layer(mixed_export):
 
 def test_mixed_precision_file_computes_the_fake_quantized_network(mixed_export, digits):
     _, _, net, path = mixed_export
-    agree, steps = agreement(net, path, random_batch(digits, seed=1))
-    assert agree >= 0.99 and steps < 0.5
+    disagree, steps = agreement(net, path, random_batch(digits, seed=1))
+    assert disagree <= MAX_DISAGREEMENTS and steps < MAX_STEPS
 
 
 def test_size_kb_is_the_onnx_files_size(channel_space, pruned, float_export, baselines, mixed_export, sparse_export):
