@@ -24,7 +24,7 @@ class Domain:
     networks: int  # how many networks the bounds come from
     network_macs: tuple[float, float]  # a whole network's multiply-accumulates
     layer_macs: tuple[float, float]  # one layer's
-    channels: tuple[int, int]  # a layer's output channels
+    channels: tuple[int, int]  # a conv layer's output channels (a classifier's are its classes: not a cost)
     spatial: tuple[int, int]  # a layer's output height (and width)
     resolution: tuple[int, int]  # the network's input height
     bits: tuple[int, ...]  # the precisions its layers ran at
@@ -40,7 +40,7 @@ class Domain:
             return min(values), max(values)
 
         return cls(len(networks), span(float(sum(l.macs for l in n)) for n in networks),
-                   span(float(l.macs) for l in layers), span(l.out_shape[0] for l in layers),
+                   span(float(l.macs) for l in layers), span(l.out_shape[0] for l in layers if l.kind == "conv"),
                    span(l.out_shape[1] for l in layers), span(n[0].in_shape[1] for n in networks),
                    tuple(sorted({l.bits for l in layers})))
 
@@ -58,8 +58,9 @@ class Domain:
         check("network MACs", sum(l.macs for l in layers), self.network_macs)
         check("smallest layer's MACs", min(l.macs for l in layers), self.layer_macs)
         check("largest layer's MACs", max(l.macs for l in layers), self.layer_macs)
-        check("fewest channels", min(l.out_shape[0] for l in layers), self.channels)
-        check("most channels", max(l.out_shape[0] for l in layers), self.channels)
+        convs = [l.out_shape[0] for l in layers if l.kind == "conv"] or [self.channels[0]]
+        check("fewest channels", min(convs), self.channels)
+        check("most channels", max(convs), self.channels)
         check("smallest feature map", min(l.out_shape[1] for l in layers), self.spatial, " px")
         check("largest feature map", max(l.out_shape[1] for l in layers), self.spatial, " px")
         check("input resolution", layers[0].in_shape[1], self.resolution, " px")

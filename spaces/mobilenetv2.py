@@ -1,7 +1,8 @@
 """MobileNetV2-style space for small inputs: inverted residual blocks of 1x1 expansion,
 depthwise KxK and 1x1 projection convs.
 
-Searchable: a width multiplier for the stem, each stage and the head; a bit-width for every
+Searchable: a width multiplier for the stem, each stage and the head (not the head with torchvision's
+rounding, which keeps it at full width as torchvision does); a bit-width for every
 conv and linear layer (weights and input activations); a sparsity for every layer that can
 lose it. With granularity "channel" that is the hidden (expanded) channels of each block,
 removed by filter norm so the network physically shrinks; with "weight" it is every layer,
@@ -142,9 +143,17 @@ class Net(nn.Module):
         feed(self.head.out, integer(self.head), None)  # the classifier quantizes the pooled values itself
 
 
-def _channels(c: float) -> int:
-    """Round to a multiple of 4 (vector-friendly on phone CPUs), at least 4."""
-    return max(4, int(c / 4 + 0.5) * 4)
+ROUNDINGS = ("nearest-4", "torchvision")
+
+
+def _channels(c: float, rounding: str = "nearest-4") -> int:
+    """Round a channel count: "nearest-4", to the nearest multiple of 4 (vector-friendly on phone CPUs), at least 4;
+    "torchvision", as torchvision's `_make_divisible(c, 8)`: the nearest multiple of 8, at least 8, and never
+    more than 10% below `c`."""
+    if rounding == "nearest-4":
+        return max(4, int(c / 4 + 0.5) * 4)
+    rounded = max(8, int(c + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * c else rounded
 
 
 def _whole(value: Any, minimum: int = 1) -> bool:
@@ -159,8 +168,10 @@ def _numbers(name: str, values: Any) -> list:
 
 
 def _check(stem: Any, stages: Any, head: Any, kernel: Any, widths: Any, bits: Any, sparsity: Any,
-           granularity: Any) -> None:
+           granularity: Any, rounding: Any) -> None:
     """Every setting, each error starting with the setting's name."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding: must be one of {list(ROUNDINGS)}, got {rounding!r}")
     if not isinstance(stem, dict) or set(stem) != {"channels", "stride"} or not all(map(_whole, stem.values())):
         raise ValueError(f"stem: must be {{channels: N, stride: N}} with whole numbers >= 1, got {stem!r}")
     if not isinstance(stages, (list, tuple)) or not stages or any(
@@ -191,8 +202,9 @@ class MobileNetV2Space:
 
     def __init__(self, *, input_shape: Sequence[int], num_classes: int, stem: dict, stages: Sequence[Sequence[int]],
                  head: int, kernel: int, widths: Sequence[float], bits: Sequence[int], sparsity: Sequence[float],
-                 granularity: str, **_: Any):
-        _check(stem, stages, head, kernel, widths, bits, sparsity, granularity)
+                 granularity: str, rounding: str = "nearest-4", **_: Any):
+        _check(stem, stages, head, kernel, widths, bits, sparsity, granularity, rounding)
+        self.rounding = rounding
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.stem_channels, self.stem_stride = stem["channels"], stem["stride"]
@@ -200,7 +212,9 @@ class MobileNetV2Space:
         self.head_channels, self.kernel = head, kernel
         self.widths, self.bits, self.sparsities = list(widths), list(bits), list(sparsity)
         self.granularity = granularity
-        self.width_names = ["width.stem", *(f"width.s{i}" for i in range(len(self.stages))), "width.head"]
+        self.width_names = ["width.stem", *(f"width.s{i}" for i in range(len(self.stages)))]
+        if rounding != "torchvision":  # torchvision keeps the head at its full channels below width 1.0
+            self.width_names.append("width.head")
         self.layer_names = list(self._units(self.arch(self.extreme_widths()[1])))
         self.prunable = [n for n in self.layer_names
                          if self.granularity == "weight" or n.endswith(".expand")]
@@ -249,20 +263,21 @@ class MobileNetV2Space:
 
     def arch(self, candidate: Candidate) -> Arch:
         p = candidate.as_dict()
-        stem = _channels(self.stem_channels * p["width.stem"])
+        stem = _channels(self.stem_channels * p["width.stem"], self.rounding)
         blocks, cin, widest_in = [], stem, self.stem_channels
         for s, (expand, channels, repeats, stride) in enumerate(self.stages):
-            cout = _channels(channels * p[f"width.s{s}"])
+            cout = _channels(channels * p[f"width.s{s}"], self.rounding)
             for r in range(repeats):
                 residual = (stride == 1 or r > 0) and widest_in == channels
                 widest_in = channels
                 name = f"b{len(blocks)}"
                 hidden = cin * expand
                 if expand != 1 and self.granularity == "channel":
-                    hidden = min(hidden, _channels(hidden * (1 - p.get(f"sparsity.{name}.expand", 0.0))))
+                    hidden = min(hidden, _channels(hidden * (1 - p.get(f"sparsity.{name}.expand", 0.0)), self.rounding))
                 blocks.append(Block(name, cin, hidden, cout, stride if r == 0 else 1, expand, residual))
                 cin = cout
-        return Arch(stem, tuple(blocks), _channels(self.head_channels * p["width.head"]))
+        head = self.head_channels * p.get("width.head", 1.0)
+        return Arch(stem, tuple(blocks), _channels(head, self.rounding))
 
     # --- layers ---------------------------------------------------------------------------------
     def _units(self, arch: Arch) -> dict[str, tuple[int, int, int, int, int]]:

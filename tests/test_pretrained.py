@@ -1,0 +1,110 @@
+"""spaces.pretrained and the torchvision-layout space: a trained torchvision MobileNetV2's state_dict becomes the
+full-width network of `space=mobilenetv2-imagenet`, computing the same logits; a file that does not fit is refused
+naming the key. Nothing is downloaded: the torchvision networks here have random weights and batch-norm statistics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+import yaml
+
+import spaces
+from search import describe
+from spaces.pretrained import load_torchvision, read
+from tests.nets import randomize_bn
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "space" / "mobilenetv2-imagenet.yaml"
+
+
+def space(classes: int = 1000, size: int = 96):
+    return spaces.create(**(yaml.safe_load(CONF.read_text()) | {"input_shape": (3, size, size), "num_classes": classes}))
+
+
+def trained_torchvision(classes: int = 1000) -> torch.nn.Module:
+    """torchvision's MobileNetV2 with random weights and random batch-norm statistics (as training leaves them)."""
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2(weights=None, num_classes=classes)
+    randomize_bn(net)
+    return net.eval()
+
+
+@pytest.mark.parametrize("width", [0.35, 0.5, 0.75, 1.0])
+def test_the_space_at_each_width_is_torchvisions_network(width):
+    s = space(size=224)
+    c = spaces.Candidate.of(s.name, s.baselines()["float"] | {n: width for n in s.width_names})
+    mine = [(l.in_shape, l.out_shape, l.kernel, l.stride, l.groups) for l in s.layers(c)]
+    theirs = [(l.in_shape, l.out_shape, l.kernel, l.stride, l.groups) for l in describe.built("mobilenet_v2", width, 224)]
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_torchvision_state_dict_gives_the_same_logits(tmp_path, suffix):
+    tv = trained_torchvision()
+    path = tmp_path / f"mobilenet_v2{suffix}"
+    if suffix == ".pth":
+        torch.save(tv.state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(tv.state_dict(), str(path))
+    s = space()
+    net = s.subnet(s.supernet(), spaces.Candidate.of(s.name, s.baselines()["float"]))  # plain float, full width
+    state, ordered = read(path)
+    assert ordered == (suffix == ".pth")
+    load_torchvision(net, state, ordered=ordered)
+    x = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = tv(x), net.eval()(x)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-4
+
+
+def test_a_new_class_count_keeps_the_networks_own_classifier():
+    s = space(classes=10)
+    net = s.supernet()
+    before = net.classifier.weight.detach().clone()
+    state = trained_torchvision().state_dict()
+    load_torchvision(net, state, new_classifier=True)
+    assert torch.equal(net.classifier.weight, before)
+    assert torch.equal(net.head.conv.weight, state["features.18.0.weight"])
+    with pytest.raises(ValueError, match=r"classifier.1.weight: shape \(1000, 1280\) in the file, \(10, 1280\)"):
+        load_torchvision(s.supernet(), state)
+
+
+def test_two_keys_swapped_are_refused_naming_one_and_nothing_is_loaded():
+    state = trained_torchvision().state_dict()
+    keys = list(state)
+    i, j = keys.index("features.4.conv.0.0.weight"), keys.index("features.5.conv.0.0.weight")  # same shape
+    keys[i], keys[j] = keys[j], keys[i]
+    swapped = {k: state[k] for k in keys}
+    s = space()
+    net = s.supernet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"features.5.conv.0.0.weight: out of place .*features.4.conv.0.0.weight"):
+        load_torchvision(net, swapped)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda st: st.pop("features.7.conv.1.1.running_var"), r"features.7.conv.1.1.running_var: missing"),
+    (lambda st: st.__setitem__("features.19.0.weight", torch.zeros(1)), r"features.19.0.weight: not a key"),
+    (lambda st: st.__setitem__("features.2.conv.0.0.weight", torch.zeros(96, 16, 3, 3)),
+     r"features.2.conv.0.0.weight: shape \(96, 16, 3, 3\) in the file, \(96, 16, 1, 1\)"),
+])
+def test_a_file_that_does_not_fit_is_one_line_naming_the_key(change, message):
+    state = dict(trained_torchvision().state_dict())
+    change(state)
+    with pytest.raises(ValueError, match=message):
+        load_torchvision(space().supernet(), state)
+
+
+def test_a_file_that_is_not_weights_is_refused(tmp_path):
+    (tmp_path / "x.pth").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="x.pth: not a weights-only torch file"):
+        read(tmp_path / "x.pth")
+    torch.save({"a": 1}, tmp_path / "y.pth")
+    with pytest.raises(ValueError, match="y.pth: not a state_dict"):
+        read(tmp_path / "y.pth")
+    with pytest.raises(ValueError, match="no such file"):
+        read(tmp_path / "missing.pth")
