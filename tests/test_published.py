@@ -71,3 +71,37 @@ def test_leave_one_table_out_the_predictor_beats_macs_plus_a_constant(target, ro
     assert crossval.pooled(results, "predictor") < crossval.pooled(results, "macs+constant")
     for held in results:
         assert held.scores["predictor"].error <= held.scores["macs+constant"].error + 0.02, held.name
+
+
+def test_the_baselines_are_scored_leave_one_out_within_the_table():
+    """A table that is exactly a + b x MACs: MACs + constant predicts every held-out network (its fit never saw
+    it), one scale alone cannot; a predictor proportional to the truth is exact under one scale."""
+    import numpy as np
+
+    macs = np.array([10.0, 20.0, 40.0, 80.0, 160.0])
+    measured = 3.0 + 0.5 * macs
+    assert crossval.affine_errors(macs, measured).max() < 1e-9
+    assert crossval.scale_errors(macs, measured).mean() > 0.05
+    assert crossval.scale_errors(2 * measured, measured).max() < 1e-12
+    s = crossval.score(crossval.scale_errors(macs, measured), macs, measured)
+    assert s.interval[0] <= s.error <= s.interval[1] and s.spearman == pytest.approx(1.0)
+
+
+def test_sets_share_one_structure_and_keep_a_scale_each():
+    """Two devices timing the same kind of networks at different speeds: the fit recovers the structure in the
+    reference's milliseconds and the other device's speed relative to it."""
+    from spaces import Layer
+
+    def net(c: int, size: int) -> list[Layer]:
+        return [Layer("a", "conv", (c, size, size), (c, size, size), 1),
+                Layer("b", "conv", (c, size, size), (c, size, size), 3, 1, c)]
+
+    nets = [net(c, s) for c in (8, 16, 32, 64) for s in (8, 16, 32)]
+    truth = latency.Predictor("t", {32: "fp32"}, False, {"dense.fp32.macs": 0.2, "depthwise3.fp32.macs": 1.0,
+                                                        "network": 0.05})
+    ref = [truth.predict(n) for n in nets]
+    coefficients, scales = latency.fit_sets({"ref": (nets, ref), "slow": (nets, [3 * y for y in ref])}, "ref",
+                                            {32: "fp32"}, False)
+    assert scales == pytest.approx({"ref": 1.0, "slow": 3.0}, rel=1e-3)
+    fitted = latency.Predictor("t", {32: "fp32"}, False, coefficients)
+    assert all(fitted.predict(n) == pytest.approx(y, rel=1e-3) for n, y in zip(nets, ref))
