@@ -207,6 +207,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
         check_int(cfg, f"supernet.{key}", 1)
     check_int(cfg, "supernet.random_subnets", 0)
     check_number(cfg, "supernet.lr")
+    init = value_at(cfg, "supernet.init")
+    if init is not None and (not isinstance(init, str) or not init):
+        raise ConfigError(f"supernet.init: a weights file (.pth or .safetensors) or null, got {init!r}")
     for key, minimum in (("steps", 0), ("batch_size", 1), ("bn_batches", 1)):
         check_int(cfg, f"finetune.{key}", minimum)
     check_number(cfg, "finetune.lr", strict=False)

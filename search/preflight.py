@@ -34,6 +34,11 @@ def study(cfg: Mapping[str, Any]) -> data.Dataset:
     ray_reachable(cfg["ray"]["address"])
     local_ray_fits(cfg["ray"])
     dataset = data.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
+    if cfg["supernet"]["init"]:  # the weights file fits the space's full-width network, or one line names the key
+        from . import supernet
+
+        supernet.initial_weights(cfg["space"] | {"input_shape": dataset.input_shape,
+                                                 "num_classes": dataset.num_classes}, cfg["supernet"]["init"])
     budget = cfg["budget"].get("latency_ms")
     if budget is not None:
         space = spaces.create(**cfg["space"] | {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes})
@@ -194,9 +199,8 @@ def refuse_changed(cfg: Mapping[str, Any]) -> None:
     created = study.user_attrs.get(CONFIG_ATTR) if study else None
     if created is None:
         return
-    now = meaning(cfg)
-    missing = object()
-    differ = sorted(k for k in created.keys() | now.keys() if created.get(k, missing) != now.get(k, missing))
+    now = meaning(cfg)  # a key absent on either side reads as null: a setting added later (supernet.init) whose
+    differ = sorted(k for k in created.keys() | now.keys() if created.get(k) != now.get(k))  # null keeps the old meaning
     if not differ:
         return
     keys = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")

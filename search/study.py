@@ -50,10 +50,12 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = (), data: datasets.Datase
     with locks.driver(Path(cfg["study"]["dir"]), cfg["study"]["name"]), Workers(ray_cfg["address"], ray_cfg["num_cpus"], ray_cfg["cpus_per_trial"],
                                  ray_cfg["gpus_per_trial"], ray_cfg["max_retries"]) as workers:
         data_ref = workers.share(data)
-        key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"], cfg["supernet"])
+        init = supernet.initial_weights(space_settings, cfg["supernet"]["init"]) if cfg["supernet"]["init"] else None
+        key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"],
+                                 {**cfg["supernet"], "init": supernet.init_digest(init)})
         started = time.perf_counter()
         trained, cached = supernet.load_or_train(key, cfg["cache_dir"], lambda: _train_supernet(
-            workers, key, space_settings, data_ref, cfg))
+            workers, key, space_settings, data_ref, cfg, init))
         print(f"supernet {key}: {'from cache' if cached else 'trained'} in {time.perf_counter() - started:.0f} s, "
               f"full-width validation accuracy {trained.val_accuracy:.2f}%", flush=True)
 
@@ -85,7 +87,7 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = (), data: datasets.Datase
 
 
 def _train_supernet(workers: Workers, key: str, space_settings: Mapping[str, Any], data_ref: Any,
-                    cfg: Mapping[str, Any]) -> dict[str, Any]:
+                    cfg: Mapping[str, Any], init: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train on one worker with the largest node's CPUs, with a progress bar (batches, epoch, ETA)."""
     with tqdm(desc=f"supernet {key}", unit="batch", dynamic_ncols=True) as bar:
         def report(p: supernet.Progress) -> None:
@@ -94,7 +96,7 @@ def _train_supernet(workers: Workers, key: str, space_settings: Mapping[str, Any
             bar.update(p.step - bar.n)
 
         return workers.stream(supernet.train, space_settings, data_ref, cfg["supernet"], cfg["seed"],
-                              report=report, cpus=workers.cpus)
+                              None if init is None else workers.share(init), report=report, cpus=workers.cpus)
 
 
 def _open(cfg: Mapping[str, Any], space: spaces.SearchSpace) -> optuna.Study:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import spaces
+from spaces.pretrained import load_torchvision, read
 
 from . import locks
 from .data import Dataset
@@ -54,15 +55,19 @@ class Progress:
 
 
 def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[str, Any],
-          seed: int) -> Generator[Progress, None, dict[str, Any]]:
+          seed: int, init: Mapping[str, np.ndarray] | None = None) -> Generator[Progress, None, dict[str, Any]]:
     """Sandwich rule (Yu & Huang, 2019): each step trains the largest network on labels and the
     smallest plus a few random widths on the largest one's outputs, so every width works. Yields
-    its progress (about 200 times) and returns the trained state."""
+    its progress (about 200 times) and returns the trained state. With `init` (a torchvision-layout
+    state_dict, `initial_weights`) the full-width network starts from those weights."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     space = spaces.create(**space_settings)
     dev = device()
-    net = space.supernet().to(dev, memory_format=torch.channels_last)
+    net = space.supernet()
+    if init is not None:
+        load_torchvision(net, {k: torch.from_numpy(v) for k, v in init.items()}, new_classifier=True)
+    net = net.to(dev, memory_format=torch.channels_last)
     per_epoch = len(data.train.y) // settings["batch_size"]
     steps = settings["epochs"] * per_epoch
     optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=0.9, nesterov=True, weight_decay=4e-5)
@@ -90,6 +95,28 @@ def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[st
     return {"state": {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()},
             "teacher": logits(net, data.train, data.mean, data.std).numpy(),
             "val_accuracy": accuracy(net, data.val, data.mean, data.std)}
+
+
+def initial_weights(space_settings: Mapping[str, Any], path: str) -> dict[str, np.ndarray]:
+    """The weights file `supernet.init` names, checked against the space's full-width network (UserError names
+    the first key that does not fit), as plain arrays in the file's order: what crosses to the worker."""
+    try:
+        state, ordered = read(path)
+        load_torchvision(spaces.create(**space_settings).supernet(), state, new_classifier=True, ordered=ordered)
+    except ValueError as e:
+        raise UserError(f"supernet.init: {e}") from None
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def init_digest(init: Mapping[str, np.ndarray] | None) -> str | None:
+    """What of the initial weights the cache key depends on: their content, not the file's name."""
+    if init is None:
+        return None
+    h = hashlib.sha256()
+    for k, v in init.items():
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_or_train(key: str, cache_dir: str | Path, run: Callable[[], dict[str, Any]]) -> tuple[Supernet, bool]:

@@ -51,24 +51,22 @@ def load_torchvision(net: nn.Module, state: Mapping[str, torch.Tensor], new_clas
     them): two same-shaped layers swapped show only there."""
     mapping = key_map(net)
     own = net.state_dict()
-    expected, given = list(mapping), list(state)
-    for key in expected:
+    copy = {}
+    for key, target in mapping.items():  # in network order: the first problem named is the earliest layer's
         if key not in state:
             raise ValueError(f"{key}: missing from the file (a torchvision MobileNetV2 state_dict has it)")
-    for key in given:
-        if key not in mapping:
-            raise ValueError(f"{key}: not a key of torchvision's MobileNetV2 with these stages")
-    for want, got in zip(expected, given) if ordered else ():
-        if want != got:
-            raise ValueError(f"{got}: out of place (torchvision's order has {want} there); keys swapped?")
-    copy = {}
-    for key, target in mapping.items():
         value = state[key]
         if tuple(value.shape) != tuple(own[target].shape):
             if new_classifier and key.startswith("classifier."):
                 continue
             raise ValueError(f"{key}: shape {tuple(value.shape)} in the file, {tuple(own[target].shape)} in the network")
         copy[target] = value
+    for key in state:
+        if key not in mapping:
+            raise ValueError(f"{key}: not a key of torchvision's MobileNetV2 with these stages")
+    for want, got in zip(mapping, state) if ordered else ():
+        if want != got:
+            raise ValueError(f"{got}: out of place (torchvision's order has {want} there); keys swapped?")
     with torch.no_grad():
         for target, value in copy.items():
             own[target].copy_(value)

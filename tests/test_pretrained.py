@@ -108,3 +108,53 @@ def test_a_file_that_is_not_weights_is_refused(tmp_path):
         read(tmp_path / "y.pth")
     with pytest.raises(ValueError, match="no such file"):
         read(tmp_path / "missing.pth")
+
+
+def images(root: Path, per_class: int = 12, size: int = 40) -> Path:
+    """A folder of generated RGB images in two classes (nothing downloaded)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_supernet_init_starts_the_supernet_from_the_file(tmp_path):
+    """`supernet.init`: the weights file crosses to the worker as plain arrays and the full-width network starts
+    from it (no training step here, so the trained state is the file's, up to batch-norm statistics)."""
+    from search import data as datasets
+    from search import supernet
+
+    d = datasets.load({"name": "imagefolder", "root": str(images(tmp_path / "img")), "image_size": 32,
+                       "val_size": 0.25, "test_size": 0.25}, 0, tmp_path / "cache")
+    tv = trained_torchvision()
+    torch.save(tv.state_dict(), tmp_path / "w.pth")
+    settings = yaml.safe_load(CONF.read_text()) | {"input_shape": d.input_shape, "num_classes": d.num_classes}
+    init = supernet.initial_weights(settings, str(tmp_path / "w.pth"))
+    steps = supernet.train(settings, d, {"epochs": 1, "batch_size": 10_000, "lr": 0.1, "random_subnets": 1}, 0, init)
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        state = done.value["state"]
+    assert (state["blocks.5.expand.conv.weight"] == tv.state_dict()["features.6.conv.0.0.weight"].numpy()).all()
+    assert state["classifier.weight"].shape == (2, 1280)  # a new classifier: two classes here
+    assert supernet.init_digest(init) != supernet.init_digest({**init, "classifier.1.bias": init["classifier.1.bias"] + 1})
+
+
+@pytest.mark.slow  # runs the command (data, predictor and weights checked before anything is written)
+def test_a_weights_file_that_does_not_fit_the_space_stops_the_study_naming_the_key(tmp_path):
+    from tests.cli import command
+
+    torch.save(trained_torchvision().state_dict(), tmp_path / "w.pth")
+    root = images(tmp_path / "img")
+    done = command(tmp_path, "search", "space=mobilenetv2", "data=imagefolder", f"data.root={root}",
+                   f"supernet.init={tmp_path / 'w.pth'}", "study.name=init-check", timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: supernet.init: features.0.0.weight: shape (32, 3, 3, 3) in the file, (16, 3, 3, 3) in the network")
+    assert not (tmp_path / "outputs").exists()
