@@ -39,9 +39,6 @@ from .files import save_atomically
 NAME = "litert"
 SUFFIX = ".tflite"
 Q = torch.ops.quantized_decomposed
-# TensorFlow's C++ start-up lines (oneDNN's notice, absl's pre-init warning) go to fd 2 straight, some from a thread
-# after the import returns, so `_quiet` cannot catch them; errors still print.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 class _Int8Activation(nn.Module):
@@ -113,7 +110,8 @@ def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) 
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}")
     model, _ = plain(net, input_shape)
-    litert_torch, config = _converter()
+    with _quiet():  # importing the converter loads TensorFlow, whose start-up lines go to fd 2
+        litert_torch, config = _converter()
     with _quiet(), _strict_qdq(), torch.no_grad():
         edge = litert_torch.convert(model, (torch.zeros(1, *input_shape),), quant_config=config)
 
