@@ -235,9 +235,7 @@ REFERENCE = "reference"  # the target's own measurement set, in whose millisecon
 
 def published_sets(target: Mapping[str, Any]) -> dict[str, tuple[list, list[float]]]:
     """The float sets of the target's published tables (`target.published`), as (networks, latencies)."""
-    rows, _ = published.read(target["published"]["file"])
-    return {name: ([list(row.layers) for row in group], [row.latency_ms for row in group])
-            for name, group in published.sets(rows, bits=32).items()}
+    return published.float_sets(published.read(target["published"]["file"])[0])
 
 
 def fitted_speedup(target: Mapping[str, Any]) -> dict[str, Any]:

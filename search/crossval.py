@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -80,10 +80,7 @@ def leave_one_table_out(reference: tuple[Sequence[Sequence[Layer]], Sequence[flo
     like of the predictor to fit; `others` are fixed predictors scored beside it (e.g. the one in use today)."""
     results = []
     for name, group in held_out_tables(rows).items():
-        table = group[0].table
-        train = {latency_set: ([list(r.layers) for r in g], [r.latency_ms for r in g])
-                 for latency_set, g in published.sets(rows, bits=32).items() if g[0].table != table}
-        fitted = fit(reference, train, template, reference_weight)
+        fitted = fit(reference, published.float_sets(rows, leave_out=group[0].table), template, reference_weight)
         measured = np.array([r.latency_ms for r in group])
         macs = np.array([sum(layer.macs for layer in r.layers) / 1e6 for r in group])
         scores = {}
@@ -111,6 +108,3 @@ def pooled(results: Sequence[Held], label: str) -> float:
     """Mean error over every held-out network (tables weighted by their size)."""
     return sum(h.scores[label].error * h.networks for h in results) / sum(h.networks for h in results)
 
-
-def summary(results: Sequence[Held]) -> dict[str, Any]:
-    return {label: pooled(results, label) for label in results[0].scores}

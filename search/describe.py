@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from spaces import Layer
+from spaces.fold import trace
 from spaces.precision import FLOAT_BITS
 
 SUPPORTED = ".onnx, .tflite, or a builder: " + ", ".join(
@@ -38,27 +39,22 @@ class DescribeError(ValueError):
 def from_module(module: nn.Module, input_shape: tuple[int, int, int]) -> list[Layer]:
     """Every conv and linear layer of `module`, in the order they run on a (1, *input_shape) zero image."""
     module = module.eval()
-    layers: list[Layer] = []
     names = {m: n for n, m in module.named_modules()}
-
-    def hook(m: nn.Module, args, out) -> None:
-        x, bits = args[0], int(getattr(m, "bits", FLOAT_BITS))  # a fake-quantized layer of a space knows its bits
+    adds = _residual_ends(module)
+    layers = []
+    for m, r in trace(module, torch.zeros(1, *input_shape)).items():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        x, out = r["input"], r["output"]
+        bits = int(getattr(m, "bits", FLOAT_BITS))  # a fake-quantized layer of a space knows its bits
+        residual = None if adds is None else names[m] in adds
         if isinstance(m, nn.Conv2d):
             layers.append(Layer(names[m], "conv", tuple(x.shape[1:]), tuple(out.shape[1:]), m.kernel_size[0],
-                                m.stride[0], m.groups, bits))
+                                m.stride[0], m.groups, bits, residual=residual))
         else:
-            layers.append(Layer(names[m], "linear", (x.shape[-1], 1, 1), (out.shape[-1], 1, 1), bits=bits))
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, *input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-    adds = _residual_ends(module)
-    return [Layer(**{**vars(layer), "residual": adds is not None and layer.name in adds}) if adds is not None
-            else layer for layer in layers]
+            layers.append(Layer(names[m], "linear", (x.shape[-1], 1, 1), (out.shape[-1], 1, 1), bits=bits,
+                                residual=residual))
+    return layers
 
 
 def _residual_ends(module: nn.Module) -> set[str] | None:

@@ -303,7 +303,9 @@ def fit(networks: Sequence[Sequence[Layer]], latency_ms: Sequence[float], kernel
     (interference, throttling) that a squared loss chases."""
     rows = [features(layers, kernels, sparse_kernels, tile) for layers in networks]
     names = _names(rows, [networks], kernels)
-    return _irls(rows, names, np.asarray(latency_ms, float), np.ones(len(rows)), np.ones(len(rows)), iterations)
+    x = np.array([[r.get(k, 0.0) for k in names] for r in rows])
+    ones = np.ones(len(rows))
+    return dict(zip(names, map(float, _irls(x, np.asarray(latency_ms, float), ones, ones, iterations))))
 
 
 def fit_sets(sets: Mapping[str, tuple[Sequence[Sequence[Layer]], Sequence[float]]], reference: str,
@@ -336,12 +338,12 @@ def fit_sets(sets: Mapping[str, tuple[Sequence[Sequence[Layer]], Sequence[float]
     scale = np.array([float(np.median(y[group == g] / macs[group == g])) for g in range(len(order))])
     scale /= scale.mean()  # a start where each set's speed is its milliseconds per MAC
     for _ in range(rounds):
-        coefficients = _irls(rows, names, y, row_weights, scale[group], iterations)
-        predicted = x @ np.array([coefficients[k] for k in names])
+        coef = _irls(x, y, row_weights, scale[group], iterations)
+        predicted = x @ coef
         scale = np.array([float(np.median(y[group == g] / np.maximum(predicted[group == g], 1e-12)))
                           for g in range(len(order))])
     ref = scale[order.index(reference)]
-    return ({k: v * ref for k, v in coefficients.items()}, {name: float(s / ref) for name, s in zip(order, scale)})
+    return ({k: float(c * ref) for k, c in zip(names, coef)}, {name: float(s / ref) for name, s in zip(order, scale)})
 
 
 def _names(rows: list[dict[str, float]], networks: Sequence[Sequence[Sequence[Layer]]],
@@ -355,12 +357,12 @@ def _names(rows: list[dict[str, float]], networks: Sequence[Sequence[Sequence[La
     return names
 
 
-def _irls(rows: list[dict[str, float]], names: list[str], y: np.ndarray, weights: np.ndarray, scale: np.ndarray,
-          iterations: int) -> dict[str, float]:
-    """Non-negative coefficients minimising sum(weight x |scale x prediction / y - 1|)."""
+def _irls(x: np.ndarray, y: np.ndarray, weights: np.ndarray, scale: np.ndarray, iterations: int) -> np.ndarray:
+    """Non-negative coefficients for the feature matrix `x` minimising the weighted relative error of
+    `scale x prediction` against `y`: squared with `iterations=0`, absolute after `iterations` reweightings."""
     from scipy.optimize import nnls
 
-    a = np.array([[r.get(k, 0.0) for k in names] for r in rows]) * (scale / y)[:, None]
+    a = x * scale[:, None] / y[:, None]
     columns = np.maximum(a.max(0), 1e-12)  # columns of similar size keep NNLS well conditioned
     a = a / columns
     b = np.ones(len(y))
@@ -369,7 +371,7 @@ def _irls(rows: list[dict[str, float]], names: list[str], y: np.ndarray, weights
     for _ in range(iterations):
         w = root / np.sqrt(np.maximum(np.abs(a @ coef - b), 1e-3))
         coef, _ = nnls(a * w[:, None], b * w)
-    return {k: float(c) for k, c in zip(names, coef / columns)}
+    return coef / columns
 
 
 def declared(target: Mapping[str, Any]) -> dict[str, Any]:

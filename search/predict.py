@@ -44,27 +44,25 @@ def predict(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise UserError(f"model: {'/'.join(map(str, unknown))}-bit layers; target {predictor.target} runs "
                         f"{'/'.join(map(str, sorted(predictor.kernels)))}")
     return {"target": predictor.target, "model": cfg["model"], "latency_ms": predictor.predict(layers),
-            "macs": sum(layer.macs for layer in layers), "layers": len(layers),
+            "macs": sum(layer.macs for layer in layers), "layers": layers,
             "breakdown": predictor.breakdown(layers), "extrapolated": predictor.extrapolated(layers),
-            "source": predictor.describe()["latency.source"],
-            "descriptors": {layer.name: layer for layer in layers}}
+            "source": predictor.describe()["latency.source"]}
 
 
 def _run(cfg: dict[str, Any], _: None) -> None:
     p = predict(cfg)
     shown = p["model"] if p["model"].endswith((".onnx", ".tflite")) else (
         f"{p['model']} width {cfg['width']} at {cfg['resolution']} px, {cfg['bits']}-bit")
-    print(f"{shown}: {p['layers']} layers, {p['macs'] / 1e6:.1f} MMACs")
+    print(f"{shown}: {len(p['layers'])} layers, {p['macs'] / 1e6:.1f} MMACs")
     if cfg["layers"]:
         print(f"{'layer':<40} {'shape in -> out':<28} {'k/s/g':>8} {'MMACs':>8} {'runs as':>8} {'ms':>8}")
-        for name, run, ms in p["breakdown"]:
-            layer = p["descriptors"].get(name)
-            if layer is None:
-                print(f"{name:<40} {'':<28} {'':>8} {'':>8} {'':>8} {ms:>8.3f}")
-                continue
+        n = len(p["layers"])  # the breakdown lists the layers in order (names may repeat in a file), then the rest
+        for layer, (name, run, ms) in zip(p["layers"], p["breakdown"][:n]):
             shape = f"{'x'.join(map(str, layer.in_shape))} -> {'x'.join(map(str, layer.out_shape))}"
             print(f"{name[-40:]:<40} {shape:<28} {f'{layer.kernel}/{layer.stride}/{layer.groups}':>8} "
                   f"{layer.macs / 1e6:>8.2f} {run:>8} {ms:>8.3f}")
+        for name, _, ms in p["breakdown"][n:]:
+            print(f"{name:<40} {'':<28} {'':>8} {'':>8} {'':>8} {ms:>8.3f}")
     print(f"predicted latency on {p['target']}: {p['latency_ms']:.2f} ms ({p['source']})")
     if p["extrapolated"]:
         print("outside the calibrated domain, so extrapolated: " + "; ".join(p["extrapolated"]))

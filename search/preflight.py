@@ -199,8 +199,9 @@ def refuse_changed(cfg: Mapping[str, Any]) -> None:
     created = study.user_attrs.get(CONFIG_ATTR) if study else None
     if created is None:
         return
-    now = meaning(cfg)  # a key absent on either side reads as null: a setting added later (supernet.init) whose
-    differ = sorted(k for k in created.keys() | now.keys() if created.get(k) != now.get(k))  # null keeps the old meaning
+    now = meaning(cfg)
+    # a key absent on one side reads as null: a setting added later (supernet.init) whose null keeps the old meaning
+    differ = sorted(k for k in created.keys() | now.keys() if created.get(k) != now.get(k))
     if not differ:
         return
     keys = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")

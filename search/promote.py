@@ -268,7 +268,8 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     with tempfile.TemporaryDirectory() as tmp:
         path = backend.export(net, data.input_shape, Path(tmp) / "model.onnx")
         checked = parity.compare(backend.outputs(path, x_test), net_logits, data.test.y)
-        gate(checked, point, r, "ONNX file", lambda: " Layers where the file starts to differ: " + ", ".join(
+        gate(checked, point, r, "ONNX file", ("min_agreement", r.min_agreement), lambda: (
+            " Layers where the file starts to differ: ") + ", ".join(
             f"{layer} ({error:.1%} of its output)"
             for layer, error in parity.worst_layers(parity.layer_errors(net, path, x_test[:64]))))
         host = time_model(path, threads=r.threads)
@@ -298,18 +299,18 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     return Promotion(**{**asdict(promotion), "version": version})
 
 
-def gate(checked: parity.Parity, point: pareto.Point, r: Request, what: str, where=lambda: "",
-         agreement_key: str = "min_agreement") -> None:
+def gate(checked: parity.Parity, point: pareto.Point, r: Request, what: str, least: tuple[str, float],
+         where=lambda: "") -> None:
     """ParityError unless the file's test accuracy is within `tolerance` of the trial's and its top-1 agreement
-    with the trial's network at least the `agreement_key` setting; `where()` (computed only then) says where it
-    differs."""
+    with the trial's network at least `least` (the setting's name and value); `where()` (computed only then) says
+    where it differs."""
     gap = abs(checked.accuracy - point.values["test_accuracy"])
-    least = getattr(r, agreement_key)
-    if gap > r.tolerance or checked.agreement < least:
+    key, minimum = least
+    if gap > r.tolerance or checked.agreement < minimum:
         raise ParityError(
             f"parity: trial {point.trial}'s {what} scores {checked.describe()} on the test split; the trial "
             f"scored {point.values['test_accuracy']:.2f}%: {gap:.2f} points (tolerance {r.tolerance}), "
-            f"agreement {checked.agreement:.2f}% ({agreement_key} {least}); nothing registered." + where())
+            f"agreement {checked.agreement:.2f}% ({key} {minimum}); nothing registered." + where())
 
 
 def _tflite(net, data, x_test, net_logits, point, r: Request, path: Path) -> dict:
@@ -326,7 +327,7 @@ def _tflite(net, data, x_test, net_logits, point, r: Request, path: Path) -> dic
                           + "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
                           + "; nothing registered.")
     checked = parity.compare(litert.outputs(path, x_test), net_logits, data.test.y)
-    gate(checked, point, r, ".tflite file", agreement_key="litert_min_agreement")
+    gate(checked, point, r, ".tflite file", ("litert_min_agreement", r.litert_min_agreement))
     timing = litert_runner.time_model(path, threads=r.threads)
     return {"tflite_path": str(path), "tflite_test_accuracy": checked.accuracy, "tflite_agreement": checked.agreement,
             "tflite_host_latency_ms": timing.median_ms, "parity": checked}

@@ -44,7 +44,6 @@ class Row:
     layers: tuple[Layer, ...]
     bits: int  # 32 or 8
     latency_ms: float
-    core_class: str
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ def read(path: str | Path) -> tuple[list[Row], list[Skipped]]:
             threads = r["threads"].split(" ")[0]
             layers = _layers(FAMILIES[family], float(r["width"]), int(r["res"]))
             rows.append(Row(r["row_id"], r["table_id"], f"{r['table_id']} {r['device']}, {threads} thread(s), {precision}",
-                            r["model_name"], layers, PRECISIONS[precision], float(r["latency_ms"]), r["core_class"]))
+                            r["model_name"], layers, PRECISIONS[precision], float(r["latency_ms"])))
     return rows, skipped
 
 
@@ -78,13 +77,20 @@ def _layers(family: str, width: float, resolution: int) -> tuple[Layer, ...]:
     return tuple(describe.built(family, width, resolution))
 
 
-def sets(rows: Sequence[Row], bits: int | None = None, tables: Sequence[str] | None = None) -> dict[str, list[Row]]:
-    """Rows by set (optionally of one precision and of some tables), in file order."""
+def sets(rows: Sequence[Row], bits: int | None = None) -> dict[str, list[Row]]:
+    """Rows by set (optionally of one precision), in file order."""
     out: dict[str, list[Row]] = {}
     for row in rows:
-        if (bits is None or row.bits == bits) and (tables is None or row.table in tables):
+        if bits is None or row.bits == bits:
             out.setdefault(row.set, []).append(row)
     return out
+
+
+def float_sets(rows: Sequence[Row], leave_out: str | None = None) -> dict[str, tuple[list[list[Layer]], list[float]]]:
+    """The float sets as (networks, latencies): what a structure is fitted on (int8 rows fit only the speed-up);
+    `leave_out` names a table whose sets are left out."""
+    return {name: ([list(r.layers) for r in group], [r.latency_ms for r in group])
+            for name, group in sets(rows, bits=32).items() if group[0].table != leave_out}
 
 
 @dataclass(frozen=True)

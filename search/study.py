@@ -35,6 +35,7 @@ from .workers import TrialFailed, Workers
 optuna.logging.disable_default_handler()
 optuna.logging.enable_propagation()
 
+
 def run(cfg: Mapping[str, Any], overrides: list[str] = (), data: datasets.Dataset | None = None) -> optuna.Study:
     """Run (or resume) the study described by a resolved config until it holds n_trials
     complete trials, on `data` (loaded from the config when None)."""

@@ -66,7 +66,8 @@ def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[st
     dev = device()
     net = space.supernet()
     if init is not None:
-        load_torchvision(net, {k: torch.from_numpy(v) for k, v in init.items()}, new_classifier=True)
+        # checked on the driver (`initial_weights`), key order included where the file keeps one (not safetensors)
+        load_torchvision(net, {k: torch.from_numpy(v) for k, v in init.items()}, new_classifier=True, ordered=False)
     net = net.to(dev, memory_format=torch.channels_last)
     per_epoch = len(data.train.y) // settings["batch_size"]
     steps = settings["epochs"] * per_epoch

@@ -123,7 +123,8 @@ def images(root: Path, per_class: int = 12, size: int = 40) -> Path:
     return root
 
 
-def test_supernet_init_starts_the_supernet_from_the_file(tmp_path):
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_supernet_init_starts_the_supernet_from_the_file(tmp_path, suffix):
     """`supernet.init`: the weights file crosses to the worker as plain arrays and the full-width network starts
     from it (no training step here, so the trained state is the file's, up to batch-norm statistics)."""
     from search import data as datasets
@@ -132,9 +133,15 @@ def test_supernet_init_starts_the_supernet_from_the_file(tmp_path):
     d = datasets.load({"name": "imagefolder", "root": str(images(tmp_path / "img")), "image_size": 32,
                        "val_size": 0.25, "test_size": 0.25}, 0, tmp_path / "cache")
     tv = trained_torchvision()
-    torch.save(tv.state_dict(), tmp_path / "w.pth")
+    weights = tmp_path / f"w{suffix}"
+    if suffix == ".pth":
+        torch.save(tv.state_dict(), weights)
+    else:  # safetensors sorts its keys: the order was checked on the driver, not again on the worker
+        from safetensors.torch import save_file
+
+        save_file(tv.state_dict(), str(weights))
     settings = yaml.safe_load(CONF.read_text()) | {"input_shape": d.input_shape, "num_classes": d.num_classes}
-    init = supernet.initial_weights(settings, str(tmp_path / "w.pth"))
+    init = supernet.initial_weights(settings, str(weights))
     steps = supernet.train(settings, d, {"epochs": 1, "batch_size": 10_000, "lr": 0.1, "random_subnets": 1}, 0, init)
     try:
         while True:
