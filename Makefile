@@ -25,6 +25,7 @@ results: $(INSTALLED)
 	$(BIN)/python scripts/calibration_report.py
 	$(BIN)/python scripts/bench_predictor.py
 	$(BIN)/python scripts/parity_report.py
+	$(BIN)/python scripts/onnx_report.py
 	$(BIN)/python scripts/litert_report.py
 	$(BIN)/python scripts/search_report.py
 	$(BIN)/python scripts/phone_report.py

@@ -82,9 +82,9 @@ def section(results: dict[str, list[dict]]) -> str:
     lines += ["", f"Worst top-1 agreement: {agreement:.2f}% ({worst_agreement[0]} trial {worst_agreement[1]['trial']}; "
               f"goal >= {GOALS['agreement']}%: {'met' if agreement >= GOALS['agreement'] else 'not met'}). "
               f"Worst accuracy difference: {gap:.2f} points ({worst_gap[0]} trial {worst_gap[1]['trial']}; goal <= "
-              f"{GOALS['gap']}: {'met' if gap <= GOALS['gap'] else 'not met'}). The goals are the ONNX file's, which "
-              "computes in float what the network computed; the `.tflite` file's integer kernels round their "
-              "requantization differently (see the LiteRT section)."]
+              f"{GOALS['gap']}: {'met' if gap <= GOALS['gap'] else 'not met'}). The goals are the ONNX file's, whose integer "
+              "kernels add an int32 bias the network does not round; the `.tflite` file's round their requantization "
+              "differently too (see the LiteRT section)."]
     files = [p for _, p in rows if p.get("tflite_path")]
     if files:
         worst = min(files, key=lambda p: p["tflite_agreement"])

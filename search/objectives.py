@@ -6,7 +6,7 @@ import math
 from typing import Sequence
 
 from spaces import Layer
-from spaces.precision import FLOAT_BITS, integer_kernel, storage_bits
+from spaces.precision import FLOAT_BITS, ONNX_INT32_BIAS_BITS, integer_kernel, storage_bits
 
 DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "size_kb": "minimize", "peak_memory_kb": "minimize"}
 BUDGETS = ("latency_ms", "size_kb", "peak_memory_kb")
@@ -15,9 +15,9 @@ BUDGETS = ("latency_ms", "size_kb", "peak_memory_kb")
 # What each export format's file holds besides the tensors `size_kb` counts: nodes, names, quantization parameters
 # of the activations, metadata. Fitted by `scripts/fit_file_size.py --file F` on exports of 11 networks at two
 # input sizes (float, uniform 8-bit, 6 random mixes, 3 of them also all-float; batch norm as training leaves it);
-# within 3.2 % (ONNX) and 1.4 % (.tflite, mixes of 5-8 and 32 bits) of every file.
+# within 2.8 % (ONNX) and 1.4 % (.tflite, mixes of 5-8 and 32 bits) of every file.
 GRAPH_BYTES = {
-    "onnx": {"file": 54, "float_layer": 551, "quantized_layer": 841, "precision_change": 121},
+    "onnx": {"file": 56, "float_layer": 551, "quantized_layer": 897, "precision_change": 77},
     "litert": {"file": 74, "float_layer": 901, "quantized_layer": 1032, "precision_change": 315},
 }
 
@@ -27,7 +27,8 @@ def size_kb(layers: Sequence[Layer], file: str) -> float:
     runs). Both formats store every weight densely at its storage width (int4 two a byte, int8, int16, float32;
     unstructured zeros are zeros, not missing), a 32-bit bias per output channel, and per quantized layer a
     float32 scale and a zero point per output channel: at the weights' width in ONNX; int64 in a .tflite
-    (TFLite's QuantizationParameters), where the int32 bias has its own scale and zero point. The graph is
+    (TFLite's QuantizationParameters). An int32 bias has its own scale and zero point per channel (in ONNX, at
+    `ONNX_INT32_BIAS_BITS` only). The graph is
     `GRAPH_BYTES[file]`: a cost per layer, and per change between float, integer-kernel and dequantized layers
     along the network, where (de)quantize pairs sit."""
     graph = GRAPH_BYTES[file]
@@ -42,6 +43,8 @@ def size_kb(layers: Sequence[Layer], file: str) -> float:
             # ONNX: zero points at the weights' width; TFLite: int64, and its int32 bias carries a scale and a
             # zero point per channel too
             params = 24 * channels if file == "litert" else 4 * channels + -(-channels * width // 8)
+            if file == "onnx" and layer.bits in ONNX_INT32_BIAS_BITS:
+                params += 8 * channels  # its int32 bias's scale and zero point
             total += -(-layer.weights * width // 8) + params + graph["quantized_layer"]
             kinds.append("integer" if integer_kernel(layer.bits) else "dequantized")
         total += 4 * channels  # bias (batch norm folded into it)

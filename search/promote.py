@@ -267,7 +267,8 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     folder = r.where.folder / "promoted"
     with tempfile.TemporaryDirectory() as tmp:
         path = backend.export(net, data.input_shape, Path(tmp) / "model.onnx")
-        checked = parity.compare(backend.outputs(path, x_test), net_logits, data.test.y)
+        as_file = parity.torch_logits(backend.reference(net, data.input_shape), x_test)
+        checked = parity.compare(backend.outputs(path, x_test), as_file, data.test.y)
         gate(checked, point, r, "ONNX file", ("min_agreement", r.min_agreement), lambda: (
             " Layers where the file starts to differ: ") + ", ".join(
             f"{layer} ({error:.1%} of its output)"

@@ -58,9 +58,10 @@ def layer_modules(net: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def trace(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, dict]:
-    """Run `model` once on `x`, recording each conv, linear and batch-norm module's input and output tensors."""
-    kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+def trace(model: nn.Module, x: torch.Tensor, kinds: tuple[type, ...] = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+          ) -> dict[nn.Module, dict]:
+    """Run `model` once on `x`, recording each conv, linear and batch-norm module's (or each module of `kinds`')
+    input and output tensors."""
     records: dict[nn.Module, dict] = {}
     handles = []
 

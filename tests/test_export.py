@@ -22,10 +22,12 @@ from onnx import numpy_helper
 from torch import nn
 
 import spaces
+from search.backends import onnx as onnx_backend
 from search.backends.onnx import export
 from search.backends.onnx import layers as onnx_layers
 from spaces.quantize import ActivationQuantizer
 from spaces import Candidate
+from tests.emulated import needs_qemu, run_on_avx2
 from tests.nets import randomize_bn
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -111,11 +113,16 @@ def layer_bits(space, candidate: Candidate) -> dict[str, int]:
 
 
 def run(path: Path, x: np.ndarray) -> np.ndarray:
+    return onnx_backend.session(path).run(["logits"], {"input": x})[0]  # as every check of the project runs it
+
+
+def optimized_ops(path: Path, tmp_path: Path) -> collections.Counter:
+    """The ops onnxruntime's CPU provider runs for the file, as the project's sessions optimise it."""
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.x64quantprecision", "1")  # as the project's sessions do
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["WeightBiasQuantization"])
-    return sess.run(["logits"], {"input": x})[0]
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=onnx_backend.DISABLED_OPTIMIZERS)
+    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
 
 
 def torch_logits(net: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -133,6 +140,21 @@ class Graph:
     def op(self, tensor: str) -> str | None:
         p = self.producer.get(tensor)
         return p.op_type if p is not None else None
+
+    def integer_kernel(self, node) -> bool:
+        """Int8 weights and an int32 bias between two uint8 grids (through a ReLU/clip): what fuses."""
+        if len(node.input) < 3 or self.op(node.input[2]) != "DequantizeLinear":
+            return False
+        if self.stored_weight(node).data_type != T.INT8:
+            return False
+        out = node.output[0]
+        while True:
+            after = [n for n in self.model.graph.node if out in n.input]
+            if len(after) != 1 or after[0].op_type not in ("Clip", "Relu"):
+                break
+            out = after[0].output[0]
+        return len(after) == 1 and after[0].op_type == "QuantizeLinear" and \
+            self.init[after[0].input[2]].data_type == T.UINT8
 
     def stored_weight(self, node) -> onnx.TensorProto:
         """The initializer a Conv/Gemm's weights come from (through its DequantizeLinear, if any)."""
@@ -287,17 +309,36 @@ def test_a_range_never_observed_is_a_value_error_and_nothing_is_written(channel_
 
 
 def test_int8_layers_read_integers(int8_export):
-    """Every layer reads int8 weights and uint8 activations through DequantizeLinear; its bias follows as an Add
-    (so no runtime quantizes it at a scale of its own)."""
+    """Every layer reads int8 weights and uint8 activations through DequantizeLinear, and its bias as int32 at
+    input x weight scale: the operands of an integer kernel."""
     _, path = int8_export
     g = Graph(path)
     for layer in onnx_layers(path).values():
         node = g.nodes[layer.node]
-        assert g.op(node.input[0]) == "DequantizeLinear" and g.op(node.input[1]) == "DequantizeLinear"
+        x_dq, w_dq, b_dq = (g.producer[t] for t in node.input)
+        assert x_dq.op_type == w_dq.op_type == b_dq.op_type == "DequantizeLinear"
         assert g.stored_weight(node).data_type == T.INT8
-        assert g.init[g.producer[node.input[0]].input[2]].data_type == T.UINT8  # uint8 activations
-        assert len(node.input) == 2 and any(n.op_type == "Add" and node.output[0] in n.input
-                                            for n in g.model.graph.node)
+        assert g.init[x_dq.input[2]].data_type == T.UINT8  # uint8 activations
+        assert g.init[b_dq.input[0]].data_type == T.INT32
+        x_scale, w_scale = (numpy_helper.to_array(g.init[n.input[1]]) for n in (x_dq, w_dq))
+        np.testing.assert_array_equal(numpy_helper.to_array(g.init[b_dq.input[1]]), x_scale * w_scale)
+
+
+def test_onnxruntime_runs_every_int8_layer_as_an_integer_kernel(int8_export, mixed_export, tmp_path):
+    """The int8 file runs no float convolution: every layer fuses into QLinearConv/QGemm. In the mixed file only
+    layers with 8-bit weights between two uint8 grids can (int4 weights and uint16 grids have no integer kernel;
+    onnxruntime's selectors decide which of those fuse) and the others run as float kernels on dequantized
+    operands."""
+    _, path = int8_export
+    ops = optimized_ops(path, tmp_path)
+    assert ops["QLinearConv"] + ops["QGemm"] == len(onnx_layers(path)) and not ops["Conv"] + ops["Gemm"]
+    _, _, _, mixed_path = mixed_export
+    g = Graph(mixed_path)
+    integer = [name for name, layer in onnx_layers(mixed_path).items() if g.integer_kernel(g.nodes[layer.node])]
+    optimized_ops(mixed_path, tmp_path)
+    fused = {n.name.split("_token")[0] for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+             if n.op_type in ("QLinearConv", "QGemm")}
+    assert fused and fused <= set(integer) < set(onnx_layers(mixed_path))
 
 
 # The ONNX file computes in float what the network computes, so it flips a prediction only where a value lands
@@ -308,9 +349,9 @@ MAX_DISAGREEMENTS, MAX_STEPS = 2, 0.5
 
 
 def agreement(net, path, x) -> tuple[int, float]:
-    """How many images the file and the torch network classify differently, and the mean logit difference in
-    units of an 8-bit step of the logits' spread."""
-    want, got = torch_logits(net, x), run(path, x)
+    """How many images the file and the torch network (as the file rounds its int32 biases: `reference`) classify
+    differently, and the mean logit difference in units of an 8-bit step of the logits' spread."""
+    want, got = torch_logits(onnx_backend.reference(net, INPUT), x), run(path, x)
     return int((want.argmax(1) != got.argmax(1)).sum()), float(np.abs(got - want).mean() / np.ptp(want) * 256)
 
 
@@ -319,6 +360,30 @@ def test_int8_file_computes_the_fake_quantized_network(int8_export, digits):
     net, path = int8_export
     disagree, steps = agreement(net, path, random_batch(digits))
     assert disagree <= MAX_DISAGREEMENTS and steps < MAX_STEPS
+
+
+RUN_FILES = """import sys, numpy as np
+from search.backends import onnx
+assert onnx.u8s8_saturates(), "this CPU's u8s8 kernels should saturate"
+x = np.load(sys.argv[1])
+np.savez(sys.argv[2], **{str(i): onnx.outputs(p, x) for i, p in enumerate(sys.argv[3:])})
+"""
+
+
+@needs_qemu
+def test_an_x86_cpu_without_vnni_computes_what_this_cpus_kernels_compute(int8_export, mixed_export, digits, tmp_path):
+    """The same files in a process that sees an AVX2 CPU without VNNI (`qemu-x86_64 -cpu Haswell-v4`), whose u8s8
+    kernels add pairs of products in 16 bits and saturate: `session` finds that and runs u8u8 kernels, and the
+    integer layers give the same logits as on this CPU (measured: to the bit on an AVX-512 VNNI EPYC)."""
+    paths = [int8_export[1], mixed_export[3]]
+    x = random_batch(digits)
+    np.save(tmp_path / "x.npy", x)
+    run_on_avx2(RUN_FILES, tmp_path / "x.npy", tmp_path / "out.npz", *paths)
+    emulated = np.load(tmp_path / "out.npz")
+    np.testing.assert_array_equal(emulated["0"], run(paths[0], x))  # all-integer file: the same to the bit
+    here = run(paths[1], x)  # float kernels too: float rounding apart
+    np.testing.assert_allclose(emulated["1"], here, rtol=0, atol=1e-4 * float(np.abs(here).max()))
+    assert (emulated["1"].argmax(1) == here.argmax(1)).all()
 
 
 def test_the_file_quantizes_where_the_network_does(int8_export, mixed_export):

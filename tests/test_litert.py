@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ from search.backends import get, litert, litert_audit
 from search.runners.litert import LiteRTRunner, time_model
 from spaces import Candidate
 from tests import tflite_edit
+from tests.emulated import needs_qemu, run_on_avx2
 from tests.test_export import INPUT, build, digits, make_space, sampled, torch_logits, train  # noqa: F401 (digits: a fixture)
 
 pytestmark = pytest.mark.slow  # converts networks (seconds each)
@@ -140,7 +138,6 @@ def mixed(space, trained, digits, tmp_path_factory):
     return net, litert.export(net, INPUT, tmp_path_factory.mktemp("mixed") / "mixed.tflite"), c
 
 
-QEMU = shutil.which("qemu-x86_64")
 RUN_FILES = """import sys, numpy as np
 from search.backends import litert
 x = np.load(sys.argv[1])
@@ -148,7 +145,7 @@ np.savez(sys.argv[2], **{str(i): litert.outputs(p, x) for i, p in enumerate(sys.
 """
 
 
-@pytest.mark.skipif(QEMU is None, reason="needs Debian's qemu-user (.ci/run installs it)")
+@needs_qemu
 def test_xnnpacks_avx2_path_computes_what_this_cpus_path_computes(files, mixed, digits, tmp_path):
     """The same files run by the same LiteRT wheel in a process that sees an AVX2-only CPU (`qemu-x86_64 -cpu
     Haswell-v4`: XNNPACK picks its microkernels, and their requantization, from CPUID): the integer kernels give
@@ -157,10 +154,7 @@ def test_xnnpacks_avx2_path_computes_what_this_cpus_path_computes(files, mixed, 
     paths = [files["int8"][1], mixed[1], files["float"][1]]
     x = digits["x_test"]
     np.save(tmp_path / "x.npy", x)
-    done = subprocess.run([QEMU, "-cpu", "Haswell-v4", sys.executable, "-c", RUN_FILES, str(tmp_path / "x.npy"),
-                           str(tmp_path / "out.npz"), *map(str, paths)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_on_avx2(RUN_FILES, tmp_path / "x.npy", tmp_path / "out.npz", *paths)
     emulated = np.load(tmp_path / "out.npz")
     here = [litert.outputs(p, x) for p in paths]
     np.testing.assert_array_equal(emulated["0"], here[0])  # all-integer file: the same to the bit

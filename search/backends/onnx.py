@@ -7,18 +7,27 @@ re-calibrated. Then the weights are stored as integers: each quantized layer's w
 (per output channel, symmetric, zero point 0) behind a DequantizeLinear.
 
 Activations are unsigned (uint8 up to 8 bits, uint16 above) on their own b-bit grid; 4-bit grids are kept in
-uint8 (onnxruntime 1.31's ClipQuantFusion aborts on uint4 after a ReLU6). onnxruntime runs every layer as
-DequantizeLinear + float kernel (`_store_integers` says why): exact, not faster than fp32. Integer kernels
-need an int32 bias, whose rounding the torch network does not simulate yet.
+uint8 (onnxruntime 1.31's ClipQuantFusion aborts on uint4 after a ReLU6). An 8-bit layer reading an 8-bit
+grid keeps its bias as int32 at input x weight scale behind a DequantizeLinear, so onnxruntime fuses it
+into an integer kernel (QLinearConv, QGemm) whose requantization onto the next quantizer's grid is the
+network's own quantize step; every other layer runs as DequantizeLinear + float kernel, its bias an Add.
+The int32 bias is the one rounding the trained network does not simulate: at most half an accumulator unit
+(input x weight scale; measured on a trained network: at most 2% of an output step), yet enough to move a few
+activations across a rounding boundary. It is not simulated in training, where the bias exists only once batch norm is folded, nor in
+scoring, which would change every study for a difference the gate bounds anyway: `reference` is the network with
+the file's rounding, computed from the network alone, and parity checks the file against it; the gate's accuracy
+tolerance bounds how far that is from what the trial scored.
 
 Every session this project opens on such a file (`session`) turns off onnxruntime's WeightBiasQuantization
-(`DISABLED_OPTIMIZERS`; an app should too) and sets `session.x64quantprecision`: on x86 CPUs
-without VNNI, onnxruntime's u8s8 integer kernels add pairs of products in 16 bits and saturate where int8
-weights are large; with the option it runs those layers as u8u8, which computes what the file says
-(measured: 8% of a random int8 conv's outputs differed without it, none with it).
+(`DISABLED_OPTIMIZERS`; an app should too). On an x86 CPU without VNNI, onnxruntime's u8s8 integer kernels
+add pairs of products in 16 bits and saturate where int8 weights are large; there `session` sets
+`session.x64quantprecision`, which runs those layers as u8u8 and computes what the file says. onnxruntime
+applies that option on every x86 CPU with AVX2, VNNI or not, and on a VNNI CPU it only halves the integer
+kernels' speed, so `session` asks the runtime first (`u8s8_saturates`). An app on x86 should do the same.
 """
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import warnings
@@ -30,8 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from spaces.fold import FoldedLayer, deployable
-from spaces.precision import FLOAT_BITS, storage_bits
+from spaces.fold import FoldedLayer, deployable, trace
+from spaces.precision import FLOAT_BITS, ONNX_INT32_BIAS_BITS as INT32_BIAS_BITS, storage_bits
+from spaces.quantize import QuantizeDequantize
 
 from .files import INPUT_NAME, OUTPUT_NAME, save_atomically
 
@@ -63,7 +73,8 @@ def session(path: str | Path, threads: int | None = None, optimize: bool = True)
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.add_session_config_entry("session.x64quantprecision", "1")
+    if u8s8_saturates():
+        options.add_session_config_entry("session.x64quantprecision", "1")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -73,6 +84,26 @@ def session(path: str | Path, threads: int | None = None, optimize: bool = True)
     source = path.SerializeToString() if hasattr(path, "SerializeToString") else str(path)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=DISABLED_OPTIMIZERS)
+
+
+@functools.cache
+def u8s8_saturates() -> bool:
+    """Does this CPU's onnxruntime saturate u8 x s8 products added in pairs (x86 without VNNI)? Asked of the
+    runtime itself, without the option: one MatMulInteger whose pairs (255 x 127, twice) overflow 16 bits."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = 64
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "u8s8",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])],
+                              [numpy_helper.from_array(np.full((k, 1), 127, np.int8), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"a": np.full((1, k), 255, np.uint8)})[0]
+    return int(got.item()) != 255 * 127 * k
 
 
 def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) -> Path:
@@ -88,13 +119,14 @@ def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) 
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}")
     model, folded = deployable(net, input_shape)
+    bias_scales = _round_int32_biases(model, folded, input_shape)
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         raw = Path(tmp) / "raw.onnx"
         _export(model, input_shape, raw)
         graph = onnx.load(str(raw))
     _strip_debug_info(graph)
     layers = _map_layers(graph, folded)
-    _store_integers(graph, layers)
+    _store_integers(graph, layers, bias_scales)
     _compact(graph)
     described = _rename(graph, _describe(graph, layers))
     del graph.metadata_props[:]
@@ -104,6 +136,46 @@ def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) 
     path = save_atomically(Path(path), lambda tmp: onnx.save_model(graph, tmp, save_as_external_data=False))
     session(path).run([OUTPUT_NAME], {INPUT_NAME: np.zeros((1, *input_shape), dtype=np.float32)})  # it loads, runs
     return path
+
+
+def reference(net: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
+    """The network as its file computes it: the plain network `export` writes, with the int32 biases rounded as the
+    file stores them (the one rounding the trained network does not simulate). Parity checks the file against this,
+    computed from the network alone; the gate's accuracy tolerance bounds how far it is from what the trial scored."""
+    input_shape = tuple(int(d) for d in input_shape)
+    model, folded = deployable(net, input_shape)
+    _round_int32_biases(model, folded, input_shape)
+    return model
+
+
+def _round_int32_biases(model: nn.Module, folded: Mapping[str, FoldedLayer],
+                        input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Round in place the bias of every layer that runs as an integer kernel (`INT32_BIAS_BITS` weights reading
+    what a quantizer of those bits wrote) onto the int32 grid at input x weight scale; their per-channel bias
+    scales by layer name."""
+    records = trace(model, torch.zeros(1, *input_shape), kinds=(nn.Conv2d, nn.Linear, QuantizeDequantize))
+    written_by = {id(r["output"]): m for m, r in records.items() if isinstance(m, QuantizeDequantize)}
+    scales = {}
+    for name, layer in folded.items():
+        plain = model.get_submodule(layer.path)
+        quantizer = written_by.get(id(records[plain]["input"]))
+        if (layer.bits not in INT32_BIAS_BITS or quantizer is None or quantizer.bits not in INT32_BIAS_BITS
+                or plain.bias is None):
+            continue
+        w = plain.weight.detach().float().reshape(len(plain.weight), -1)
+        scale = torch.tensor(np.float32(quantizer.scale)) * _weight_scale(w, layer.bits)
+        q = torch.round(plain.bias.detach().double() / scale.double())
+        if q.abs().max() > np.iinfo(np.int32).max:
+            continue
+        with torch.no_grad():
+            plain.bias.copy_(q * scale.double())  # exact in double; float32 rounds it as onnxruntime's DQ does
+        scales[name] = scale.numpy()
+    return scales
+
+
+def _weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel scale (float32) of weights already on their grid (rows: output channels)."""
+    return w.abs().amax(1).clamp_min(1e-30) / (2 ** (bits - 1) - 1)
 
 
 def layers(model_or_path) -> dict[str, OnnxLayer]:
@@ -149,12 +221,13 @@ def _map_layers(model, folded: Mapping[str, FoldedLayer]) -> dict[str, OnnxLayer
     return out
 
 
-def _store_integers(model, layers: Mapping[str, OnnxLayer]) -> None:
-    """Quantized layers' weights as integers behind a DequantizeLinear; the bias of every layer next to quantized
-    values as an Add after it. onnxruntime's optimizer would otherwise quantize that bias to int32 (and a float
-    layer's weights to int8) at scales the network never used, to fuse an integer kernel: measured, that cost
-    1-4% of top-1 agreement at 8 bits and up to 60% at 3-4 bits. So this file runs DequantizeLinear + float
-    kernels, and computes the network the trial scored."""
+def _store_integers(model, layers: Mapping[str, OnnxLayer], bias_scales: Mapping[str, np.ndarray]) -> None:
+    """Quantized layers' weights as integers behind a DequantizeLinear. A layer with an int32 bias
+    (`bias_scales`, already rounded onto it) keeps it behind a DequantizeLinear: onnxruntime fuses it into an
+    integer kernel. Any other layer next to quantized values gets its bias as an Add after it: onnxruntime's
+    optimizer would otherwise quantize that bias (and a float layer's weights) at scales the network never used,
+    to fuse an integer kernel the network does not have (measured: 1-4% of top-1 agreement at 8 bits, up to 60%
+    at 3-4 bits). So the file computes the network the trial scored."""
     from onnx import helper, numpy_helper
 
     init = {i.name: i for i in model.graph.initializer}
@@ -166,16 +239,36 @@ def _store_integers(model, layers: Mapping[str, OnnxLayer]) -> None:
         quantized_input = feeding is not None and feeding.op_type == "DequantizeLinear"
         if layer.bits < FLOAT_BITS:
             _store_weights(model, node, layer, init)
-        if (layer.bits < FLOAT_BITS or quantized_input) and len(node.input) > 2 and node.input[2] in init:
-            bias = node.input[2]
-            value = numpy_helper.to_array(init[bias])
-            init[bias].CopyFrom(numpy_helper.from_array(
-                value.reshape(-1, 1, 1) if node.op_type == "Conv" else value, bias))
-            del node.input[2]
-            out = node.output[0]
-            node.output[0] = f"{out}_before_bias"
-            model.graph.node.insert(list(model.graph.node).index(node) + 1,
-                                    helper.make_node("Add", [node.output[0], bias], [out]))
+        if not ((layer.bits < FLOAT_BITS or quantized_input) and len(node.input) > 2 and node.input[2] in init):
+            continue
+        bias = node.input[2]
+        if layer.name in bias_scales:
+            _store_bias(model, node, init, bias_scales[layer.name])
+            continue
+        value = numpy_helper.to_array(init[bias])
+        init[bias].CopyFrom(numpy_helper.from_array(value.reshape(-1, 1, 1) if node.op_type == "Conv" else value,
+                                                    bias))
+        del node.input[2]
+        out = node.output[0]
+        node.output[0] = f"{out}_before_bias"
+        model.graph.node.insert(list(model.graph.node).index(node) + 1,
+                                helper.make_node("Add", [node.output[0], bias], [out]))
+
+
+def _store_bias(model, node, init, scale: np.ndarray) -> None:
+    """The node's bias (already on the int32 grid of `scale`) as int32 behind a DequantizeLinear, per output
+    channel, zero point 0: what an integer kernel adds to its accumulator."""
+    from onnx import helper, numpy_helper
+
+    bias = node.input[2]
+    q = np.round(numpy_helper.to_array(init[bias]).astype(np.float64) / scale).astype(np.int32)
+    model.graph.initializer.extend([numpy_helper.from_array(q, f"{bias}_q"),
+                                    numpy_helper.from_array(scale.astype(np.float32), f"{bias}_scale"),
+                                    numpy_helper.from_array(np.zeros(len(q), np.int32), f"{bias}_zero")])
+    dq = helper.make_node("DequantizeLinear", [f"{bias}_q", f"{bias}_scale", f"{bias}_zero"], [f"{bias}_dq"],
+                          axis=0)
+    model.graph.node.insert(list(model.graph.node).index(node), dq)
+    node.input[2] = dq.output[0]
 
 
 def _store_weights(model, node, layer: OnnxLayer, init) -> np.ndarray:
@@ -183,9 +276,7 @@ def _store_weights(model, node, layer: OnnxLayer, init) -> np.ndarray:
     from onnx import helper, numpy_helper
 
     w = numpy_helper.to_array(init[layer.weight]).astype(np.float32)
-    qmax = 2 ** (layer.bits - 1) - 1
-    scale = (np.maximum(np.abs(w.reshape(len(w), -1)).max(axis=1), np.float32(1e-30)) / np.float32(qmax))
-    scale = scale.astype(np.float32)
+    scale = _weight_scale(torch.from_numpy(w.reshape(len(w), -1)), layer.bits).numpy()
     q = np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1)))
     # Gemm from nn.Linear reads its weights as (out, in) with transB=1: the output channel is axis 0 either way
     width = storage_bits(layer.bits)
