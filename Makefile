@@ -20,12 +20,13 @@ test: $(INSTALLED)
 
 # Rewrites every measured section of README.md (long: it calibrates the host and runs every benchmark; needs a quiet machine).
 results: $(INSTALLED)
-	rm -rf outputs/report outputs/litert-report outputs/bench-search outputs/bench-overhead
+	rm -rf outputs/report outputs/litert-report outputs/parity-report outputs/bench-search outputs/bench-overhead
 	$(BIN)/python -m search.calibrate target=host
 	$(BIN)/python scripts/calibration_report.py
 	$(BIN)/python scripts/bench_predictor.py
 	$(BIN)/python scripts/parity_report.py
 	$(BIN)/python scripts/onnx_report.py
+	$(BIN)/python scripts/data_memory.py
 	$(BIN)/python scripts/litert_report.py
 	$(BIN)/python scripts/search_report.py
 	$(BIN)/python scripts/phone_report.py

@@ -642,3 +642,18 @@ def test_every_registered_data_set_honours_the_contract(name: str, tmp_path: Pat
     for a, b in ((ds.train, again.train), (ds.val, again.val), (ds.test, again.test)):
         np.testing.assert_array_equal(a.x, b.x)
         np.testing.assert_array_equal(a.y, b.y)
+
+
+def test_splits_are_slices_of_the_one_array_in_the_order_asked():
+    """A split copies no images (at 224 px a copy per split held three times the data set): each part is a slice of
+    the array the images were read into, holding exactly the images asked for, in that order."""
+    x = np.random.default_rng(0).integers(0, 256, (12, 3, 4, 4), dtype=np.uint8)
+    pool = Split(x.copy(), np.arange(12) * 10)
+    asked = [np.array([7, 2, 11, 5]), np.array([0, 9, 3])]
+    parts = data._partition(pool, *asked)
+    for part, idx in zip(parts, asked):
+        np.testing.assert_array_equal(part.x, x[idx])
+        np.testing.assert_array_equal(part.y, idx * 10)
+        assert part.x.flags.c_contiguous and np.shares_memory(part.x, pool.x)
+    rest = sorted(set(range(12)) - {int(i) for idx in asked for i in idx})
+    np.testing.assert_array_equal(pool.x[7:], x[rest])  # the images in no part, after the last one
