@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import sys
 import tempfile
@@ -303,15 +304,19 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
 def gate(checked: parity.Parity, point: pareto.Point, r: Request, what: str, least: tuple[str, float],
          where=lambda: "") -> None:
     """ParityError unless the file's test accuracy is within `tolerance` of the trial's and its top-1 agreement
-    with the trial's network at least `least` (the setting's name and value); `where()` (computed only then) says
-    where it differs."""
+    with the trial's network at least `least` (the setting's name and value), counted in whole images: on a small
+    test split the share allows at least one disagreement, or a single flip would refuse a correct file; `where()`
+    (computed only then) says where it differs."""
     gap = abs(checked.accuracy - point.values["test_accuracy"])
     key, minimum = least
-    if gap > r.tolerance or checked.agreement < minimum:
+    disagree = round(checked.images * (100 - checked.agreement) / 100)
+    allowed = math.ceil(checked.images * (100 - minimum) / 100 - 1e-9)
+    if gap > r.tolerance or disagree > allowed:
         raise ParityError(
             f"parity: trial {point.trial}'s {what} scores {checked.describe()} on the test split; the trial "
             f"scored {point.values['test_accuracy']:.2f}%: {gap:.2f} points (tolerance {r.tolerance}), "
-            f"agreement {checked.agreement:.2f}% ({key} {minimum}); nothing registered." + where())
+            f"{disagree} images classified otherwise ({key} {minimum} allows {allowed}); nothing registered."
+            + where())
 
 
 def _tflite(net, data, x_test, net_logits, point, r: Request, path: Path) -> dict:

@@ -1,6 +1,7 @@
 """The front against a hand-checked set of points (ties, a dominated chain, an infeasible point that
 would dominate everything), its hypervolume and picks, and the files drawn from it."""
 import csv
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -8,6 +9,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+import search.parity
 import search.promote
 from search import pareto, plots
 from search.storage import Location
@@ -134,3 +136,22 @@ def test_plots_are_written_for_every_pair(tmp_path, objectives):
     assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots.pairs(objectives) == [("latency_ms", "accuracy"), ("size_kb", "accuracy"), ("latency_ms", "size_kb")][
         :len(objectives) * (len(objectives) - 1) // 2]
+
+
+@pytest.mark.parametrize("images, disagree, refused", [(18, 1, False), (18, 2, True), (10_000, 50, False),
+                                                        (10_000, 51, True), (10_000, 0, False)])
+def test_the_parity_gate_counts_whole_images(images, disagree, refused):
+    """min_agreement 99.5 allows 0.5% of the images, rounded up to a whole one: 1 of 18 (where one flip is 5.6%),
+    50 of 10,000."""
+    checked = search.parity.Parity(90.0, 90.0, 100 * (images - disagree) / images, 0.1, images)
+    point = pareto.points(trials(), OBJECTIVES)[0]
+    point = dataclasses.replace(point, values={**point.values, "test_accuracy": 90.0})
+    asked = search.promote.Request(
+        where=Location("s", Path("s")), tracking_uri="sqlite:///m.db", cache_dir=".cache", trial=None, pick="knee",
+        rank_by="predicted", latency_budget_ms=None, size_budget_kb=None, max_drop=1.0, tolerance=1.0,
+        min_agreement=99.5, litert_min_agreement=98.0, model_name="m", alias="candidate", threads=1, phone={})
+    if refused:
+        with pytest.raises(search.promote.ParityError, match=f"{disagree} images classified otherwise"):
+            search.promote.gate(checked, point, asked, "ONNX file", ("min_agreement", 99.5))
+    else:
+        search.promote.gate(checked, point, asked, "ONNX file", ("min_agreement", 99.5))
