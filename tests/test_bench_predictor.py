@@ -64,13 +64,14 @@ def test_quick_run_writes_table_plot_and_readme_copy(tmp_path):
 
 @pytest.fixture
 def host_like(tmp_path) -> Path:
-    """50 mobilenetv2 networks whose 'measured' latency is a known linear model of the features."""
+    """100 mobilenetv2 networks whose 'measured' latency is a known linear model of the features (enough rows for
+    every coefficient of the host's kernels: float, int8 and dequantized layers each have their own)."""
     cfg = resolve(compose(["target=host"], "calibrate"))
     space = spaces.create(**space_settings(cfg))
     kernels = {int(k): v for k, v in cfg["target"]["kernels"].items()}
     price = {"macs": 0.02, "activations": 0.5, "weights": 0.3, "layers": 0.002, "count": 0.001}
     rows = []
-    for i, c in enumerate(calibration_set(space, 50, seed=1)):
+    for i, c in enumerate(calibration_set(space, 100, seed=1)):
         f = features(space.layers(c), kernels, False)
         latency = 0.01 + sum(price[k.rsplit(".", 1)[1]] * v for k, v in f.items() if k != "network")
         rows.append(Measurement(str(i), c, latency))
@@ -81,9 +82,9 @@ def host_like(tmp_path) -> Path:
 
 def test_host_sizes_beyond_the_rows_become_all_rows_and_a_known_model_is_found(host_like):
     data = bench_predictor.load("host", "host", "mobilenetv2", host_like, 0.2)
-    assert data.held_out == 10
+    assert data.held_out == 20
     results = bench_predictor.bench(data, (10, 30, 100), splits=2)
-    assert [(r["n"], r["splits"]) for r in results] == [(10, 2), (30, 2), (40, 1)]
+    assert [(r["n"], r["splits"]) for r in results] == [(10, 2), (30, 2), (80, 1)]
     mape, within, rho = results[-1]["predictor"]
     assert within == 1.0 and mape < 0.01 and rho > 0.99
     assert results[-1]["MACs"][0] > 5 * mape
