@@ -41,8 +41,8 @@ def integer_kernel(bits: int) -> bool:
 
 # The bits at which an ONNX file keeps a layer's bias as int32, so that onnxruntime runs the layer as an integer
 # kernel (a .tflite does at every `integer_kernel` width). Only full 8-bit grids: at 5-7 bits (int8/uint8 in the
-# file too) the bias's rounding on the coarser grids moved predictions (measured: a mixed file with 6-bit integer
-# layers disagreed with its network on 3 of 128 images, 0 without).
+# file too) the bias's rounding on the coarser grids moved predictions away from what the trial scored (measured:
+# a mixed file with 6-bit integer layers disagreed with its unrounded network on 3 of 128 images, 0 without).
 ONNX_INT32_BIAS_BITS = (8,)
 
 

@@ -255,9 +255,12 @@ def test_mlflow_server_serves_the_front_over_rest(study):
 def test_promoted_knee_loads_by_alias_and_predicts(study, knee):
     assert knee["new_version"] and knee["alias"] == "candidate"
     assert abs(knee["onnx_test_accuracy"] - knee["test_accuracy"]) <= 1.0  # the parity gate passed
-    # at most 3 of the digits test split's 360 images; measured: every one of the 12 digits front files of the
-    # README's parity studies (AMD EPYC and Intel Xeon, both AVX-512) agreed on all of them
-    assert knee["onnx_agreement"] >= 99.0 and knee["onnx_max_logit_diff"] < 1e-3
+    # Against the network with the file's int32 bias rounding (what the gate compares), at most 3 of the digits
+    # test split's 360 images. Measured with integer kernels: all 6 digits front files of the README's parity study
+    # (AMD EPYC, AVX-512 VNNI) agreed on every image, with a largest logit difference of 0.054 (integer kernels
+    # requantize in their own order: a value on a rounding boundary moves one step). Bound: 0.5 logits (9x); a
+    # broken file is off by whole logits (test_a_broken_export_is_refused_and_nothing_is_registered).
+    assert knee["onnx_agreement"] >= 99.0 and knee["onnx_max_logit_diff"] < 0.5
     mlflow.set_tracking_uri(uri(study))
     model = mlflow.pyfunc.load_model(f"models:/{STUDY}@candidate")
     data = load(config.resolve(config.compose(["data=digits"]))["data"], 0, str(study / "cache"))

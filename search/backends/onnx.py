@@ -13,10 +13,10 @@ into an integer kernel (QLinearConv, QGemm) whose requantization onto the next q
 network's own quantize step; every other layer runs as DequantizeLinear + float kernel, its bias an Add.
 The int32 bias is the one rounding the trained network does not simulate: at most half an accumulator unit
 (input x weight scale; measured on a trained network: at most 2% of an output step), yet enough to move a few
-activations across a rounding boundary. It is not simulated in training, where the bias exists only once batch norm is folded, nor in
-scoring, which would change every study for a difference the gate bounds anyway: `reference` is the network with
-the file's rounding, computed from the network alone, and parity checks the file against it; the gate's accuracy
-tolerance bounds how far that is from what the trial scored.
+activations across a rounding boundary. It is not simulated in training, where the bias exists only once batch
+norm is folded, nor in scoring, which would change every study for a difference the gate bounds anyway:
+`reference` is the network with the file's rounding, computed from the network alone, and parity checks the file
+against it; the gate's accuracy tolerance bounds how far that is from what the trial scored.
 
 Every session this project opens on such a file (`session`) turns off onnxruntime's WeightBiasQuantization
 (`DISABLED_OPTIMIZERS`; an app should too). On an x86 CPU without VNNI, onnxruntime's u8s8 integer kernels
