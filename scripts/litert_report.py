@@ -98,8 +98,8 @@ def width_ladder(folder: Path, study: list[str]) -> dict[str, dict]:
     x_test = parity.inputs(d.test, d.mean, d.std)
     out = {}
     for w, (metrics, state) in evaluated.items():
-        net = promote.network(cfg, d, ladder[w], state)
-        path = litert.export(net, d.input_shape, folder / "scaled" / f"width-{w}.tflite")
+        net, shape = promote.network(cfg, d, ladder[w], state)
+        path = litert.export(net, shape, folder / "scaled" / f"width-{w}.tflite")
         checked = parity.compare(litert.outputs(path, x_test), parity.torch_logits(net, x_test), d.test.y)
         out[f"width-{w}"] = {"width": w, "accuracy": metrics["accuracy"], "test_accuracy": metrics["test_accuracy"],
                              "tflite_path": str(path), "tflite_test_accuracy": checked.accuracy,

@@ -321,8 +321,10 @@ def _validate_space(cfg: Mapping[str, Any]) -> None:
     if not hasattr(spaces.SPACES[space["name"]], "supernet"):
         raise ConfigError(f"space: {space['name']} has no weight-sharing supernet, so it cannot be searched; "
                           f"it is for latency calibration (python -m search.calibrate space={space['name']})")
+    sizes = space.get("resolutions")  # checked against the data's size once it is loaded (preflight)
+    side = max([32, *(r for r in sizes if isinstance(r, int))] if isinstance(sizes, (list, tuple)) else [32])
     try:
-        spaces.create(**{"input_shape": (1, 32, 32), "num_classes": 10, **space})
+        spaces.create(**{"input_shape": (1, side, side), "num_classes": 10, **space})
     except (ValueError, TypeError, KeyError) as e:
         raise space_error(e) from None
 

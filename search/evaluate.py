@@ -29,25 +29,26 @@ def evaluate(space_settings: Mapping[str, Any], candidate: spaces.Candidate, dat
     shared = space.supernet()
     shared.load_state_dict({k: torch.tensor(v) for k, v in supernet.state.items()})
     net = space.subnet(shared, candidate).to(dev, memory_format=torch.channels_last)
-    finetune(net, data, supernet, settings, generator)
-    recalibrate_bn(net, data.train, data.mean, data.std, settings["batch_size"], settings["bn_batches"], generator)
+    shape = space.input_shape_of(candidate)  # the images are resized to the network's resolution
+    finetune(net, data, supernet, settings, generator, shape)
+    recalibrate_bn(net, data.train, data.mean, data.std, settings["batch_size"], settings["bn_batches"], generator,
+                   shape)
     # The search scores on validation; test accuracy is recorded for final reporting only.
-    metrics = {"accuracy": accuracy(net, data.val, data.mean, data.std),
-               "test_accuracy": accuracy(net, data.test, data.mean, data.std),
+    metrics = {"accuracy": accuracy(net, data.val, data.mean, data.std, shape),
+               "test_accuracy": accuracy(net, data.test, data.mean, data.std, shape),
                "evaluate_s": time.perf_counter() - start}
     return metrics, {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
 
 
 def finetune(net: torch.nn.Module, data: Dataset, supernet: Supernet, settings: Mapping[str, Any],
-             generator: torch.Generator) -> None:
+             generator: torch.Generator, shape: tuple[int, int, int] | None = None) -> None:
     """Distil from the full-width float supernet's logits, with a little hard-label loss."""
     dev = next(net.parameters()).device
     optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=0.9)
     net.train()
     steps = batches(data.train, min(settings["batch_size"], len(data.train.y)), generator)
     for _, idx in zip(range(settings["steps"]), steps):
-        x = to_input(data.train.x[idx], data.mean, data.std, dev)
-        out = net(x)
+        out = net(to_input(data.train.x[idx], data.mean, data.std, dev, shape))
         teacher = torch.from_numpy(supernet.teacher[idx]).to(dev)
         y = torch.from_numpy(data.train.y[idx]).to(dev)
         loss = distill_loss(out, teacher, settings["temperature"]) + 0.5 * F.cross_entropy(out, y)

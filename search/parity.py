@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,13 +37,14 @@ class Parity:
                 f"of {self.images} images, largest logit difference {self.max_logit_diff:.3g}")
 
 
-def images(x: np.ndarray, mean, std) -> np.ndarray:
-    """uint8 images -> the float32 NCHW batch the exported file reads."""
-    return to_input(x, mean, std, torch.device("cpu")).contiguous().numpy()
+def images(x: np.ndarray, mean, std, shape: Sequence[int] | None = None) -> np.ndarray:
+    """uint8 images -> the float32 NCHW batch the exported file reads (resized to its (C, H, W) input `shape`)."""
+    return to_input(x, mean, std, torch.device("cpu"), shape).contiguous().numpy()
 
 
-def inputs(split: Split, mean, std, start: int = 0, stop: int | None = None) -> np.ndarray:
-    return images(split.x[start:stop], mean, std)
+def inputs(split: Split, mean, std, start: int = 0, stop: int | None = None,
+           shape: Sequence[int] | None = None) -> np.ndarray:
+    return images(split.x[start:stop], mean, std, shape)
 
 
 def torch_logits(net: nn.Module, x: np.ndarray, batch_size: int = 500) -> np.ndarray:

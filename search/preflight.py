@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import spaces
 
 from . import data, latency, storage
-from .config import ROOT, ConfigError, validate
+from .config import ROOT, ConfigError, space_error, validate
 
 TIMEOUT_S = 5.0
 DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433, "redis": 6379}
@@ -34,6 +34,10 @@ def study(cfg: Mapping[str, Any]) -> data.Dataset:
     ray_reachable(cfg["ray"]["address"])
     local_ray_fits(cfg["ray"])
     dataset = data.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
+    try:  # settings that depend on the data (a resolution above its size)
+        space = spaces.create(**cfg["space"] | {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes})
+    except ValueError as e:
+        raise space_error(e) from None
     if cfg["supernet"]["init"]:  # the weights file fits the space's full-width network, or one line names the key
         from . import supernet
 
@@ -41,7 +45,6 @@ def study(cfg: Mapping[str, Any]) -> data.Dataset:
                                                  "num_classes": dataset.num_classes}, cfg["supernet"]["init"])
     budget = cfg["budget"].get("latency_ms")
     if budget is not None:
-        space = spaces.create(**cfg["space"] | {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes})
         fastest = predictor.fastest(cheapest_layers(space))
         if budget < fastest:
             raise ConfigError(f"budget.latency_ms: {budget} ms is below what any network of space {space.name} "

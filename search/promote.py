@@ -183,12 +183,14 @@ def choose(pts: list[pareto.Point], r: Request, objectives: list[str], floor: fl
 
 
 def network(study_cfg: Mapping[str, Any], data: datasets.Dataset, params: Mapping[str, Any],
-            weights: Mapping[str, np.ndarray]) -> torch.nn.Module:
-    """A trial's network, rebuilt from its params (Optuna) and its fine-tuned weights (MLflow)."""
+            weights: Mapping[str, np.ndarray]) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """A trial's network, rebuilt from its params (Optuna) and its fine-tuned weights (MLflow), and the (C, H, W)
+    input it takes: the trial's resolution, which its files are exported at."""
     space = spaces.create(**{**study_cfg["space"], "input_shape": data.input_shape, "num_classes": data.num_classes})
-    net = space.build(space.sample(optuna.trial.FixedTrial(dict(params))))
+    candidate = space.sample(optuna.trial.FixedTrial(dict(params)))
+    net = space.build(candidate)
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-    return net.eval()
+    return net.eval(), space.input_shape_of(candidate)
 
 
 HOST_RUNNERS = {"xnnpack": "litert", "onnxruntime": "host"}  # rank_by runtime -> the runner timing it here
@@ -211,9 +213,10 @@ def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracke
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         for p in pareto.front(pts):
-            net = network(study_cfg, data, study.trials[p.trial].params, tracker.weights(runs[p.trial].info.run_id))
+            net, shape = network(study_cfg, data, study.trials[p.trial].params,
+                                 tracker.weights(runs[p.trial].info.run_id))
             try:
-                files[p.trial] = module.export(net, data.input_shape, Path(tmp) / f"trial-{p.trial}{module.SUFFIX}")
+                files[p.trial] = module.export(net, shape, Path(tmp) / f"trial-{p.trial}{module.SUFFIX}")
             except ValueError as e:
                 print(f"rank_by={kind}: trial {p.trial} left out: {e}", file=sys.stderr)
         if not files:
@@ -262,20 +265,20 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
                             "new_version": False})
 
     data = data or splits()
-    net = network(study_cfg, data, study.trials[point.trial].params, tracker.weights(run_id))
-    x_test = parity.inputs(data.test, data.mean, data.std)
+    net, shape = network(study_cfg, data, study.trials[point.trial].params, tracker.weights(run_id))
+    x_test = parity.inputs(data.test, data.mean, data.std, shape=shape)
     net_logits = parity.torch_logits(net, x_test)
     folder = r.where.folder / "promoted"
     with tempfile.TemporaryDirectory() as tmp:
-        path = backend.export(net, data.input_shape, Path(tmp) / "model.onnx")
-        as_file = parity.torch_logits(backend.reference(net, data.input_shape), x_test)
+        path = backend.export(net, shape, Path(tmp) / "model.onnx")
+        as_file = parity.torch_logits(backend.reference(net, shape), x_test)
         checked = parity.compare(backend.outputs(path, x_test), as_file, data.test.y)
         gate(checked, point, r, "ONNX file", ("min_agreement", r.min_agreement), lambda: (
             " Layers where the file starts to differ: ") + ", ".join(
             f"{layer} ({error:.1%} of its output)"
             for layer, error in parity.worst_layers(parity.layer_errors(net, path, x_test[:64]))))
         host = time_model(path, threads=r.threads)
-        tflite = _tflite(net, data, x_test, net_logits, point, r, Path(tmp) / "model.tflite")
+        tflite = _tflite(net, shape, data, x_test, net_logits, point, r, Path(tmp) / "model.tflite")
         on_phone = _on_phone(device, r, path, tflite, point.values["latency_ms"])
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"trial-{point.trial}.onnx"
@@ -292,7 +295,7 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         size_kb=point.values["size_kb"], onnx_kb=final.stat().st_size / 1024,
         **{k: v for k, v in tflite.items() if k != "parity"}, **on_phone,
         ranked_by="predicted" if r.trial is not None else r.rank_by)
-    example = parity.inputs(data.test, data.mean, data.std, 0, 2)
+    example = parity.inputs(data.test, data.mean, data.std, 0, 2, shape)
     version = tracker.register(run_id, final, example, backend.outputs(final, example), promotion, {
         "target": study_cfg["target"]["name"], "torch_test_accuracy": f"{checked.torch_accuracy:.4f}",
         **checked.as_tags("parity.onnx"), **(tflite["parity"].as_tags("parity.litert") if "parity" in tflite else {}),
@@ -319,15 +322,15 @@ def gate(checked: parity.Parity, point: pareto.Point, r: Request, what: str, lea
             + where())
 
 
-def _tflite(net, data, x_test, net_logits, point, r: Request, path: Path) -> dict:
+def _tflite(net, shape, data, x_test, net_logits, point, r: Request, path: Path) -> dict:
     """The trial as a `.tflite` file, timed on XNNPACK, or why it cannot be one. Its gate: the file holds the
     network's precision plan (`litert_audit`: exact, the same on every CPU), then accuracy within `tolerance`
     and agreement at least `litert_min_agreement` (its integer kernels round their own way)."""
     try:
-        path = litert.export(net, data.input_shape, path)
+        path = litert.export(net, shape, path)
     except ValueError as e:
         return {"tflite_refused": str(e)}
-    problems = litert_audit.audit(path, net, data.input_shape)
+    problems = litert_audit.audit(path, net, shape)
     if problems:
         raise ParityError(f"parity: trial {point.trial}'s .tflite file does not hold the network's precision plan: "
                           + "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")

@@ -16,14 +16,15 @@ import torch
 import torch.nn.functional as F
 
 import spaces
+from spaces.importance import sort_channels
 from spaces.pretrained import load_torchvision, read
 
 from . import locks
 from .data import Dataset
 from .errors import UserError
-from .train import accuracy, batches, device, distill_loss, logits, recalibrate_bn, to_input
+from .train import accuracy, batches, device, distill_loss, logits, recalibrate_bn, resize, to_input
 
-FORMAT_VERSION = 3  # bump when a change to the code changes what training produces (3: tensor quantizers)
+FORMAT_VERSION = 4  # bump when a change to the code changes what training produces (4: channels sorted at init)
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,11 @@ class Progress:
 def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[str, Any],
           seed: int, init: Mapping[str, np.ndarray] | None = None) -> Generator[Progress, None, dict[str, Any]]:
     """Sandwich rule (Yu & Huang, 2019): each step trains the largest network on labels and the
-    smallest plus a few random widths on the largest one's outputs, so every width works. Yields
+    smallest plus a few random ones (widths, and depths and resolutions where the space has them) on the
+    largest one's outputs, so every choice works. Yields
     its progress (about 200 times) and returns the trained state. With `init` (a torchvision-layout
-    state_dict, `initial_weights`) the full-width network starts from those weights."""
+    state_dict, `initial_weights`) the full-width network starts from those weights, its channels sorted by
+    importance (`spaces.importance`)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     space = spaces.create(**space_settings)
@@ -68,30 +71,31 @@ def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[st
     if init is not None:
         # checked on the driver (`initial_weights`), key order included where the file keeps one (not safetensors)
         load_torchvision(net, {k: torch.from_numpy(v) for k, v in init.items()}, new_classifier=True, ordered=False)
+        sort_channels(net)  # narrower widths keep a trained network's most important channels
     net = net.to(dev, memory_format=torch.channels_last)
     per_epoch = len(data.train.y) // settings["batch_size"]
     steps = settings["epochs"] * per_epoch
     optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=0.9, nesterov=True, weight_decay=4e-5)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings["lr"], total_steps=max(steps, 1))
-    smallest, largest = space.extreme_widths()
+    smallest, largest = space.extremes()
     every = max(1, steps // 200)
     net.train()
     for step, idx in zip(range(steps), batches(data.train, settings["batch_size"], generator)):
         x = to_input(data.train.x[idx], data.mean, data.std, dev)
         y = torch.from_numpy(data.train.y[idx]).to(dev)
         optimizer.zero_grad(set_to_none=True)
-        space.set_widths(net, largest)
+        space.set_active(net, largest)
         out = net(x)
         F.cross_entropy(out, y).backward()
-        for widths in [smallest, *(space.random_widths(generator) for _ in range(settings["random_subnets"]))]:
-            space.set_widths(net, widths)
-            distill_loss(net(x), out.detach(), 1.0).backward()
+        for candidate in [smallest, *(space.sample_active(generator) for _ in range(settings["random_subnets"]))]:
+            space.set_active(net, candidate)
+            distill_loss(net(resize(x, space.input_shape_of(candidate))), out.detach(), 1.0).backward()
         optimizer.step()
         schedule.step()
         if (step + 1) % every == 0 or step + 1 == steps:
             yield Progress(step + 1, steps, step // per_epoch + 1, settings["epochs"])
     yield Progress(steps, steps, settings["epochs"], settings["epochs"], "batch-norm statistics, teacher outputs")
-    space.set_widths(net, largest)
+    space.set_active(net, largest)
     recalibrate_bn(net, data.train, data.mean, data.std, 256, 20, generator)
     return {"state": {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()},
             "teacher": logits(net, data.train, data.mean, data.std).numpy(),

@@ -117,6 +117,9 @@ class FBNetSpace:
                 raise ValueError(f"block {i}: unknown op {op!r}; allowed: {', '.join(OPS)}")
         return Candidate.of(self.name, {f"op.{b}": op for b, op in zip(self.block_names, ops)})
 
+    def input_shape_of(self, candidate: Candidate) -> tuple[int, int, int]:
+        return self.input_shape  # one resolution
+
     def layers(self, candidate: Candidate) -> list[Layer]:
         """Every conv and linear layer, float, in order."""
         _, h, w = self.input_shape

@@ -2,7 +2,9 @@
 depthwise KxK and 1x1 projection convs.
 
 Searchable: a width multiplier for the stem, each stage and the head (not the head with torchvision's
-rounding, which keeps it at full width as torchvision does); a bit-width for every
+rounding, which keeps it at full width as torchvision does); where `depths` offers it, how many of its
+first blocks each stage keeps (once-for-all's elastic depth: a block keeps its name, so its weights are
+the same at every depth); where `resolutions` offers it, the input resolution; a bit-width for every
 conv and linear layer (weights and input activations); a sparsity for every layer that can
 lose it. With granularity "channel" that is the hidden (expanded) channels of each block,
 removed by filter norm so the network physically shrinks; with "weight" it is every layer,
@@ -65,6 +67,8 @@ class ConvBN(nn.Module):
 class InvertedResidual(nn.Module):
     def __init__(self, b: Block, kernel: int):
         super().__init__()
+        self.name = b.name  # the block's place in the full network: the same at every depth
+        self.active = True  # a supernet skips the blocks a candidate's depth drops (`set_active`)
         self.expand = ConvBN(b.cin, b.hidden, 1) if b.expand else None
         self.dw = ConvBN(b.hidden, b.hidden, kernel, b.stride, depthwise=True)
         self.project = ConvBN(b.hidden, b.cout, 1, relu=False)
@@ -91,16 +95,17 @@ class Net(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for block in self.blocks:
-            x = block(x)
+            if block.active:
+                x = block(x)
         return self.classifier(self.head(x).mean((2, 3)))
 
     def units(self) -> dict[str, nn.Module]:
         """Every conv (with its batch norm) and the classifier, by layer name, in order."""
         out: dict[str, nn.Module] = {"stem": self.stem}
-        for i, block in enumerate(self.blocks):
+        for block in self.blocks:
             for part in ("expand", "dw", "project"):
                 if getattr(block, part) is not None:
-                    out[f"b{i}.{part}"] = getattr(block, part)
+                    out[f"{block.name}.{part}"] = getattr(block, part)
         return out | {"head": self.head, "classifier": self.classifier}
 
     def plan_precision(self) -> None:
@@ -168,7 +173,7 @@ def _numbers(name: str, values: Any) -> list:
 
 
 def _check(stem: Any, stages: Any, head: Any, kernel: Any, widths: Any, bits: Any, sparsity: Any,
-           granularity: Any, rounding: Any) -> None:
+           granularity: Any, rounding: Any, depths: Any, resolutions: Any, input_shape: Sequence[int]) -> None:
     """Every setting, each error starting with the setting's name."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding: must be one of {list(ROUNDINGS)}, got {rounding!r}")
@@ -194,6 +199,14 @@ def _check(stem: Any, stages: Any, head: Any, kernel: Any, widths: Any, bits: An
     sparsity = _numbers("sparsity", sparsity)
     if 0.0 not in sparsity or any(not 0.0 <= s < 1.0 for s in sparsity):
         raise ValueError(f"sparsity: must be in [0, 1) and include 0.0, got {sparsity}")
+    if not isinstance(depths, (list, tuple)) or not all(map(_whole, depths)):
+        raise ValueError(f"depths: must be a list of whole numbers >= 1 (blocks a stage may keep), got {depths!r}")
+    if not isinstance(resolutions, (list, tuple)) or not all(map(_whole, resolutions)):
+        raise ValueError(f"resolutions: must be a list of whole numbers >= 1 (input heights in pixels), "
+                         f"got {resolutions!r}")
+    if any(r > input_shape[1] for r in resolutions):
+        raise ValueError(f"resolutions: {max(resolutions)} is above the data's {input_shape[1]} px (only smaller "
+                         f"inputs are searched)")
 
 
 class MobileNetV2Space:
@@ -202,8 +215,10 @@ class MobileNetV2Space:
 
     def __init__(self, *, input_shape: Sequence[int], num_classes: int, stem: dict, stages: Sequence[Sequence[int]],
                  head: int, kernel: int, widths: Sequence[float], bits: Sequence[int], sparsity: Sequence[float],
-                 granularity: str, rounding: str = "nearest-4", **_: Any):
-        _check(stem, stages, head, kernel, widths, bits, sparsity, granularity, rounding)
+                 granularity: str, rounding: str = "nearest-4", depths: Sequence[int] = (),
+                 resolutions: Sequence[int] = (), **_: Any):
+        _check(stem, stages, head, kernel, widths, bits, sparsity, granularity, rounding, depths, resolutions,
+               input_shape)
         self.rounding = rounding
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
@@ -215,7 +230,13 @@ class MobileNetV2Space:
         self.width_names = ["width.stem", *(f"width.s{i}" for i in range(len(self.stages)))]
         if rounding != "torchvision":  # torchvision keeps the head at its full channels below width 1.0
             self.width_names.append("width.head")
-        self.layer_names = list(self._units(self.arch(self.extreme_widths()[1])))
+        # elastic depth and resolution: a parameter only where there is a choice (a study without them is unchanged)
+        stage_depths = {f"depth.s{i}": sorted({d for d in depths if d < s[2]} | {s[2]}) for i, s in enumerate(self.stages)}
+        self.depths = {name: choices for name, choices in stage_depths.items() if len(choices) > 1}
+        self.resolutions = sorted(set(resolutions) | {self.input_shape[1]})
+        self.elastic = {n: self.widths for n in self.width_names} | self.depths \
+            | ({"resolution": self.resolutions} if len(self.resolutions) > 1 else {})
+        self.layer_names = list(self._units(self.arch(self.extremes()[1])))
         self.prunable = [n for n in self.layer_names
                          if self.granularity == "weight" or n.endswith(".expand")]
 
@@ -223,9 +244,9 @@ class MobileNetV2Space:
     def sample(self, trial: Any) -> Candidate:
         """Works with any Optuna BaseTrial, so FixedTrial(params) rebuilds a stored candidate."""
         params: dict[str, Any] = {}
-        for name in self.width_names:
-            params[name] = trial.suggest_categorical(name, self.widths)
-        for name in self.layer_names:
+        for name, choices in self.elastic.items():
+            params[name] = trial.suggest_categorical(name, choices)
+        for name in self.layer_names:  # every layer of the full depth: a dropped block's bits are kept, unused
             params[f"bits.{name}"] = trial.suggest_categorical(f"bits.{name}", self.bits)
         for name in self.prunable:
             params[f"sparsity.{name}"] = trial.suggest_categorical(f"sparsity.{name}", self.sparsities)
@@ -237,7 +258,7 @@ class MobileNetV2Space:
 
     def decode(self, text: str) -> Candidate:
         """Parse `encode`'s output; ValueError names the parameter that is wrong."""
-        choices = ({n: self.widths for n in self.width_names} | {f"bits.{n}": self.bits for n in self.layer_names}
+        choices = (self.elastic | {f"bits.{n}": self.bits for n in self.layer_names}
                    | {f"sparsity.{n}": self.sparsities for n in self.prunable})
         params: dict[str, Any] = {}
         for item in text.split():
@@ -254,9 +275,10 @@ class MobileNetV2Space:
         return Candidate.of(self.name, params)
 
     def baselines(self) -> dict[str, dict[str, Any]]:
-        """The float full-width network and, where 8 bits is a choice, the uniform 8-bit one."""
+        """The float full-width network and, where 8 bits is a choice, the uniform 8-bit one (full depth, full
+        resolution)."""
         def uniform(bits: int) -> dict[str, Any]:
-            return ({n: 1.0 for n in self.width_names}
+            return (self.extremes()[1].as_dict()
                     | {f"bits.{n}": bits for n in self.layer_names}
                     | {f"sparsity.{n}": 0.0 for n in self.prunable})
         return {"float": uniform(32)} | ({"int8": uniform(8)} if 8 in self.bits else {})
@@ -264,20 +286,27 @@ class MobileNetV2Space:
     def arch(self, candidate: Candidate) -> Arch:
         p = candidate.as_dict()
         stem = _channels(self.stem_channels * p["width.stem"], self.rounding)
-        blocks, cin, widest_in = [], stem, self.stem_channels
+        blocks, cin, widest_in, index = [], stem, self.stem_channels, 0
         for s, (expand, channels, repeats, stride) in enumerate(self.stages):
             cout = _channels(channels * p[f"width.s{s}"], self.rounding)
-            for r in range(repeats):
+            for r in range(p.get(f"depth.s{s}", repeats)):  # the first blocks of the stage
                 residual = (stride == 1 or r > 0) and widest_in == channels
                 widest_in = channels
-                name = f"b{len(blocks)}"
+                name = f"b{index + r}"
                 hidden = cin * expand
                 if expand != 1 and self.granularity == "channel":
                     hidden = min(hidden, _channels(hidden * (1 - p.get(f"sparsity.{name}.expand", 0.0)), self.rounding))
                 blocks.append(Block(name, cin, hidden, cout, stride if r == 0 else 1, expand, residual))
                 cin = cout
+            index += repeats
         head = self.head_channels * p.get("width.head", 1.0)
         return Arch(stem, tuple(blocks), _channels(head, self.rounding))
+
+    def input_shape_of(self, candidate: Candidate) -> tuple[int, int, int]:
+        """(C, H, W) of the candidate's input: the data's, or scaled to the candidate's resolution (its height)."""
+        c, h, w = self.input_shape
+        r = candidate.as_dict().get("resolution", h)
+        return (c, h, w) if r == h else (c, r, max(1, round(w * r / h)))
 
     # --- layers ---------------------------------------------------------------------------------
     def _units(self, arch: Arch) -> dict[str, tuple[int, int, int, int, int]]:
@@ -298,7 +327,7 @@ class MobileNetV2Space:
         p = candidate.as_dict()
         arch = self.arch(candidate)
         blocks = {b.name: b for b in arch.blocks}
-        _, h, w = self.input_shape
+        _, h, w = self.input_shape_of(candidate)
         out = []
         for name, (cin, cout, k, stride, groups) in self._units(arch).items():
             kind = "linear" if name == "classifier" else "conv"
@@ -326,23 +355,33 @@ class MobileNetV2Space:
         """The largest network: every sub-network shares (slices) its weights."""
         return self._net(self.arch(Candidate.of(self.name, self.baselines()["float"])))
 
-    def set_widths(self, supernet: Net, candidate: Candidate) -> None:
-        """Make the supernet run at a candidate's widths (used while training it)."""
+    def set_active(self, supernet: Net, candidate: Candidate) -> None:
+        """Make the supernet run as a candidate's network, at its widths and depths (used while training it; the
+        candidate's resolution is its input's, `input_shape_of`)."""
         units = supernet.units()
-        for name, (_, cout, *_) in self._units(self.arch(candidate)).items():
+        arch = self.arch(candidate)
+        for name, (_, cout, *_) in self._units(arch).items():
             if name != "classifier":
                 units[name].conv.out_active = cout
+        kept = {b.name for b in arch.blocks}
+        for block in supernet.blocks:
+            block.active = block.name in kept
 
-    def random_widths(self, generator: torch.Generator) -> Candidate:
+    def sample_active(self, generator: torch.Generator) -> Candidate:
+        """A random choice of every elastic dimension (widths, then depths and resolution where they are choices)."""
         pick = torch.randint(len(self.widths), (len(self.width_names),), generator=generator)
-        return self._widths_only([self.widths[i] for i in pick.tolist()])
+        values = [self.widths[i] for i in pick.tolist()]
+        for choices in list(self.elastic.values())[len(self.width_names):]:
+            values.append(choices[int(torch.randint(len(choices), (1,), generator=generator))])
+        return self._active(values)
 
-    def extreme_widths(self) -> tuple[Candidate, Candidate]:
+    def extremes(self) -> tuple[Candidate, Candidate]:
         """The smallest and the largest networks: the two ends of the sandwich rule."""
-        return self._widths_only([min(self.widths)] * len(self.width_names)), self._widths_only([1.0] * len(self.width_names))
+        return (self._active([min(c) for c in self.elastic.values()]),
+                self._active([max(c) for c in self.elastic.values()]))
 
-    def _widths_only(self, values: list[float]) -> Candidate:
-        return Candidate.of(self.name, dict(zip(self.width_names, values)))
+    def _active(self, values: list) -> Candidate:
+        return Candidate.of(self.name, dict(zip(self.elastic, values)))
 
     def subnet(self, supernet: Net, candidate: Candidate) -> Net:
         """A physically sized copy of the candidate: weights sliced from the supernet, hidden

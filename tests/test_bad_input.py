@@ -120,6 +120,8 @@ CASES = [
     ("sparsity-one", SEARCH, ["space.sparsity=[0.0,1.0]"], None, "space.sparsity"),
     ("sparsity-negative", SEARCH, ["space.sparsity=[-0.1,0.0]"], None, "space.sparsity"),
     ("budget-below-fastest-network", SEARCH, ["budget.latency_ms=0.5"], None, "budget.latency_ms"),
+    ("resolution-above-the-data", SEARCH, ["space.resolutions=[6,12]"], None, "space.resolutions"),  # digits: 8 px
+    ("depth-zero", SEARCH, ["space.depths=[0]"], None, "space.depths"),
     ("predictor-missing", SEARCH, ["target=host"], None, "host.json"),
     ("file-unknown", SEARCH, ["target.file=pte"], None, "target.file"),
     ("file-not-what-the-runner-times", SEARCH, ["target=host-litert", "target.file=onnx"], None, "target.file"),

@@ -12,6 +12,7 @@ import yaml
 
 import spaces
 from search import describe
+from spaces.importance import sort_channels
 from spaces.pretrained import load_torchvision, read
 from tests.nets import randomize_bn
 
@@ -58,6 +59,26 @@ def test_a_torchvision_state_dict_gives_the_same_logits(tmp_path, suffix):
     with torch.no_grad():
         want, got = tv(x), net.eval()(x)
     assert float((got - want).abs().max() / want.abs().max()) < 1e-4
+
+
+def test_channels_sorted_by_importance_keep_the_function_and_come_most_read_first():
+    """A narrower width keeps the first channels: sorted, they are the ones the next layers read most (the L1 norm
+    of the weights reading them), and the network still computes torchvision's logits."""
+    s = space()
+    net = s.subnet(s.supernet(), spaces.Candidate.of(s.name, s.baselines()["float"])).eval()
+    load_torchvision(net, trained_torchvision().state_dict())
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = net(x)
+        sort_channels(net)
+        got = net(x)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-4  # summation order only
+    blocks = net.blocks
+    stem = blocks[0].project.conv.weight.abs().sum((0, 2, 3))  # block 0 does not expand: its projection reads
+    stage = sum(b.expand.conv.weight.abs().sum((0, 2, 3)) for b in blocks[2:4])  # the 24-channel stage's tensor
+    hidden = blocks[5].project.conv.weight.abs().sum((0, 2, 3))  # one block's expanded channels
+    for reads in (stem, stage, hidden):
+        assert (reads[:-1] >= reads[1:]).all()
 
 
 def test_a_new_class_count_keeps_the_networks_own_classifier():
@@ -127,6 +148,8 @@ def images(root: Path, per_class: int = 12, size: int = 40) -> Path:
 def test_supernet_init_starts_the_supernet_from_the_file(tmp_path, suffix):
     """`supernet.init`: the weights file crosses to the worker as plain arrays and the full-width network starts
     from it (no training step here, so the trained state is the file's, up to batch-norm statistics)."""
+    import numpy as np
+
     from search import data as datasets
     from search import supernet
 
@@ -148,7 +171,8 @@ def test_supernet_init_starts_the_supernet_from_the_file(tmp_path, suffix):
             next(steps)
     except StopIteration as done:
         state = done.value["state"]
-    assert (state["blocks.5.expand.conv.weight"] == tv.state_dict()["features.6.conv.0.0.weight"].numpy()).all()
+    ours, theirs = state["blocks.5.expand.conv.weight"], tv.state_dict()["features.6.conv.0.0.weight"].numpy()
+    assert (np.sort(ours, None) == np.sort(theirs, None)).all()  # the file's weights, channels sorted by importance
     assert state["classifier.weight"].shape == (2, 1280)  # a new classifier: two classes here
     assert supernet.init_digest(init) != supernet.init_digest({**init, "classifier.1.bias": init["classifier.1.bias"] + 1})
 
