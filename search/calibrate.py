@@ -105,10 +105,11 @@ def _export(space: spaces.Space, candidate: spaces.Candidate, backend: str, seed
 
     module = backends.get(backend)
     net = space.build(candidate).eval()
+    shape = space.input_shape_of(candidate)  # the resolution the candidate runs at
     with torch.no_grad():
-        net(torch.from_numpy(np.random.default_rng(seed).standard_normal((8, *space.input_shape)).astype(np.float32)))
+        net(torch.from_numpy(np.random.default_rng(seed).standard_normal((8, *shape)).astype(np.float32)))
     with tempfile.TemporaryDirectory() as tmp:
-        return module.export(net, space.input_shape, Path(tmp) / f"net{module.SUFFIX}").read_bytes(), module.SUFFIX
+        return module.export(net, shape, Path(tmp) / f"net{module.SUFFIX}").read_bytes(), module.SUFFIX
 
 
 def make_runner(runner_cfg: Mapping[str, Any], seed: int) -> runners.Runner:
