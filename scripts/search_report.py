@@ -4,8 +4,9 @@
     .venv/bin/python scripts/search_report.py --no-run   # only re-read the last run's study
 
 The study runs as a user runs it (`python -m search target=snapdragon665`), in a scratch study
-name and a fresh cache, so the time includes fetching the data set and training the supernet. The knee and
-both baselines are promoted as a user would; their ONNX files (onnxruntime) and `.tflite` files
+name and a fresh cache, so the time includes fetching the data set and training the supernet. The knee, the
+fastest trial within 1 point of float and both baselines are promoted as a user would (`--promote` does it again
+for the last run's study); their ONNX files (onnxruntime) and `.tflite` files
 (XNNPACK) are then timed on this CPU, each kind together in one run, so the speed-ups are ratios
 measured in one run. And the study's networks are predicted again under the lowest and the highest
 int8 speed-up the target's evidence spans (`speedup_range`), to show how the front and knee move.
@@ -52,12 +53,14 @@ def run_study(folder: Path, overrides: list[str]) -> float:
 
 
 def promote_all(folder: Path) -> dict[str, dict]:
-    """Promote the front's knee and both baselines as a user would, then time their ONNX files together on
+    """Promote the front's knee, the fastest trial within 1 point of float (on validation, by predicted latency) and
+    both baselines as a user would, then time their ONNX files together on
     onnxruntime and their `.tflite` files together on XNNPACK (interleaved: `TIMING` passes, each shuffled)."""
     done = load(folder).get_trials(states=(TrialState.COMPLETE,))
     baselines = {t.user_attrs["baseline"]: t.number for t in done if t.user_attrs.get("baseline")}
     out = {}
-    for label, overrides in (("knee", ["pick=knee"]), *((k, [f"trial={n}", f"alias={k}"]) for k, n in baselines.items())):
+    picks = (("knee", ["pick=knee"]), ("fastest", ["pick=fastest", "max_drop=1", "alias=fastest"]))
+    for label, overrides in (*picks, *((k, [f"trial={n}", f"alias={k}"]) for k, n in baselines.items())):
         done = subprocess.run([sys.executable, "-m", "search.promote", f"study.name={STUDY}",
                                f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", f"cache_dir={folder / 'cache'}",
                                f"study.dir={folder / STUDY}", *overrides], check=True, cwd=folder,
@@ -87,7 +90,8 @@ def promoted_table(folder: Path) -> list[str]:
                 f"| {promoted['float']['predicted_latency_ms'] / p['predicted_latency_ms']:.2f}x (predicted) |")
 
     return ["", "Promoted with `python -m search.promote` (both files exported and checked on the test split), then "
-            "timed on this CPU: the three ONNX files together on onnxruntime, the three `.tflite` files together on "
+            f"timed on this CPU: the {len(promoted)} ONNX files together on onnxruntime, the {len(promoted)} `.tflite` "
+            "files together on "
             f"XNNPACK (batch 1, 1 thread, interleaved: {TIMING['passes']} passes, each in a new shuffled order, median). "
             "The last columns are the snapdragon665 "
             "prediction, not a measurement:", "",
@@ -97,7 +101,9 @@ def promoted_table(folder: Path) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             row("float full-width baseline", promoted["float"]),
             *([row("uniform 8-bit baseline", promoted["int8"])] if "int8" in promoted else []),
-            row("knee of the front (`pick=knee`)", promoted["knee"])]
+            row("knee of the front (`pick=knee`)", promoted["knee"]),
+            *([row("fastest within 1.0 point of float (`pick=fastest max_drop=1`)", promoted["fastest"])]
+              if "fastest" in promoted else [])]
 
 
 def sensitivity(folder: Path, done: list[optuna.trial.FrozenTrial]) -> list[str]:
@@ -184,6 +190,8 @@ def report(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-run", action="store_true", help="report the last run without running again")
+    parser.add_argument("--promote", action="store_true", help="with --no-run: promote and time the last run's picks "
+                        "again (all files timed together, so their ratios are one run's)")
     parser.add_argument("--folder", type=Path, default=ROOT / "outputs" / "report")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("overrides", nargs="*", help="extra overrides for the study (default: none)")
@@ -192,6 +200,7 @@ def main() -> None:
         if (args.folder / STUDY).exists():
             raise SystemExit(f"{args.folder / STUDY} exists: remove {args.folder} to measure from scratch")
         run_study(args.folder, args.overrides)
+    if not args.no_run or args.promote:
         promote_all(args.folder)
     section = report(args.folder)
     print(section)

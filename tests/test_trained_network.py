@@ -25,7 +25,7 @@ CLASSES = 3
 STUDY = "trained"
 
 
-def image_folder(root: Path, per_class: int = 30) -> Path:
+def image_folder(root: Path, per_class: int = 16) -> Path:
     """Each class a colour with noise, so a few steps can tell them apart."""
     rng = np.random.default_rng(0)
     for c in range(CLASSES):
