@@ -107,17 +107,18 @@ def accuracy_floor(pts: Sequence[Point], max_drop: float) -> float:
     """The lowest accuracy within `max_drop` points of the float baseline's."""
     base = next((p for p in pts if p.baseline == "float"), None)
     if base is None:
-        raise ValueError("pick=fastest: the study has no float baseline to measure the accuracy drop from")
+        raise ValueError("max_drop: the study has no float baseline to measure the accuracy drop from")
     return base.values["accuracy"] - max_drop
 
 
-def fastest(pts: Sequence[Point], floor: float) -> Point:
-    """The fastest feasible trial at least `floor` accurate (ties: the more accurate): what a deployment with an
-    accuracy budget wants, where the knee is only the front's balance."""
+def least(pts: Sequence[Point], floor: float, objective: str) -> Point:
+    """The feasible trial lowest in `objective` (latency_ms: the fastest; size_kb: the smallest) at least `floor`
+    accurate (ties: the more accurate): what a deployment with an accuracy budget wants, where the knee is only the
+    front's balance."""
     fits = [p for p in pts if p.feasible and p.values["accuracy"] >= floor]
     if not fits:
         raise ValueError(f"no feasible complete trial reaches accuracy {floor:.2f} (max_drop)")
-    return min(fits, key=lambda p: (p.values["latency_ms"], -p.values["accuracy"]))
+    return min(fits, key=lambda p: (p.values[objective], -p.values["accuracy"]))
 
 
 def write_csv(pts: Sequence[Point], path: Path) -> None:

@@ -1,5 +1,5 @@
-"""`python -m search.promote study.name=NAME [pick=knee | pick=max_accuracy latency_budget_ms=.. | pick=fastest
-max_drop=.. | trial=N]`: one trial of a study becomes deployable files in the MLflow model registry, and only if
+"""`python -m search.promote study.name=NAME [pick=knee | pick=max_accuracy latency_budget_ms=.. |
+pick=fastest|smallest max_drop=.. | trial=N]`: one trial of a study becomes deployable files in the MLflow model registry, and only if
 each file behaves like the trial did.
 
 The pick ranks trials by predicted latency, or with `rank_by=onnxruntime|xnnpack|phone` by latency measured:
@@ -47,7 +47,8 @@ from .runners.host import time_model
 from .tracking import Tracker
 
 CONFIG_NAME = "promote"
-PICKS = ("knee", "max_accuracy", "fastest")
+WITHIN_DROP = {"fastest": "latency_ms", "smallest": "size_kb"}  # pick -> what it minimises within max_drop
+PICKS = ("knee", "max_accuracy", *WITHIN_DROP)
 RANK_BY = ("predicted", "onnxruntime", "xnnpack", "phone")
 
 
@@ -130,6 +131,8 @@ def check(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"pick: one of {', '.join(PICKS)}, got {cfg['pick']!r}")
     if value_at(cfg, "rank_by") not in RANK_BY:
         raise ConfigError(f"rank_by: one of {', '.join(RANK_BY)}, got {cfg['rank_by']!r}")
+    if cfg["rank_by"] != "predicted" and cfg["pick"] == "smallest":
+        raise ConfigError(f"rank_by: pick=smallest ranks by size, which no runtime measures (got {cfg['rank_by']})")
     if cfg["rank_by"] == "phone" and value_at(cfg, "phone.serial") is None:
         raise ConfigError("rank_by: phone needs phone.serial (and phone.binary) to measure on")
     check_int(cfg, "trial", 0, allow_none=True)
@@ -166,7 +169,7 @@ def phone(cfg: Mapping[str, Any]) -> AdbRunner | None:
 
 def choose(pts: list[pareto.Point], r: Request, objectives: list[str], floor: float | None = None) -> pareto.Point:
     """The trial the config asks for: `trial=N`, else the front's knee, the most accurate one within budgets, or the
-    fastest one at least `floor` accurate (`max_drop` points below the float baseline)."""
+    fastest or smallest one at least `floor` accurate (`max_drop` points below the float baseline)."""
     try:
         if r.trial is not None:
             chosen = [p for p in pts if p.trial == r.trial]
@@ -175,8 +178,8 @@ def choose(pts: list[pareto.Point], r: Request, objectives: list[str], floor: fl
             return chosen[0]
         if r.pick == "knee":
             return pareto.knee(pts, objectives)
-        if r.pick == "fastest":
-            return pareto.fastest(pts, floor)
+        if r.pick in WITHIN_DROP:
+            return pareto.least(pts, floor, WITHIN_DROP[r.pick])
         return pareto.most_accurate(pts, {"latency_ms": r.latency_budget_ms, "size_kb": r.size_budget_kb})
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -247,7 +250,7 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     data = None
     pts = pareto.points(study.trials, study_cfg["objectives"])
     floor = None
-    if r.trial is None and r.pick == "fastest":  # from every trial: a measured front may lack the baseline
+    if r.trial is None and r.pick in WITHIN_DROP:  # from every trial: a measured front may lack the baseline
         try:
             floor = pareto.accuracy_floor(pts, r.max_drop)
         except ValueError as e:

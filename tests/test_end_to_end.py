@@ -402,6 +402,7 @@ def test_bad_promote_input_is_one_line(study):
     (["tolerance=-1"], "tolerance"),
     (["alias=no way"], "alias"),
     (["pick=fastest", "max_drop=-1"], "max_drop"),
+    (["pick=smallest", "rank_by=xnnpack"], "rank_by"),  # size is not measured on a runtime
 ])
 def test_bad_promote_choices_name_the_key(study, overrides, key, monkeypatch):
     monkeypatch.chdir(study)

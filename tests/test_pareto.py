@@ -96,19 +96,33 @@ def test_fastest_within_an_accuracy_drop_of_the_float_baseline():
     pts = pareto.points(trials(), OBJECTIVES)
     names = list(POINTS)
     assert pareto.accuracy_floor(pts, 5.0) == 90.0
-    assert names[pareto.fastest(pts, pareto.accuracy_floor(pts, 5.0)).trial] == "A"
-    assert names[pareto.fastest(pts, pareto.accuracy_floor(pts, 15.0)).trial] == "F"
-    assert names[pareto.fastest(pts, pareto.accuracy_floor(pts, 0.0)).trial] in {"B", "C"}
+    assert names[pareto.least(pts, pareto.accuracy_floor(pts, 5.0), "latency_ms").trial] == "A"
+    assert names[pareto.least(pts, pareto.accuracy_floor(pts, 15.0), "latency_ms").trial] == "F"
+    assert names[pareto.least(pts, pareto.accuracy_floor(pts, 0.0), "latency_ms").trial] in {"B", "C"}
     asked = search.promote.Request(
         where=Location("s", Path("s")), tracking_uri="sqlite:///m.db", cache_dir=".cache", trial=None, pick="fastest",
         rank_by="predicted", latency_budget_ms=None, size_budget_kb=None, max_drop=5.0, tolerance=1.0,
         min_agreement=99.5, litert_min_agreement=98.0, model_name="m", alias="candidate", threads=1, phone={})
     assert names[search.promote.choose(pts, asked, OBJECTIVES, pareto.accuracy_floor(pts, 5.0)).trial] == "A"
     with pytest.raises(ValueError, match="reaches accuracy 99.50"):
-        pareto.fastest(pts, 99.5)
+        pareto.least(pts, 99.5, "latency_ms")
     without = pareto.points([t for t in trials() if t.user_attrs["baseline"] != "float"], OBJECTIVES)
     with pytest.raises(ValueError, match="no float baseline"):
         pareto.accuracy_floor(without, 1.0)
+
+
+def test_smallest_within_an_accuracy_drop_of_the_float_baseline():
+    """Within 5 points of B (95%): A is the smallest (40 KB); within 15: F (20 KB); within 0: C (70 KB, B is 80); E
+    is smaller still but infeasible. `promote` picks the same with pick=smallest."""
+    pts = pareto.points(trials(), OBJECTIVES)
+    names = list(POINTS)
+    assert [names[pareto.least(pts, pareto.accuracy_floor(pts, drop), "size_kb").trial] for drop in (5.0, 15.0, 0.0)] \
+        == ["A", "F", "C"]
+    asked = search.promote.Request(
+        where=Location("s", Path("s")), tracking_uri="sqlite:///m.db", cache_dir=".cache", trial=None, pick="smallest",
+        rank_by="predicted", latency_budget_ms=None, size_budget_kb=None, max_drop=15.0, tolerance=1.0,
+        min_agreement=99.5, litert_min_agreement=98.0, model_name="m", alias="candidate", threads=1, phone={})
+    assert names[search.promote.choose(pts, asked, OBJECTIVES, pareto.accuracy_floor(pts, 15.0)).trial] == "F"
 
 
 def test_csv_has_every_trial_choice_and_value(tmp_path):
