@@ -34,15 +34,15 @@ def study(cfg: Mapping[str, Any]) -> data.Dataset:
     ray_reachable(cfg["ray"]["address"])
     local_ray_fits(cfg["ray"])
     dataset = data.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
+    settings = cfg["space"] | {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes}
     try:  # settings that depend on the data (a resolution above its size)
-        space = spaces.create(**cfg["space"] | {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes})
+        space = spaces.create(**settings)
     except ValueError as e:
         raise space_error(e) from None
     if cfg["supernet"]["init"]:  # the weights file fits the space's full-width network, or one line names the key
         from . import supernet
 
-        supernet.initial_weights(cfg["space"] | {"input_shape": dataset.input_shape,
-                                                 "num_classes": dataset.num_classes}, cfg["supernet"]["init"])
+        supernet.initial_weights(settings, cfg["supernet"]["init"])
     budget = cfg["budget"].get("latency_ms")
     if budget is not None:
         fastest = predictor.fastest(cheapest_layers(space))

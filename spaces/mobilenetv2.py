@@ -244,6 +244,7 @@ class MobileNetV2Space:
 
     def sample_active(self, generator: torch.Generator) -> Candidate:
         """A random choice of every elastic dimension (widths, then depths and resolution where they are choices)."""
+        # the widths in one draw, as before depths and resolutions existed: a space without them trains as it did
         pick = torch.randint(len(self.widths), (len(self.width_names),), generator=generator)
         values = [self.widths[i] for i in pick.tolist()]
         for choices in list(self.elastic.values())[len(self.width_names):]:

@@ -24,10 +24,19 @@ def space(classes: int = 1000, size: int = 96):
 
 
 def trained_torchvision(classes: int = 1000) -> torch.nn.Module:
-    """torchvision's MobileNetV2 with random weights and random batch-norm statistics (as training leaves them)."""
+    """torchvision's MobileNetV2 with random weights and batch-norm parameters, and batch-norm statistics measured on
+    random images (as training leaves them). With random statistics instead, its ReLU6s saturate and every image gets
+    the same logits to 7e-8 (measured), so no comparison of logits could fail; with these, halving the input moves
+    them by 15%."""
     torch.manual_seed(0)
     net = torchvision.models.mobilenet_v2(weights=None, num_classes=classes)
     randomize_bn(net)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # the statistics of the one batch below
+    with torch.no_grad():
+        net.train()(torch.randn(16, 3, 96, 96, generator=torch.Generator().manual_seed(9)))
     return net.eval()
 
 
@@ -72,7 +81,9 @@ def test_channels_sorted_by_importance_keep_the_function_and_come_most_read_firs
         want = net(x)
         sort_channels(net)
         got = net(x)
-    assert float((got - want).abs().max() / want.abs().max()) < 1e-4  # summation order only
+    # summation order only: measured 1.7e-6 (AVX-512 and torch capped at AVX2); one channel group permuted in its
+    # writers and not its readers: 0.12
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-4
     blocks = net.blocks
     stem = blocks[0].project.conv.weight.abs().sum((0, 2, 3))  # block 0 does not expand: its projection reads
     stage = sum(b.expand.conv.weight.abs().sum((0, 2, 3)) for b in blocks[2:4])  # the 24-channel stage's tensor
