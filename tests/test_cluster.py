@@ -1,6 +1,7 @@
-"""A real two-node Ray cluster on this machine: `ray start --head`, then `ray start --address` for a
-second node, 1 CPU each and a custom resource each (node_a, node_b). A short study joins it with
-ray.address=..., as a user would. Each node runs in its own process session with its own temp dir and
+"""A real two-node Ray cluster on this machine: `ray start --head` with no CPUs (as Ray advises for a cluster's
+head), then `ray start --address` for a worker node with 2 CPUs, and a custom resource each (node_a, node_b). A
+short study joins it with ray.address=..., as a user would: its driver is on the head's node, its supernet and
+trials can run only on the worker node, two at a time. Each node runs in its own process session with its own temp dir and
 an empty HOME, and is stopped by its process id (never `ray stop`, which stops every Ray on the
 machine)."""
 import json
@@ -32,6 +33,8 @@ class Cluster:
     env: dict[str, str]  # for drivers: the cluster's token, an empty HOME, this checkout's code
     folder: Path
     placed: dict[str, tuple[str, str]]  # node_a, node_b -> (its node id, where a task there imported `search`)
+    slots: int  # trials a driver runs at once, counted node by node
+    cpus: int  # the supernet task's: the largest node's
 
 
 def free_port() -> int:
@@ -40,12 +43,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_node(folder: Path, name: str, env: dict[str, str], *args: str) -> subprocess.Popen:
+def start_node(folder: Path, name: str, env: dict[str, str], cpus: int, *args: str) -> subprocess.Popen:
     """`ray start --block` in its own session, so stopping it (and anything left of it) touches only it. Its
     temp dir is short (/tmp/ray-...): Ray's socket paths in it must fit AF_UNIX's 107 bytes."""
     with open(folder / f"{name}.log", "w") as log:
         node = subprocess.Popen(
-            [*RAY, "start", "--block", "--num-cpus", "1", "--resources", json.dumps({name: 1}),
+            [*RAY, "start", "--block", "--num-cpus", str(cpus), "--resources", json.dumps({name: 1}),
              "--temp-dir", tempfile.mkdtemp(prefix=f"ray-{name}-"), "--object-store-memory", str(100 * 2**20),
              "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *args],
             cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -74,7 +77,8 @@ def stop_node(node: subprocess.Popen) -> None:
 
 
 # Run by a driver on the cluster, through the project's Workers (same runtime_env as a study): one task
-# pinned to each node by its custom resource reports the node's id and where `search` was imported from.
+# pinned to each node by its custom resource reports the node's id and where `search` was imported from; and
+# how many trials the driver sees room for, and the CPUs of the supernet's task.
 WHERE = """
 import json, sys
 import ray
@@ -84,9 +88,10 @@ def where():
     import search
     return ray.get_runtime_context().get_node_id(), search.__file__
 
-with Workers(sys.argv[1], None, 1, 0):
+with Workers(sys.argv[1], None, 1, 0) as workers:
     refs = {name: ray.remote(where).options(num_cpus=0, resources={name: 1}).remote() for name in sys.argv[2:]}
-    print(json.dumps({name: ray.get(ref) for name, ref in refs.items()}))
+    print(json.dumps({"placed": {name: ray.get(ref) for name, ref in refs.items()},
+                      "slots": workers.slots, "cpus": workers.cpus}))
 """
 
 
@@ -103,26 +108,17 @@ def cluster(tmp_path_factory):
     address = f"127.0.0.1:{port}"
     nodes = []
     try:
-        nodes.append(start_node(folder, "node_a", node_env, "--head", "--port", str(port),
+        nodes.append(start_node(folder, "node_a", node_env, 0, "--head", "--port", str(port),
                                 "--ray-client-server-port", str(free_port()), "--include-dashboard", "false"))
-        nodes.append(start_node(folder, "node_b", node_env, "--address", address))
+        nodes.append(start_node(folder, "node_b", node_env, 2, "--address", address))
         where = subprocess.run([sys.executable, "-c", WHERE, address, "node_a", "node_b"], cwd=folder, env=env,
                                capture_output=True, text=True, timeout=120)
         assert where.returncode == 0, where.stderr[-3000:]
-        yield Cluster(address, env, folder, json.loads(where.stdout.splitlines()[-1]))
+        seen = json.loads(where.stdout.splitlines()[-1])
+        yield Cluster(address, env, folder, seen["placed"], seen["slots"], seen["cpus"])
     finally:
         for node in reversed(nodes):
             stop_node(node)
-
-
-# Ray hands a queued task to whichever worker frees up first. node_a has a warm worker (it trained the
-# supernet) and these trials take under a second, so node_a could run all four before node_b has started
-# its first worker, and the node check would pass or fail by chance. With the driver's worker leases not
-# reused and one lease request at a time per kind of task, the second trial waits for the lease it asked
-# node_b for: trials 0 and 1 run on different nodes, every time. Trials that last longer than a worker's
-# start-up (real ones) spread this way without these settings.
-ONE_LEASE_AT_A_TIME = {"RAY_worker_lease_timeout_milliseconds": "0",
-                       "RAY_max_pending_lease_requests_per_scheduling_category": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +129,7 @@ def study(cluster):
         [sys.executable, "-m", "search", "data=digits", "supernet.epochs=2", "finetune.steps=5",
          "finetune.bn_batches=2", "n_trials=4", f"ray.address={cluster.address}", f"tracking.uri={uri}",
          f"cache_dir={folder / 'cache'}", f"study.name={STUDY}"],
-        cwd=folder, env=cluster.env | ONE_LEASE_AT_A_TIME, capture_output=True, text=True, timeout=240)
+        cwd=folder, env=cluster.env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return uri, result
 
@@ -154,11 +150,17 @@ def test_the_study_completes_on_the_cluster(cluster, study):
     assert "4/4" in study[1].stderr
 
 
-def test_trials_ran_on_both_nodes_and_say_where(cluster, study):
+def test_room_is_counted_node_by_node(cluster):
+    """The head's 0 CPUs hold no trial: 2 slots, both on the worker node, which also sizes the supernet's task."""
+    assert (cluster.slots, cluster.cpus) == (2, 2)
+
+
+def test_trials_ran_on_the_worker_node_and_say_where(cluster, study):
+    """Each trial run's `node` tag is where it ran, not where the driver is (the head's node)."""
     client = MlflowClient(study[0])
     runs = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id], "tags.`search.role` = 'trial'")
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
-    assert {r.data.tags["node"] for r in runs} == {node for node, _ in cluster.placed.values()}
+    assert {r.data.tags["node"] for r in runs} == {cluster.placed["node_b"][0]} != {cluster.placed["node_a"][0]}
 
 
 def test_nothing_is_written_to_the_home_folder(cluster, study):
