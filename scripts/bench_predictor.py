@@ -26,7 +26,7 @@ from calibration_report import A50, baseline  # noqa: E402
 from readme_results import machine, write_readme  # noqa: E402
 
 import spaces  # noqa: E402
-from search import latency, measurements  # noqa: E402
+from search import fitting, latency, measurements  # noqa: E402
 from search.calibrate import space_settings  # noqa: E402
 from search.config import ROOT, compose, resolve  # noqa: E402
 
@@ -72,7 +72,7 @@ def predict(model: str, data: Data, fit_rows: np.ndarray, test_rows: np.ndarray)
     if model == "MACs+memory":
         return baseline(train, y, test)
     p = latency.Predictor("bench", data.kernels, data.sparse_kernels,
-                          latency.fit(train, y, data.kernels, data.sparse_kernels))
+                          fitting.fit(train, y, data.kernels, data.sparse_kernels))
     return np.array([p.predict(x) for x in test])
 
 

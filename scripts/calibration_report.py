@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_results import machine, write_readme  # noqa: E402
 
 import spaces  # noqa: E402
-from search import latency, measurements  # noqa: E402
+from search import fitting, latency, measurements  # noqa: E402
 from search.calibrate import Request, calibrate, split  # noqa: E402
 from search.config import ROOT, compose, resolve  # noqa: E402
 
@@ -63,7 +63,7 @@ def outlier_runs() -> tuple[float, float]:
     kernels = {32: "fp32"}
     layers = [space.layers(r.candidate) for r in rows]
     y = np.array([r.latency_ms for r in rows])
-    predictor = latency.Predictor("a50", kernels, False, latency.fit(layers, y, kernels, False))
+    predictor = latency.Predictor("a50", kernels, False, fitting.fit(layers, y, kernels, False))
     off = np.abs(np.array([predictor.predict(x) for x in layers]) - y) / y > 0.10
     return float(off.mean()), float(np.corrcoef(off[:-1], off[1:])[0, 1])
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import spaces
 
-from . import latency, measurements, preflight, published, runners
+from . import fitting, latency, measurements, preflight, published, runners
 from .cli import command
 from .config import CONF_DIR, ROOT, ConfigError, space_error, validate_calibration
 from .domain import Domain
@@ -199,12 +199,12 @@ def calibrate(r: Request) -> latency.Report:
     if target.get("published"):  # one structure over the reference set and the published ones, a scale per set
         sets = {REFERENCE: (networks, [row.latency_ms for row in fit_rows]), **published_sets(target)}
         tile = 1
-        coefficients, scales = latency.fit_sets(sets, REFERENCE, kernels, target["sparse_kernels"],
+        coefficients, scales = fitting.fit_sets(sets, REFERENCE, kernels, target["sparse_kernels"],
                                                 weights={REFERENCE: target["published"]["reference_weight"]})
         extra["sets"] = {name: {"scale": scales[name], "networks": len(sets[name][0])} for name in sets}
         networks = [n for group, _ in sets.values() for n in group]
     else:
-        tile, coefficients = latency.fit_tiled(networks, [row.latency_ms for row in fit_rows], kernels,
+        tile, coefficients = fitting.fit_tiled(networks, [row.latency_ms for row in fit_rows], kernels,
                                                target["sparse_kernels"])
     proxy = target.get("proxy")
     predictor = latency.Predictor(target["name"], coefficients=coefficients, channel_tile=tile,

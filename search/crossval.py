@@ -18,7 +18,7 @@ import numpy as np
 
 from spaces import Layer
 
-from . import latency, published
+from . import fitting, latency, published
 
 MIN_NETWORKS = 8
 
@@ -99,7 +99,7 @@ def fit(reference: tuple[Sequence[Sequence[Layer]], Sequence[float]],
     """A predictor like `template`, its coefficients fitted on the reference set and `sets` together."""
     import dataclasses
 
-    coefficients, _ = latency.fit_sets({"reference": reference, **sets}, "reference", template.kernels,
+    coefficients, _ = fitting.fit_sets({"reference": reference, **sets}, "reference", template.kernels,
                                        template.sparse_kernels, weights={"reference": reference_weight})
     return dataclasses.replace(template, coefficients=coefficients, channel_tile=1)
 

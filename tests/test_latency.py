@@ -17,11 +17,12 @@ import yaml
 from scipy.stats import spearmanr
 
 import spaces
-from search import latency
+from search import fitting, latency
 from search.calibrate import calibration_set
 from search.config import compose, resolve
 from search.errors import UserError
-from search.latency import Predictor, Report, declared, features, fit, for_target, kernel_class
+from search.fitting import fit
+from search.latency import Predictor, Report, declared, features, for_target, kernel_class
 from spaces import Candidate, Layer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,7 +247,7 @@ def test_calibration_finds_the_channel_tile_the_runtime_pads_to():
     nets = [space.layers(c) for c in calibration_set(space, 80, seed=0)]
     costs = {k: c * (50 if k.endswith(".macs") else 1) for k, c in TRUE.items()}  # compute-bound, as on XNNPACK
     truth = [sum(costs.get(k, 0.0) * v for k, v in features(x, MB_KERNELS, False, tile=8).items()) for x in nets]
-    tile, coefficients = latency.fit_tiled(nets[:60], truth[:60], MB_KERNELS, False)
+    tile, coefficients = fitting.fit_tiled(nets[:60], truth[:60], MB_KERNELS, False)
     assert tile == 8
     tiled = Predictor("t", MB_KERNELS, False, coefficients, channel_tile=8)
     plain = Predictor("t", MB_KERNELS, False, fit(nets[:60], truth[:60], MB_KERNELS, False))

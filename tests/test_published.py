@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from search import calibrate, crossval, latency, published
+from search import calibrate, crossval, fitting, latency, published
 from search.config import compose, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_sets_share_one_structure_and_keep_a_scale_each():
     truth = latency.Predictor("t", {32: "fp32"}, False, {"dense.fp32.macs": 0.2, "depthwise3.fp32.macs": 1.0,
                                                         "network": 0.05})
     ref = [truth.predict(n) for n in nets]
-    coefficients, scales = latency.fit_sets({"ref": (nets, ref), "slow": (nets, [3 * y for y in ref])}, "ref",
+    coefficients, scales = fitting.fit_sets({"ref": (nets, ref), "slow": (nets, [3 * y for y in ref])}, "ref",
                                             {32: "fp32"}, False)
     assert scales == pytest.approx({"ref": 1.0, "slow": 3.0}, rel=1e-3)
     fitted = latency.Predictor("t", {32: "fp32"}, False, coefficients)
