@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_results import evaluation, machine, write_readme  # noqa: E402
-from search import config, pareto, storage  # noqa: E402
+from search import config, pareto, preflight, storage  # noqa: E402
 from search.objectives import DIRECTIONS  # noqa: E402
 from search.pareto import REPEAT_OF  # noqa: E402
 from search.storage import Location, for_study  # noqa: E402
@@ -67,7 +67,7 @@ def until_trained(cfg: dict, networks: int) -> optuna.Study:
     """Run (or resume) the study until it has trained `networks` networks, repeats not counted."""
     n_trials = networks
     for _ in range(3 * networks + 10):  # each round asks for as many trials as networks are missing
-        study = run({**cfg, "n_trials": n_trials})
+        study = run(preflight.study({**cfg, "n_trials": n_trials}))
         done = study.get_trials(states=(TrialState.COMPLETE,))
         missing = networks - len(trained(done))
         if missing <= 0:
@@ -104,24 +104,21 @@ def sequential(folder: Path, name: str, seed: int, networks: int, quick: bool) -
 
 def _float_dense(folder: Path, name: str, seed: int, quick: bool) -> dict:
     """Float, dense values of every choice: what a later stage has not chosen yet."""
-    import spaces
     from search import data
+    from search.study_config import StudyConfig
 
-    cfg = compose(folder, name, seed, 1, quick)
-    d = data.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
-    return spaces.create(**{**cfg["space"], "input_shape": d.input_shape, "num_classes": d.num_classes}).baselines()["float"]
+    config = StudyConfig.of(compose(folder, name, seed, 1, quick))
+    d = data.load(config.data, config.seed, config.cache_dir)
+    return config.build_space(d.input_shape, d.num_classes).baselines()["float"]
 
 
 def neighbours(folder: Path, quick: bool, workers: Workers) -> list[dict]:
     """The uniform 8-bit baseline and each one-step compression of it (one width a step narrower, or one layer group a
     step sparser), evaluated exactly as trials are (on a worker, from the study's supernet, with the baseline trial's
     fine-tuning seed): is there a network near the baseline that keeps its accuracy and is faster?"""
-    from search import latency
-    from search.evaluate import evaluate
-
     cfg = compose(folder, "joint-s0", 0, 1, quick)
-    d, settings, space, trained = evaluation(cfg)
-    predictor = latency.for_target(cfg["target"])
+    ev = evaluation(cfg)
+    d, space, predictor = ev.data, ev.space, ev.config.predictor()
     base = space.baselines()["int8"]
     steps = {"uniform 8-bit baseline": {}}
     for name, value in base.items():
@@ -134,11 +131,10 @@ def neighbours(folder: Path, quick: bool, workers: Workers) -> list[dict]:
             continue
         if step is not None:
             steps[f"`{name}={step}`"] = {name: step}
-    shared = [workers.share(d), workers.share(trained)]
+    inputs = ev.inputs(workers)
     candidates = {label: space.sample(optuna.trial.FixedTrial(base | change)) for label, change in steps.items()}
     number = list(space.baselines()).index("int8")  # the baseline's trial number in every study
-    refs = {label: workers.submit(evaluate, settings, c, *shared, cfg["finetune"], trial_seed(cfg["seed"], number))
-            for label, c in candidates.items()}
+    refs = {label: inputs.submit(workers, c, trial_seed(cfg["seed"], number)) for label, c in candidates.items()}
     return [{"network": label, **{k: workers.result(ref)[0][0][k] for k in ("accuracy", "test_accuracy")},
              "latency_ms": predictor.predict(space.layers(candidates[label])), "val_images": len(d.val.y)}
             for label, ref in refs.items()]

@@ -78,27 +78,26 @@ def width_ladder(folder: Path, study: list[str]) -> dict[str, dict]:
     """What a width multiplier alone gives, the usual way to make a MobileNet faster: the float baseline with every
     width at each smaller multiplier of the space, evaluated as a trial is (on a worker, from the study's supernet, the
     float baseline's fine-tuning seed; not a trial of the study) and exported as `.tflite` the way promote does."""
-    from search import config, latency, parity, promote
+    from search import config, parity, promote
     from search.backends import litert
-    from search.evaluate import evaluate
     from search.study import trial_seed
     from search.workers import Workers
 
     cfg = config.resolve(config.compose(["target=host-litert", *DATA, *study, *common(folder)]))
-    d, settings, space, trained = evaluation(cfg)
-    predictor = latency.for_target(cfg["target"])
+    ev = evaluation(cfg)
+    d, space, predictor = ev.data, ev.space, ev.config.predictor()
     base = space.baselines()["float"]
     ladder = {w: {k: w if k.startswith("width.") else v for k, v in base.items()} for w in cfg["space"]["widths"] if w < 1}
     candidates = {w: space.sample(optuna.trial.FixedTrial(p)) for w, p in ladder.items()}
     with Workers(None, None, 1, 0) as workers:
-        shared = [workers.share(d), workers.share(trained)]
+        inputs = ev.inputs(workers)
         seed = trial_seed(cfg["seed"], list(space.baselines()).index("float"))
-        refs = {w: workers.submit(evaluate, settings, c, *shared, cfg["finetune"], seed) for w, c in candidates.items()}
+        refs = {w: inputs.submit(workers, c, seed) for w, c in candidates.items()}
         evaluated = {w: workers.result(ref)[0] for w, ref in refs.items()}
     x_test = parity.inputs(d.test, d.mean, d.std)
     out = {}
     for w, (metrics, state) in evaluated.items():
-        net, shape = promote.network(cfg, d, ladder[w], state)
+        net, shape = promote.network(ev.config, d, ladder[w], state)
         path = litert.export(net, shape, folder / "scaled" / f"width-{w}.tflite")
         checked = parity.compare(litert.outputs(path, x_test), parity.torch_logits(net, x_test), d.test.y)
         out[f"width-{w}"] = {"width": w, "accuracy": metrics["accuracy"], "test_accuracy": metrics["test_accuracy"],

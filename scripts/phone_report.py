@@ -20,11 +20,11 @@ import optuna
 from optuna.trial import TrialState
 from readme_results import machine, write_readme
 
-import spaces
 from search import calibrate, crossval, latency, pareto, published, storage
 from search import data as datasets
 from search.config import compose, resolve
 from search.domain import Domain
+from search.study_config import recorded
 from search.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,9 +113,9 @@ def study_part(folder: Path, old: latency.Predictor, new: latency.Predictor) -> 
         return ["", f"(No default study at {folder}: run scripts/search_report.py first for the front comparison.)"]
     study = storage.load(folder / study_name, study_name)
     done = study.get_trials(states=(TrialState.COMPLETE,))
-    cfg = Tracker(f"sqlite:///{folder / 'mlflow.db'}", study_name, create=False).study_config()
-    d = datasets.load(cfg["data"], cfg["seed"], str(folder / "cache"))
-    space = spaces.create(**{**cfg["space"], "input_shape": d.input_shape, "num_classes": d.num_classes})
+    config = recorded(Tracker(f"sqlite:///{folder / 'mlflow.db'}", study_name, create=False).study_config())
+    d = datasets.load(config.data, config.seed, str(folder / "cache"))
+    space = config.build_space(d.input_shape, d.num_classes)
     layers = {t.number: space.layers(space.sample(optuna.trial.FixedTrial(t.params))) for t in done}
 
     def front(predictor: latency.Predictor) -> tuple[set[int], dict[int, float]]:
@@ -124,7 +124,7 @@ def study_part(folder: Path, old: latency.Predictor, new: latency.Predictor) -> 
             t = copy.deepcopy(t)
             t.user_attrs["latency_ms"] = ms[t.number] = predictor.predict(layers[t.number])
             trials.append(t)
-        return {p.trial for p in pareto.front(pareto.points(trials, cfg["objectives"]))}, ms
+        return {p.trial for p in pareto.front(pareto.points(trials, config.objectives))}, ms
 
     (before, ms_old), (after, ms_new) = front(old), front(new)
     reasons = collections.Counter(" ".join(r.split(" ")[:2]).rstrip(",") for n in layers for r in new.extrapolated(layers[n]))

@@ -27,19 +27,27 @@ def write_readme(section: str, readme: Path, mark: str) -> None:
 class Evaluation(NamedTuple):
     """What a study's trials were evaluated with: a script evaluates networks beside them on these."""
 
+    config: Any  # the StudyConfig
     data: Any
-    settings: dict
     space: Any
     supernet: Any
 
+    def inputs(self, workers: Any) -> Any:
+        """What `Inputs.submit` evaluates a candidate with, shared on `workers`."""
+        from search.study import Inputs
+
+        settings = self.config.space_settings(self.data.input_shape, self.data.num_classes)
+        return Inputs(settings, workers.share(self.data), workers.share(self.supernet), self.config.finetune)
+
 
 def evaluation(cfg: dict) -> Evaluation:
-    """The study's data, space and cached supernet (trained by the study: a script never trains one)."""
-    import spaces
+    """The study's data, space and cached supernet (trained by the study: a script never trains one), from its
+    resolved config."""
     from search import data, supernet
+    from search.study_config import StudyConfig
 
-    d = data.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
-    settings = {**cfg["space"], "input_shape": d.input_shape, "num_classes": d.num_classes}
-    key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"], cfg["supernet"])
-    trained, _ = supernet.load_or_train(key, cfg["cache_dir"], lambda: sys.exit("the study's supernet is not cached"))
-    return Evaluation(d, settings, spaces.create(**settings), trained)
+    config = StudyConfig.of(cfg)
+    d = data.load(config.data, config.seed, config.cache_dir)
+    trained, _ = supernet.load_or_train(config.supernet_key(None), config.cache_dir,
+                                        lambda: sys.exit("the study's supernet is not cached"))
+    return Evaluation(config, d, config.build_space(d.input_shape, d.num_classes), trained)

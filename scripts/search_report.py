@@ -28,9 +28,9 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from readme_results import machine, write_readme
 
-import spaces
 from search import data as datasets
-from search import latency, pareto, storage
+from search import pareto, storage
+from search.study_config import recorded
 from search.tracking import Tracker
 from search.runners.host import HostRunner
 from search.runners.litert import LiteRTRunner
@@ -110,11 +110,11 @@ def sensitivity(folder: Path, done: list[optuna.trial.FrozenTrial]) -> list[str]
     """The study's networks predicted again with each int8 speed-up of the target's evidence: the front and knee
     those factors give among the networks this study evaluated (a study run under another factor would also
     propose other networks)."""
-    cfg = Tracker(f"sqlite:///{folder / 'mlflow.db'}", STUDY, create=False).study_config()  # as the study ran
-    target, objectives = cfg["target"], cfg["objectives"]
-    d = datasets.load(cfg["data"], cfg["seed"], str(folder / "cache"))
-    space = spaces.create(**{**cfg["space"], "input_shape": d.input_shape, "num_classes": d.num_classes})
-    fitted = latency.for_target(target)
+    config = recorded(Tracker(f"sqlite:///{folder / 'mlflow.db'}", STUDY, create=False).study_config())  # as it ran
+    target, objectives = config.target, config.objectives
+    d = datasets.load(config.data, config.seed, str(folder / "cache"))
+    space = config.build_space(d.input_shape, d.num_classes)
+    fitted = config.predictor()
     layers = {t.number: space.layers(space.sample(optuna.trial.FixedTrial(t.params))) for t in done}
     lo, hi = target["speedup_range"]["int8"]
     used = target["speedups"]["int8"]

@@ -7,19 +7,16 @@ from typing import Any
 from . import preflight
 from .cli import command
 from .config import CONFIG_NAME
-from .data import Dataset
 
 
-def _run(cfg: dict[str, Any], data: Dataset | None) -> None:
-    """The study, on the data the check loaded; a multirun's job checks its own config and loads its own data."""
+def _run(cfg: dict[str, Any], ready: preflight.Ready | None) -> None:
+    """The study, on what the check read; a multirun's job checks its own config and reads its own data."""
     from hydra.core.hydra_config import HydraConfig
 
     from .study import run
 
-    if data is None:
-        data = preflight.study(cfg)
     try:
-        run(cfg, HydraConfig.get().overrides.task, data)
+        run(ready or preflight.study(cfg), HydraConfig.get().overrides.task)
     except KeyboardInterrupt:  # the study has already said how to resume
         sys.exit(130)
 

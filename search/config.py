@@ -21,7 +21,6 @@ from spaces.precision import BITS
 
 from .errors import UserError
 from .latency import KERNELS
-from .objectives import BUDGETS, DIRECTIONS
 from .runners import RUNNERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,10 +73,10 @@ def compose(overrides: list[str], config_name: str = CONFIG_NAME) -> DictConfig:
         unknown = re.match(r"Could not override '([^']+)'", str(e))
         if unknown:
             raise ConfigError(f"{unknown[1]}: no such key to set (a misspelt name?)") from None
-        raise ConfigError(_first_line(e)) from None
+        raise ConfigError(first_line(e)) from None
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     text = " ".join(lines[:2]) if lines else type(e).__name__
     return re.sub(r"\s+", " ", text)
@@ -90,7 +89,7 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
         out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"{key}: a value is required here" if key else _first_line(e)) from None
+        raise ConfigError(f"{key}: a value is required here" if key else first_line(e)) from None
     target, space = out.get("target"), out.get("space")
     if isinstance(target, dict) and isinstance(target.get("bits"), list) and isinstance(space, dict) \
             and isinstance(space.get("bits"), list):
@@ -133,13 +132,13 @@ def value_at(cfg: Mapping, key: str) -> Any:
     return node
 
 
-def _text(cfg: Mapping, key: str, what: str, allow_none: bool = False) -> None:
+def check_text(cfg: Mapping, key: str, what: str, allow_none: bool = False) -> None:
     value = value_at(cfg, key)
     if not (value is None and allow_none) and (not isinstance(value, str) or not value.strip()):
         raise ConfigError(f"{key}: must be {what}{' or null' if allow_none else ''}, got {value!r}")
 
 
-def _mapping(cfg: Mapping, key: str, allow_none: bool = False) -> Mapping:
+def check_mapping(cfg: Mapping, key: str, allow_none: bool = False) -> Mapping:
     value = value_at(cfg, key)
     if not isinstance(value, Mapping) and not (value is None and allow_none):
         raise ConfigError(f"{key}: must be a mapping of settings{' or null' if allow_none else ''}, got {value!r}")
@@ -147,11 +146,10 @@ def _mapping(cfg: Mapping, key: str, allow_none: bool = False) -> Mapping:
 
 
 FREE_FORM = ("sampler", "budget")  # checked against the sampler's parameters and BUDGETS instead
-RAY_ADDRESS = re.compile(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 
 
 @functools.cache
-def _schema(config_name: str, groups: tuple[str, ...]) -> dict[str, Any]:
+def file_values(config_name: str, groups: tuple[str, ...]) -> dict[str, Any]:
     """What the config files define: the command's own keys, and per group every option's keys."""
     def load(path: Path) -> dict:
         return yaml.safe_load(path.read_text()) or {}
@@ -167,7 +165,7 @@ def _schema(config_name: str, groups: tuple[str, ...]) -> dict[str, Any]:
 def unknown_keys(cfg: Mapping[str, Any], config_name: str, groups: tuple[str, ...]) -> None:
     """A key that no config file defines (a typo, or a setting of another command) is refused by
     name rather than ignored. Checked two levels deep: sections and group options, and their keys."""
-    schema = _schema(config_name, groups)
+    schema = file_values(config_name, groups)
     for key, value in cfg.items():
         if key not in schema:
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(schema)}")
@@ -175,59 +173,6 @@ def unknown_keys(cfg: Mapping[str, Any], config_name: str, groups: tuple[str, ..
             for inner in value:
                 if inner not in schema[key]:
                     raise ConfigError(f"{key}.{inner}: unknown key; allowed: {', '.join(map(str, schema[key]))}")
-
-
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Every value the search reads, checked before any compute. `cfg` is resolved plain data."""
-    unknown_keys(cfg, CONFIG_NAME, GROUPS)
-    check_int(cfg, "seed", 0)
-    if value_at(cfg, "seed") >= 2**32:
-        raise ConfigError(f"seed: must be an integer in [0, 2**32), got {value_at(cfg, 'seed')!r}")
-    check_int(cfg, "search_seed", 0, allow_none=True)
-    check_int(cfg, "n_trials", 1)
-    name = value_at(cfg, "study.name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ConfigError(f"study.name: letters, digits and . _ - only, got {name!r}")
-    _text(cfg, "study.dir", "a folder path")
-    _text(cfg, "study.storage", "an Optuna storage URL", allow_none=True)
-    _text(cfg, "cache_dir", "a folder path")
-    objectives = value_at(cfg, "objectives")
-    if not isinstance(objectives, list) or not objectives \
-            or any(not isinstance(o, str) or o not in DIRECTIONS for o in objectives) \
-            or len(set(objectives)) != len(objectives):
-        raise ConfigError(f"objectives: a list of distinct names from {', '.join(DIRECTIONS)}, got {objectives!r}")
-    for key in _mapping(cfg, "budget"):
-        if key not in BUDGETS:
-            raise ConfigError(f"budget.{key}: unknown budget; allowed: {', '.join(BUDGETS)}")
-        check_number(cfg, f"budget.{key}", allow_none=True)
-    check_int(cfg, "pareto.every", 1)
-    for key in objectives:
-        check_number(cfg, f"pareto.reference.{key}", strict=False)
-    for key in ("epochs", "batch_size"):
-        check_int(cfg, f"supernet.{key}", 1)
-    check_int(cfg, "supernet.random_subnets", 0)
-    check_number(cfg, "supernet.lr")
-    init = value_at(cfg, "supernet.init")
-    if init is not None and (not isinstance(init, str) or not init):
-        raise ConfigError(f"supernet.init: a weights file (.pth or .safetensors) or null, got {init!r}")
-    for key, minimum in (("steps", 0), ("batch_size", 1), ("bn_batches", 1)):
-        check_int(cfg, f"finetune.{key}", minimum)
-    check_number(cfg, "finetune.lr", strict=False)
-    check_number(cfg, "finetune.temperature")
-    _text(cfg, "tracking.uri", "an MLflow tracking URI")
-    address = value_at(cfg, "ray.address")
-    match = RAY_ADDRESS.fullmatch(address) if isinstance(address, str) else None
-    if address is not None and address not in ("auto", "local") and not (match and 0 < int(match[2]) < 65536):
-        raise ConfigError(f"ray.address: must be HOST:PORT, ray://HOST:PORT, auto, local or null, got {address!r}")
-    check_int(cfg, "ray.num_cpus", 1, allow_none=True)
-    check_int(cfg, "ray.cpus_per_trial", 1)
-    check_int(cfg, "ray.max_retries", 0)
-    check_number(cfg, "ray.gpus_per_trial", strict=False)
-    check_flag(cfg, "ray.in_order")
-    _validate_data(cfg)
-    _validate_sampler(cfg)
-    _validate_space(cfg)
-    _validate_target(cfg)
 
 
 def validate_calibration(cfg: Mapping[str, Any]) -> None:
@@ -241,112 +186,43 @@ def validate_calibration(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"input_shape: must be [channels, height, width], whole numbers >= 1, got {shape!r}")
     check_int(cfg, "num_classes", 1)
     for key in ("benchmarks", "evaluate"):
-        _text(cfg, key, "a measurement file", allow_none=True)
+        check_text(cfg, key, "a measurement file", allow_none=True)
     holdout = value_at(cfg, "holdout")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
         raise ConfigError(f"holdout: must be a number in (0, 1), got {holdout!r}")
     check_int(cfg, "fit_rows", 2, allow_none=True)
-    _text(cfg, "tracking.uri", "an MLflow tracking URI")
-    _text(cfg, "tracking.experiment", "an MLflow experiment name")
-    _text(cfg, "cache_dir", "a folder path")
+    check_text(cfg, "tracking.uri", "an MLflow tracking URI")
+    check_text(cfg, "tracking.experiment", "an MLflow experiment name")
+    check_text(cfg, "cache_dir", "a folder path")
     kinds = ("auto", "file", *RUNNERS)  # auto: the target's own way; file: fit on measurements taken before
-    if _mapping(cfg, "runner").get("kind") not in kinds:
+    if check_mapping(cfg, "runner").get("kind") not in kinds:
         raise ConfigError(f"runner.kind: must be {', '.join(kinds)}, got {cfg['runner'].get('kind')!r}")
-    _space_name(cfg)
+    space_name(cfg)
     validate_target(value_at(cfg, "target"), [])
 
 
-def _validate_data(cfg: Mapping[str, Any]) -> None:
-    from .data import DataError, Source
-
-    try:
-        Source.of(_mapping(cfg, "data"))
-    except DataError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _validate_sampler(cfg: Mapping[str, Any]) -> None:
-    """An Optuna sampler class (nothing else is instantiated from the config) with settings it takes."""
-    import inspect
-    import warnings
-
-    import optuna
-
-    sampler = _mapping(cfg, "sampler")
-    if sampler.get("_target_") == "optuna.samplers.PartialFixedSampler":  # fixes some choices, samples the rest
-        if not isinstance(sampler.get("fixed_params"), Mapping) or set(sampler) != {"_target_", "fixed_params",
-                                                                                     "base_sampler"}:
-            raise ConfigError("sampler: PartialFixedSampler takes fixed_params (a mapping) and base_sampler")
-        return _validate_sampler({"sampler": sampler["base_sampler"]})
-    target = sampler.get("_target_")
-    name = target.removeprefix("optuna.samplers.") if isinstance(target, str) else ""
-    cls = getattr(optuna.samplers, name, None) if name in optuna.samplers.__all__ and name != target else None
-    if not (isinstance(cls, type) and issubclass(cls, optuna.samplers.BaseSampler)) \
-            or "seed" not in inspect.signature(cls).parameters:
-        raise ConfigError(f"sampler._target_: must be an Optuna sampler that takes a seed "
-                          f"(optuna.samplers.NSGAIISampler, ...), got {target!r}")
-    settings = {k: v for k, v in sampler.items() if k != "_target_"}
-    parameters = inspect.signature(cls).parameters
-    for key, value in settings.items():
-        if key not in parameters or key in ("seed", "constraints_func"):
-            raise ConfigError(f"sampler.{key}: not a setting of {name} (seed and constraints come from the study)")
-        default = parameters[key].default  # samplers check few settings themselves: a wrong type fails mid-study
-        if isinstance(default, (bool, int, float)) and not _same_kind(value, default):
-            raise ConfigError(f"sampler.{key}: must be {type(default).__name__} like its default {default!r}, "
-                              f"got {value!r}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cls(**settings, seed=0)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"sampler: {name} refuses its settings: {_first_line(e)}") from None
-
-
-def _same_kind(value: Any, default: bool | int | float) -> bool:
-    """Is `value` the kind of number (or flag) `default` is? An int stands for a float, a flag for neither."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    return isinstance(value, int) or (isinstance(default, float) and isinstance(value, float))
-
-
-def _space_name(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
-    space = _mapping(cfg, "space")
+def space_name(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The `space` section, whose name must be a registered space."""
+    space = check_mapping(cfg, "space")
     if not isinstance(space.get("name"), str) or space["name"] not in spaces.SPACES:
         raise ConfigError(f"space.name: unknown space {space.get('name')!r}; allowed: {', '.join(spaces.SPACES)}")
     return space
 
 
-def _validate_space(cfg: Mapping[str, Any]) -> None:
-    space = _space_name(cfg)
-    if not hasattr(spaces.SPACES[space["name"]], "supernet"):
-        raise ConfigError(f"space: {space['name']} has no weight-sharing supernet, so it cannot be searched; "
-                          f"it is for latency calibration (python -m search.calibrate space={space['name']})")
-    sizes = space.get("resolutions")  # checked against the data's size once it is loaded (preflight)
-    side = max([32, *(r for r in sizes if isinstance(r, int))] if isinstance(sizes, (list, tuple)) else [32])
-    try:
-        spaces.create(**{"input_shape": (1, side, side), "num_classes": 10, **space})
-    except (ValueError, TypeError, KeyError) as e:
-        raise space_error(e) from None
-
-
 def space_error(e: Exception) -> ConfigError:
     """A space's ValueError starts with the setting it is about ("bits: ..."): name it as a key."""
-    text = _first_line(e)
+    text = first_line(e)
     return ConfigError(f"space.{text}" if re.match(r"[a-z_]+(\.[a-z_]+)*: ", text) else f"space: {text}")
-
-
-def _validate_target(cfg: Mapping[str, Any]) -> None:
-    validate_target(value_at(cfg, "target"), value_at(cfg, "space.bits"))
 
 
 def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
     """A target declares how each bit-width runs, where its measurements and predictor live,
     and, for a proxy, which device was measured and how latencies are scaled."""
     cfg = {"target": target}
-    _mapping(cfg, "target")
-    _text(cfg, "target.name", "the target's name")
+    check_mapping(cfg, "target")
+    check_text(cfg, "target.name", "the target's name")
     kernels = {}
-    for b, kernel in _mapping(cfg, "target.kernels").items():
+    for b, kernel in check_mapping(cfg, "target.kernels").items():
         if isinstance(b, bool) or not re.fullmatch(r"[0-9]+", str(b)):
             raise ConfigError(f"target.kernels.{b}: keys are bit-widths (whole numbers)")
         if not isinstance(kernel, str) or kernel not in KERNELS:
@@ -360,7 +236,7 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
     if held is not None and (not isinstance(held, list) or not held or any(b not in kernels for b in held)):
         raise ConfigError(f"target.bits: a non-empty list of bit-widths that target.kernels declares, got {held!r}")
     check_flag(cfg, "target.sparse_kernels")
-    for kernel in _mapping(cfg, "target.speedups"):
+    for kernel in check_mapping(cfg, "target.speedups"):
         if kernel not in KERNELS:
             raise ConfigError(f"target.speedups.{kernel}: unknown kernel; allowed: {', '.join(KERNELS)}")
         check_number(cfg, f"target.speedups.{kernel}")
@@ -373,31 +249,31 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
                               f"target.speedups.{kernel} ({used}), got {span!r}")
     if "border_cost" in target:
         check_number(cfg, "target.border_cost", strict=False)
-    _mapping(cfg, "target.measurements")
+    check_mapping(cfg, "target.measurements")
     measured = value_at(cfg, "target.measurements.space")
     if not isinstance(measured, str) or measured not in spaces.SPACES:
         raise ConfigError(f"target.measurements.space: unknown space; allowed: {', '.join(spaces.SPACES)}")
     for key in ("measurements.file", "predictor"):
-        _text(cfg, f"target.{key}", "a file path")
+        check_text(cfg, f"target.{key}", "a file path")
     if target.get("published") is not None:
-        _mapping(cfg, "target.published")
-        _text(cfg, "target.published.file", "a file path")
+        check_mapping(cfg, "target.published")
+        check_text(cfg, "target.published.file", "a file path")
         check_number(cfg, "target.published.reference_weight")
     if target.get("int8_pairs") is not None:
-        _mapping(cfg, "target.int8_pairs")
-        _text(cfg, "target.int8_pairs.file", "a file path")
-        _text(cfg, "target.int8_pairs.core_class", "a core class of the pairs file, e.g. A73-class")
-        eras = _mapping(cfg, "target.int8_pairs.eras")
+        check_mapping(cfg, "target.int8_pairs")
+        check_text(cfg, "target.int8_pairs.file", "a file path")
+        check_text(cfg, "target.int8_pairs.core_class", "a core class of the pairs file, e.g. A73-class")
+        eras = check_mapping(cfg, "target.int8_pairs.eras")
         if not eras or not all(isinstance(t, list) and t and all(isinstance(x, str) for x in t) for t in eras.values()):
             raise ConfigError("target.int8_pairs.eras: each era (oldest first) a list of table ids, e.g. [T01, T07]")
         if "int8" not in target["speedups"]:
             raise ConfigError("target.speedups.int8: the value int8_pairs fits must be written here")
-    if _mapping(cfg, "target.proxy", allow_none=True):
+    if check_mapping(cfg, "target.proxy", allow_none=True):
         check_number(cfg, "target.proxy.scale")
         for key in ("device", "assumption"):
             if not isinstance(value_at(cfg, f"target.proxy.{key}"), str):
                 raise ConfigError(f"target.proxy.{key}: a proxy target must say which device was measured and why it stands in")
-    if _mapping(cfg, "target.runner").get("kind") not in RUNNERS:
+    if check_mapping(cfg, "target.runner").get("kind") not in RUNNERS:
         raise ConfigError(f"target.runner.kind: must be {' or '.join(RUNNERS)}, got {target['runner'].get('kind')!r}")
     _validate_file(target)
 

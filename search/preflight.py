@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import dataclass
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,43 +14,51 @@ from urllib.parse import urlsplit
 
 import spaces
 
-from . import data, latency, storage
-from .config import ROOT, ConfigError, space_error, validate
+from . import data, storage
+from .config import ROOT, ConfigError
+from .study_config import Ray, StudyConfig, validate
 
 TIMEOUT_S = 5.0
 DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433, "redis": 6379}
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def study(cfg: Mapping[str, Any]) -> data.Dataset:
+@dataclass(frozen=True)
+class Ready:
+    """What the check read, handed to the study so nothing is read twice."""
+
+    config: StudyConfig
+    data: data.Dataset
+    init: Mapping[str, Any] | None  # `supernet.init`'s weights, checked against the space
+
+
+def study(cfg: Mapping[str, Any]) -> Ready:
     """Everything `python -m search` reads from the user: the values, the latency predictor, the
-    tracking server, the Optuna storage, the Ray cluster, the data (loaded now and returned for the
-    study, so it is read once) and a latency budget some network of the space can meet."""
-    validate(cfg)
-    predictor = latency.for_target(cfg["target"])
-    reachable("tracking.uri", cfg["tracking"]["uri"])
-    if cfg["study"]["storage"]:
-        reachable("study.storage", cfg["study"]["storage"])
-    refuse_changed(cfg)
-    ray_reachable(cfg["ray"]["address"])
-    local_ray_fits(cfg["ray"])
-    dataset = data.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
-    settings = cfg["space"] | {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes}
-    try:  # settings that depend on the data (a resolution above its size)
-        space = spaces.create(**settings)
-    except ValueError as e:
-        raise space_error(e) from None
-    if cfg["supernet"]["init"]:  # the weights file fits the space's full-width network, or one line names the key
+    tracking server, the Optuna storage, the Ray cluster, the data and the initial weights (read now
+    for the study, so once) and a latency budget some network of the space can meet."""
+    config = validate(cfg)
+    predictor = config.predictor()
+    reachable("tracking.uri", config.tracking_uri)
+    if config.where.url:
+        reachable("study.storage", config.where.url)
+    refuse_changed(config)
+    ray_reachable(config.ray.address)
+    local_ray_fits(config.ray)
+    dataset = data.load(config.data, config.seed, config.cache_dir)
+    space = config.build_space(dataset.input_shape, dataset.num_classes)
+    init = None
+    if config.supernet["init"]:  # the weights file fits the space's full-width network, or one line names the key
         from . import supernet
 
-        supernet.initial_weights(settings, cfg["supernet"]["init"])
-    budget = cfg["budget"].get("latency_ms")
+        init = supernet.initial_weights(config.space_settings(dataset.input_shape, dataset.num_classes),
+                                        config.supernet["init"])
+    budget = config.budget.get("latency_ms")
     if budget is not None:
         fastest = predictor.fastest(cheapest_layers(space))
         if budget < fastest:
             raise ConfigError(f"budget.latency_ms: {budget} ms is below what any network of space {space.name} "
-                              f"can reach on {cfg['target']['name']} (predicted floor {fastest:.3f} ms)")
-    return dataset
+                              f"can reach on {config.target['name']} (predicted floor {fastest:.3f} ms)")
+    return Ready(config, dataset, init)
 
 
 class _Cheapest:
@@ -125,22 +134,20 @@ def connect(key: str, host: str, port: int) -> None:
         raise ConfigError(f"{key}: cannot reach {host}:{port} ({e.strerror or e})") from None
 
 
-def local_ray_fits(ray: Mapping[str, Any]) -> None:
+def local_ray_fits(ray: Ray) -> None:
     """A local Ray must be able to hold one trial: Ray would otherwise queue it forever. (A cluster
     may still gain nodes that can, so its trials are left to wait.)"""
     import os
 
     import torch
 
-    if ray["address"] is not None:
+    if ray.address is not None:
         return
-    cpus, gpus = ray["num_cpus"] or os.cpu_count() or 1, torch.cuda.device_count()
-    if ray["cpus_per_trial"] > cpus:
-        raise ConfigError(f"ray.cpus_per_trial: a trial asks for {ray['cpus_per_trial']} CPUs, "
-                          f"the local Ray has {cpus}")
-    if ray["gpus_per_trial"] > gpus:
-        raise ConfigError(f"ray.gpus_per_trial: a trial asks for {ray['gpus_per_trial']} GPUs, "
-                          f"this machine has {gpus}")
+    cpus, gpus = ray.num_cpus or os.cpu_count() or 1, torch.cuda.device_count()
+    if ray.cpus_per_trial > cpus:
+        raise ConfigError(f"ray.cpus_per_trial: a trial asks for {ray.cpus_per_trial} CPUs, the local Ray has {cpus}")
+    if ray.gpus_per_trial > gpus:
+        raise ConfigError(f"ray.gpus_per_trial: a trial asks for {ray.gpus_per_trial} GPUs, this machine has {gpus}")
 
 
 def ray_reachable(address: str | None) -> None:
@@ -195,20 +202,20 @@ def meaning(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def refuse_changed(cfg: Mapping[str, Any]) -> None:
+def refuse_changed(config: StudyConfig) -> None:
     """A study resumes only with the config it was created with (less RESUMABLE keys): trials made
     under another seed, data, space, target or training settings would be compared as if alike."""
-    study = storage.existing(storage.Location.of(cfg["study"]))
+    study = storage.existing(config.where)
     created = study.user_attrs.get(CONFIG_ATTR) if study else None
     if created is None:
         return
-    now = meaning(cfg)
+    now = meaning(config.raw)
     # a key absent on one side reads as null: a setting added later (supernet.init) whose null keeps the old meaning
     differ = sorted(k for k in created.keys() | now.keys() if created.get(k) != now.get(k))
     if not differ:
         return
     keys = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
     shown = ", ".join(f"{k}={json.dumps(created.get(k))} (now {json.dumps(now.get(k))})" for k in differ[:3])
-    raise ConfigError(f"{keys}: study {cfg['study']['name']!r} was created with {shown}; a resumed study keeps "
+    raise ConfigError(f"{keys}: study {config.name!r} was created with {shown}; a resumed study keeps "
                       "what its trials mean (only n_trials, ray.*, tracking.*, the sampler and where files live may change): "
                       "run this config under another study.name")

@@ -26,13 +26,12 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import optuna
 import torch
 
-import spaces
 
 from . import backends, pareto, parity, runners, storage
 from . import data as datasets
@@ -44,6 +43,7 @@ from .backends import onnx as backend
 from .runners import litert as litert_runner
 from .runners.adb import AdbError, AdbRunner
 from .runners.host import time_model
+from .study_config import StudyConfig, recorded
 from .tracking import Tracker
 
 CONFIG_NAME = "promote"
@@ -167,7 +167,7 @@ def phone(cfg: Mapping[str, Any]) -> AdbRunner | None:
         raise ConfigError(f"phone: {e} (phone.tool, phone.binary, phone.threads, phone.warmup)") from None
 
 
-def choose(pts: list[pareto.Point], r: Request, objectives: list[str], floor: float | None = None) -> pareto.Point:
+def choose(pts: list[pareto.Point], r: Request, objectives: Sequence[str], floor: float | None = None) -> pareto.Point:
     """The trial the config asks for: `trial=N`, else the front's knee, the most accurate one within budgets, or the
     fastest or smallest one at least `floor` accurate (`max_drop` points below the float baseline)."""
     try:
@@ -185,11 +185,11 @@ def choose(pts: list[pareto.Point], r: Request, objectives: list[str], floor: fl
         raise UserError(str(e)) from None
 
 
-def network(study_cfg: Mapping[str, Any], data: datasets.Dataset, params: Mapping[str, Any],
+def network(config: StudyConfig, data: datasets.Dataset, params: Mapping[str, Any],
             weights: Mapping[str, np.ndarray]) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     """A trial's network, rebuilt from its params (Optuna) and its fine-tuned weights (MLflow), and the (C, H, W)
     input it takes: the trial's resolution, which its files are exported at."""
-    space = spaces.create(**{**study_cfg["space"], "input_shape": data.input_shape, "num_classes": data.num_classes})
+    space = config.build_space(data.input_shape, data.num_classes)
     candidate = space.sample(optuna.trial.FixedTrial(dict(params)))
     net = space.build(candidate)
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
@@ -204,7 +204,7 @@ def host_runner(kind: str, threads: int) -> runners.Runner:
     return runners.get(HOST_RUNNERS[kind])(threads=threads)
 
 
-def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracker, study_cfg: Mapping[str, Any],
+def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracker, config: StudyConfig,
                    data: datasets.Dataset, device: AdbRunner | None, r: Request) -> list[pareto.Point]:
     """The predicted front's trials with `latency_ms` measured on the `rank_by` runtime, ranked again: each is
     exported (a `.tflite` for XNNPACK and benchmark_model, else ONNX) and all are timed in one run, shuffled, so
@@ -216,7 +216,7 @@ def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracke
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         for p in pareto.front(pts):
-            net, shape = network(study_cfg, data, study.trials[p.trial].params,
+            net, shape = network(config, data, study.trials[p.trial].params,
                                  tracker.weights(runs[p.trial].info.run_id))
             try:
                 files[p.trial] = module.export(net, shape, Path(tmp) / f"trial-{p.trial}{module.SUFFIX}")
@@ -230,7 +230,7 @@ def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracke
     for p, m in zip((p for p in pts if p.trial in files), measured):
         print(f"rank_by={kind}: trial {p.trial}: {m.values['latency_ms']:.4f} ms measured "
               f"(predicted on the target: {p.values['latency_ms']:.4f} ms)", file=sys.stderr)
-    return pareto.rerank(measured, study_cfg["objectives"])
+    return pareto.rerank(measured, config.objectives)
 
 
 def promote(cfg: Mapping[str, Any]) -> Promotion:
@@ -238,28 +238,28 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
     device = phone(cfg)  # one runner: the phone is checked and the tool pushed once
     name = r.where.name
     tracker = Tracker(r.tracking_uri, name, create=False)
-    study_cfg = tracker.study_config()
+    config = recorded(tracker.study_config())
     try:
         study = optuna.load_study(study_name=name, storage=storage.for_study(r.where))
     except KeyError:
         raise UserError(f"study.name: no Optuna study {name!r} in {r.where.url}") from None
 
     def splits() -> datasets.Dataset:  # the study's data, read only when a network is built
-        return datasets.load(study_cfg["data"], study_cfg["seed"], r.cache_dir)
+        return datasets.load(config.data, config.seed, r.cache_dir)
 
     data = None
-    pts = pareto.points(study.trials, study_cfg["objectives"])
+    pts = pareto.points(study.trials, config.objectives)
     floor = None
     if r.trial is None and r.pick in WITHIN_DROP:  # from every trial: a measured front may lack the baseline
         try:
             floor = pareto.accuracy_floor(pts, r.max_drop)
         except ValueError as e:
             raise UserError(str(e)) from None
-    point = choose(pts, r, study_cfg["objectives"], floor)
+    point = choose(pts, r, config.objectives, floor)
     if r.trial is None and r.rank_by != "predicted":  # picked on measured latency; reported as the trial
         data = splits()
-        measured = measured_front(pts, study, tracker, study_cfg, data, device, r)
-        point = next(p for p in pts if p.trial == choose(measured, r, study_cfg["objectives"], floor).trial)
+        measured = measured_front(pts, study, tracker, config, data, device, r)
+        point = next(p for p in pts if p.trial == choose(measured, r, config.objectives, floor).trial)
     run_id = tracker.trial_runs()[point.trial].info.run_id
     kept = tracker.registered(r.model_name, name, point.trial)
     if kept is not None:  # promoting the same trial again only moves the alias
@@ -268,7 +268,7 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
                             "new_version": False})
 
     data = data or splits()
-    net, shape = network(study_cfg, data, study.trials[point.trial].params, tracker.weights(run_id))
+    net, shape = network(config, data, study.trials[point.trial].params, tracker.weights(run_id))
     x_test = parity.inputs(data.test, data.mean, data.std, shape=shape)
     net_logits = parity.torch_logits(net, x_test)
     folder = r.where.folder / "promoted"
@@ -300,9 +300,9 @@ def promote(cfg: Mapping[str, Any]) -> Promotion:
         ranked_by="predicted" if r.trial is not None else r.rank_by)
     example = parity.inputs(data.test, data.mean, data.std, 0, 2, shape)
     version = tracker.register(run_id, final, example, backend.outputs(final, example), promotion, {
-        "target": study_cfg["target"]["name"], "torch_test_accuracy": f"{checked.torch_accuracy:.4f}",
+        "target": config.target["name"], "torch_test_accuracy": f"{checked.torch_accuracy:.4f}",
         **checked.as_tags("parity.onnx"), **(tflite["parity"].as_tags("parity.litert") if "parity" in tflite else {}),
-        "host_latency_iqr_ms": f"{host.iqr_ms:.4f}", "latency.proxy": (study_cfg["target"].get("proxy") or {}).get(
+        "host_latency_iqr_ms": f"{host.iqr_ms:.4f}", "latency.proxy": (config.target.get("proxy") or {}).get(
             "assumption", "none: measured on the target itself")})
     return Promotion(**{**asdict(promotion), "version": version})
 

@@ -21,12 +21,12 @@ from tqdm import tqdm
 import spaces
 from spaces.candidate import identity
 
-from . import data as datasets
-from . import domain, latency, locks, objectives, pareto, plots, preflight, storage, supernet
-from .config import ConfigError, validate
+from . import domain, front, latency, locks, objectives, preflight, storage, supernet
+from .config import ConfigError
 from .errors import UserError
 from .evaluate import evaluate
 from .pareto import REPEAT_OF
+from .study_config import StudyConfig
 from .tracking import Tracker
 from .workers import TrialFailed, Workers
 
@@ -36,41 +36,34 @@ optuna.logging.disable_default_handler()
 optuna.logging.enable_propagation()
 
 
-def run(cfg: Mapping[str, Any], overrides: list[str] = (), data: datasets.Dataset | None = None) -> optuna.Study:
-    """Run (or resume) the study described by a resolved config until it holds n_trials
-    complete trials, on `data` (loaded from the config when None)."""
-    validate(cfg)
-    preflight.refuse_changed(cfg)
-    os.environ.setdefault("MPLCONFIGDIR", str(Path(cfg["cache_dir"]) / "matplotlib"))  # its font cache, not in HOME
-    if data is None:
-        data = datasets.load(cfg["data"], cfg["seed"], cfg["cache_dir"])
-    space_settings = {**cfg["space"], "input_shape": data.input_shape, "num_classes": data.num_classes}
-    space = spaces.create(**space_settings)
-    predictor = latency.for_target(cfg["target"])
-    ray_cfg = cfg["ray"]
-    with locks.driver(Path(cfg["study"]["dir"]), cfg["study"]["name"]), Workers(ray_cfg["address"], ray_cfg["num_cpus"], ray_cfg["cpus_per_trial"],
-                                 ray_cfg["gpus_per_trial"], ray_cfg["max_retries"]) as workers:
+def run(ready: preflight.Ready, overrides: list[str] = ()) -> optuna.Study:
+    """Run (or resume) the study `preflight.study` checked until it holds n_trials complete trials."""
+    config, data = ready.config, ready.data
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(config.cache_dir) / "matplotlib"))  # its font cache, not in HOME
+    space_settings = config.space_settings(data.input_shape, data.num_classes)
+    space = config.build_space(data.input_shape, data.num_classes)
+    predictor = config.predictor()
+    ray = config.ray
+    with locks.driver(config.where.folder, config.name), Workers(
+            ray.address, ray.num_cpus, ray.cpus_per_trial, ray.gpus_per_trial, ray.max_retries) as workers:
         data_ref = workers.share(data)
-        init = supernet.initial_weights(space_settings, cfg["supernet"]["init"]) if cfg["supernet"]["init"] else None
-        key = supernet.cache_key(cfg["space"], cfg["data"], cfg["seed"],
-                                 {**cfg["supernet"], "init": supernet.init_digest(init)})
+        key = config.supernet_key(ready.init)
         started = time.perf_counter()
-        trained, cached = supernet.load_or_train(key, cfg["cache_dir"], lambda: _train_supernet(
-            workers, key, space_settings, data_ref, cfg, init))
+        trained, cached = supernet.load_or_train(key, config.cache_dir, lambda: _train_supernet(
+            workers, key, space_settings, data_ref, config, ready.init))
         print(f"supernet {key}: {'from cache' if cached else 'trained'} in {time.perf_counter() - started:.0f} s, "
               f"full-width validation accuracy {trained.val_accuracy:.2f}%", flush=True)
 
-        study = _open(cfg, space)
-        tracker = Tracker(cfg["tracking"]["uri"], cfg["study"]["name"])
+        study = _open(config, space)
+        tracker = Tracker(config.tracking_uri, config.name)
         recovered = recover(study, tracker)
         if recovered:
             print(f"resumed: {recovered} trial(s) a stopped driver left running are marked FAIL (KILLED in MLflow)")
-        tags = _target_tags(cfg, predictor)
-        tracker.start_study(cfg, list(overrides), yaml.safe_dump(cfg, sort_keys=False), tags)
+        tags = _target_tags(config, predictor)
+        tracker.start_study(config.raw, list(overrides), yaml.safe_dump(dict(config.raw), sort_keys=False), tags)
         tracker.log_study({"supernet_val_accuracy": trained.val_accuracy}, {"supernet.key": key})
-        settings = Settings.of(cfg)
-        driver = Driver(settings, study, tracker, workers, space, predictor, tags,
-                        Inputs(space_settings, data_ref, workers.share(trained), cfg["finetune"]),
+        driver = Driver(config, study, tracker, workers, space, predictor, tags,
+                        Inputs(space_settings, data_ref, workers.share(trained), config.finetune),
                         complete=len(study.get_trials(states=(TrialState.COMPLETE,))))
         try:
             with _interruptible():
@@ -78,17 +71,17 @@ def run(cfg: Mapping[str, Any], overrides: list[str] = (), data: datasets.Datase
         except KeyboardInterrupt:
             driver.stop(overrides)
             raise
-        pts = publish_front(study, tracker, settings, driver.complete)
+        pts = front.publish(study, tracker, config, driver.complete)
         outside = domain.extrapolated(study.trials)
         tracker.end_study({"complete_trials": driver.complete, "repeats": driver.repeats,
                            "extrapolated_trials": len(outside)})
-    _summary(pts, settings, tracker.experiment_id, driver.complete, driver.repeats)
-    domain.summary(outside, driver.complete, cfg["target"]["name"])
+    front.summary(pts, config, tracker.experiment_id, driver.complete, driver.repeats)
+    domain.summary(outside, driver.complete, config.target["name"])
     return study
 
 
 def _train_supernet(workers: Workers, key: str, space_settings: Mapping[str, Any], data_ref: Any,
-                    cfg: Mapping[str, Any], init: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    config: StudyConfig, init: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train on one worker with the largest node's CPUs, with a progress bar (batches, epoch, ETA)."""
     with tqdm(desc=f"supernet {key}", unit="batch", dynamic_ncols=True) as bar:
         def report(p: supernet.Progress) -> None:
@@ -96,31 +89,30 @@ def _train_supernet(workers: Workers, key: str, space_settings: Mapping[str, Any
             bar.set_postfix_str(f"epoch {p.epoch}/{p.epochs}" if p.stage == "training" else p.stage, refresh=False)
             bar.update(p.step - bar.n)
 
-        return workers.stream(supernet.train, space_settings, data_ref, cfg["supernet"], cfg["seed"],
+        return workers.stream(supernet.train, space_settings, data_ref, config.supernet, config.seed,
                               None if init is None else workers.share(init), report=report, cpus=workers.cpus)
 
 
-def _open(cfg: Mapping[str, Any], space: spaces.SearchSpace) -> optuna.Study:
+def _open(config: StudyConfig, space: spaces.SearchSpace) -> optuna.Study:
     """Create or load the study; a new one starts with the baselines, a resumed one draws new points.
     Budgets reach the sampler as each trial's constraints (`Driver.start`), whatever the sampler."""
-    directions = [objectives.DIRECTIONS[o] for o in cfg["objectives"]]
-    where = storage.Location.of(cfg["study"])
-    study = optuna.create_study(study_name=where.name, storage=storage.for_study(where), directions=directions,
-                                load_if_exists=True)
+    directions = [objectives.DIRECTIONS[o] for o in config.objectives]
+    study = optuna.create_study(study_name=config.name, storage=storage.for_study(config.where),
+                                directions=directions, load_if_exists=True)
     if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
-        raise ConfigError(f"objectives: study {cfg['study']['name']!r} was created with other objectives; "
+        raise ConfigError(f"objectives: study {config.name!r} was created with other objectives; "
                           "use another study.name")
     if preflight.CONFIG_ATTR not in study.user_attrs:  # a new study, or one made before configs were recorded
-        study.set_user_attr(preflight.CONFIG_ATTR, preflight.meaning(cfg))
-    if study.metric_names != list(cfg["objectives"]):
+        study.set_user_attr(preflight.CONFIG_ATTR, preflight.meaning(config.raw))
+    if study.metric_names != list(config.objectives):
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what optuna-dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(cfg["objectives"]))
-    sampler = dict(cfg["sampler"])
-    seed = (cfg["seed"] if cfg["search_seed"] is None else cfg["search_seed"]) + len(study.trials)
+            study.set_metric_names(list(config.objectives))
+    sampler = dict(config.sampler)
+    seed = (config.seed if config.search_seed is None else config.search_seed) + len(study.trials)
     if "base_sampler" in sampler:  # a wrapper (PartialFixedSampler): the sampler it wraps takes the seed
         study.sampler = instantiate({**sampler, "base_sampler": {**sampler["base_sampler"], "seed": seed}})
-    else:  # config.validate admits only samplers that take a seed
+    else:  # study_config.validate admits only samplers that take a seed
         study.sampler = instantiate(sampler, seed=seed)
     if not study.trials:
         for name, params in space.baselines().items():
@@ -163,29 +155,6 @@ def _interruptible() -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What the driver, the front and the summary read of the config, read once (`config.validate` has checked
-    every value, naming its key)."""
-
-    where: storage.Location  # its name, and the run folder the front's files go in
-    n_trials: int  # complete trials the study should hold
-    seed: int  # with the trial number, each trial's fine-tuning seed
-    objectives: tuple[str, ...]
-    budget: Mapping[str, float | None]  # upper bounds, as Optuna constraints
-    file: str  # the target's deployable format: what size_kb counts
-    refresh_every: int  # publish the front every this many complete trials
-    reference: Mapping[str, float]  # the hypervolume's reference point
-    tracking_uri: str
-    in_order: bool  # tell results in the order trials were asked: the same seed makes the same study
-
-    @classmethod
-    def of(cls, cfg: Mapping[str, Any]) -> Settings:
-        return cls(storage.Location.of(cfg["study"]), cfg["n_trials"], cfg["seed"],
-                   tuple(cfg["objectives"]), dict(cfg["budget"]), cfg["target"]["file"], cfg["pareto"]["every"],
-                   dict(cfg["pareto"]["reference"]), cfg["tracking"]["uri"], cfg["ray"]["in_order"])
-
-
-@dataclass(frozen=True)
 class Inputs:
     """What every trial's evaluation gets besides its candidate and seed; the large ones as Ray object refs,
     put in the object store once per study."""
@@ -195,6 +164,11 @@ class Inputs:
     supernet: Any  # ref to the trained supernet's weights
     finetune: Mapping[str, Any]
 
+    def submit(self, workers: Workers, candidate: spaces.Candidate, seed: int) -> Any:
+        """Evaluate `candidate` on a worker as a trial with this fine-tuning seed is (`trial_seed`): a script that
+        evaluates networks beside a study's trials does it here too. Returns the task's ref."""
+        return workers.submit(evaluate, self.space, candidate, self.data, self.supernet, self.finetune, seed)
+
 
 @dataclass
 class Driver:
@@ -202,7 +176,7 @@ class Driver:
     Optuna and MLflow how each one ended. No network is trained twice: a trial of a network the study
     has evaluated, or is evaluating, is told that result instead (`repeat`)."""
 
-    settings: Settings
+    config: StudyConfig
     study: optuna.Study
     tracker: Tracker
     workers: Workers
@@ -238,7 +212,7 @@ class Driver:
         in Ray's object store). Then what the sampler has seen when it proposes a trial depends on the trial's
         number and the number of slots alone, not on which worker finished first: the same seed makes the same
         study. A slot may idle while the oldest trial finishes."""
-        n_trials = self.settings.n_trials
+        n_trials = self.config.n_trials
         bar = tqdm(total=n_trials, initial=self.complete, unit="trial", dynamic_ncols=True)
         try:
             while self.complete < n_trials:
@@ -246,7 +220,7 @@ class Driver:
                     self.start()
                 bar.set_postfix(running=len(self.running), failed=self.failed, repeats=self.repeats)  # while they run
                 running = list(self.running)  # in the order the trials were asked
-                for ref in self.workers.wait(running[:1] if self.settings.in_order else running):
+                for ref in self.workers.wait(running[:1] if self.config.ray.in_order else running):
                     self.finish(ref)
                 bar.n = self.complete
                 bar.refresh()
@@ -266,8 +240,8 @@ class Driver:
         trial = self.study.ask()
         candidate = self.space.sample(trial)
         layers = self.space.layers(candidate)
-        predicted = objectives.metrics(layers, self.predictor.predict(layers), self.settings.file)
-        constrain(trial, predicted, self.settings.budget)
+        predicted = objectives.metrics(layers, self.predictor.predict(layers), self.config.file)
+        constrain(trial, predicted, self.config.budget)
         outside = "; ".join(self.predictor.extrapolated(layers))
         trial.set_user_attr(domain.EXTRAPOLATED, outside)
         run_id = self.run_ids[trial.number] = self.tracker.start_trial(
@@ -279,8 +253,7 @@ class Driver:
         elif network in self.waiting:
             self.waiting[network].append((trial, predicted, run_id))
         else:
-            ref = self.workers.submit(evaluate, self.inputs.space, candidate, self.inputs.data, self.inputs.supernet,
-                                      self.inputs.finetune, trial_seed(self.settings.seed, trial.number))
+            ref = self.inputs.submit(self.workers, candidate, trial_seed(self.config.seed, trial.number))
             self.running[ref] = (trial, predicted, run_id, network)
             self.waiting[network] = []
 
@@ -300,7 +273,7 @@ class Driver:
         for key, value in values.items():
             trial.set_user_attr(key, value)
         self.tracker.log_weights(run_id, weights)  # before Optuna hears of it: a complete trial has its weights
-        self.evaluated[network] = (trial.number, [values[n] for n in self.settings.objectives], values)
+        self.evaluated[network] = (trial.number, [values[n] for n in self.config.objectives], values)
         self.study.tell(trial, self.evaluated[network][1])
         self.tracker.end_trial(run_id, "COMPLETE", values, {"node": node})
         self._completed()
@@ -343,8 +316,8 @@ class Driver:
     def _completed(self) -> None:
         """Count a complete trial; every pareto.every of them, publish the front."""
         self.complete += 1
-        if self.complete % self.settings.refresh_every == 0:
-            publish_front(self.study, self.tracker, self.settings, self.complete)
+        if self.complete % self.config.refresh_every == 0:
+            front.publish(self.study, self.tracker, self.config, self.complete)
 
     def stop(self, overrides: list[str]) -> None:
         """Ctrl-C: keep the trials that have finished (told in order, their results may wait for an older trial),
@@ -381,47 +354,6 @@ def _numbers(attrs: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != REPEAT_OF}
 
 
-def publish_front(study: optuna.Study, tracker: Tracker, settings: Settings, step: int) -> list[pareto.Point]:
-    """The front as it stands: files in the study folder (pareto.csv, .html, .png), the same files on the
-    study's MLflow run with its size and hypervolume, and each trial run tagged pareto=true|false and its rank."""
-    names = settings.objectives
-    pts = pareto.points(study.trials, names)
-    folder = settings.where.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    files = [folder / "pareto.csv", folder / "pareto.html", folder / "pareto.png"]
-    title = f"{study.study_name}: {len(pts)} networks evaluated, {len(pareto.front(pts))} on the front"
-    pareto.write_csv(pts, files[0])
-    plots.write_html(pts, names, files[1], title)
-    plots.write_png(pts, names, files[2], title)
-    metrics = {"pareto_size": len(pareto.front(pts)),
-               "hypervolume": pareto.hypervolume(pts, names, settings.reference)}
-    tracker.log_front(pts, files, metrics, step)
-    return pts
-
-
-def _target_tags(cfg: Mapping[str, Any], predictor: latency.Predictor) -> dict[str, str]:
-    return {"target": cfg["target"]["name"], "target.description": cfg["target"]["description"],
-            "space": cfg["space"]["name"], "data": cfg["data"]["name"], **predictor.describe()}
-
-
-def _summary(pts: list[pareto.Point], settings: Settings, experiment_id: str, complete: int, repeats: int) -> None:
-    front = sorted(pareto.front(pts), key=lambda p: p.values["latency_ms"])
-    name = settings.where.name
-    print(f"\nstudy {name}: {complete} complete trials ({repeats} repeats of a network already evaluated, "
-          f"not trained again), {len(front)} on the Pareto front of {' / '.join(settings.objectives)}:")
-    print(f"{'trial':>6} {'accuracy %':>10} {'latency ms':>10} {'size KB':>9}  baseline")
-    for p in front:
-        v = p.values
-        print(f"{p.trial:>6} {v['accuracy']:>10.2f} {v['latency_ms']:>10.2f} {v['size_kb']:>9.1f}  {p.baseline}")
-    print(f"front: {settings.where.folder}/pareto.html (and on the study's MLflow run)")
-    print(f"browse: {runs_link(settings.tracking_uri, experiment_id)}")
-    print(f"promote: python -m search.promote study.name={name} pick=knee")
-
-
-def runs_link(uri: str, experiment_id: str) -> str:
-    """Where the study's runs table is. MLflow 3's UI opens an experiment on its GenAI overview; the
-    `/runs` page is the table (for a local store, at the address `mlflow ui` serves by default)."""
-    page = f"#/experiments/{experiment_id}/runs"
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page}"
+def _target_tags(config: StudyConfig, predictor: latency.Predictor) -> dict[str, str]:
+    return {"target": config.target["name"], "target.description": config.target["description"],
+            "space": config.space["name"], "data": config.data["name"], **predictor.describe()}

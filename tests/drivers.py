@@ -13,6 +13,7 @@ import spaces
 from search import latency
 from search import study as driver
 from search.config import compose, resolve
+from search.study_config import StudyConfig
 from search.tracking import Tracker
 from search.workers import TrialFailed
 
@@ -65,13 +66,13 @@ def digits_space(cfg: dict, **settings):
 def make_driver(cfg: dict, workers: FakeWorkers, sampler: optuna.samplers.BaseSampler | None = None):
     """The driver `study.run` makes (a resumed study too), on fake workers."""
     space = digits_space(cfg)
-    study = driver._open(cfg, space)
+    study = driver._open(StudyConfig.of(cfg), space)
     if sampler is not None:
         study.sampler = sampler
     tracker = Tracker(cfg["tracking"]["uri"], cfg["study"]["name"])
     tracker.start_study(cfg, [], "", {})
     complete = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
-    return driver.Driver(driver.Settings.of(cfg), study, tracker, workers, space, latency.for_target(cfg["target"]), {},
+    return driver.Driver(StudyConfig.of(cfg), study, tracker, workers, space, latency.for_target(cfg["target"]), {},
                          driver.Inputs({}, None, None, {}), complete=complete)
 
 

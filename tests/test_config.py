@@ -2,7 +2,8 @@
 import pytest
 
 import spaces
-from search.config import GROUPS, ConfigError, compose, options, resolve, validate, validate_target
+from search.config import GROUPS, ConfigError, compose, options, resolve, validate_target
+from search.study_config import validate
 
 NEEDS_ROOT = {"cifar10", "imagefolder"}
 NOT_SEARCHABLE = {n for n, cls in spaces.SPACES.items() if not hasattr(cls, "supernet")}

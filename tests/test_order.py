@@ -8,7 +8,8 @@ import random
 import optuna
 import pytest
 
-from search.config import ConfigError, validate
+from search.config import ConfigError
+from search.study_config import validate
 from tests.drivers import FakeWorkers, config, make_driver
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

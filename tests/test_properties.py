@@ -1,4 +1,4 @@
-"""Property tests of config validation (search.config.validate and the command-line composition
+"""Property tests of config validation (search.study_config.validate and the command-line composition
 in front of it): any value of any checked key is accepted or refused with one ConfigError line
 naming the key, never another exception; values inside the documented ranges are accepted and
 values outside them refused. And the latency budget's floor: no network of the space is predicted
@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spaces
-from search.config import ConfigError, compose, resolve, validate
+from search.config import ConfigError, compose, resolve
+from search.study_config import validate
 from search.latency import for_target
 from search.preflight import cheapest_layers
 from search.errors import UserError

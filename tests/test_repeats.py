@@ -10,8 +10,8 @@ import torch
 from mlflow import MlflowClient
 
 import spaces
-from search import pareto
-from search import study as driver
+from search import front, pareto
+from search.study_config import StudyConfig
 from spaces.candidate import identity
 from tests.drivers import FakeWorkers, config, digits_space, make_driver, runs
 
@@ -75,7 +75,7 @@ def test_a_repeat_of_a_complete_trial_is_told_its_result_and_not_trained(tmp_pat
     pts = pareto.points(trials, cfg["objectives"])
     assert [p.trial for p in pts] == [0, 1]  # the front holds the original only
     assert "repeats=3" in capsys.readouterr().err  # the progress bar
-    driver._summary(pts, driver.Settings.of(cfg), "1", d.complete, d.repeats)
+    front.summary(pts, StudyConfig.of(cfg), "1", d.complete, d.repeats)
     assert "5 complete trials (3 repeats" in capsys.readouterr().out
 
 

@@ -17,6 +17,7 @@ from search import data as datasets
 from search import latency, objectives, pareto, preflight, storage, supernet
 from search import study as driver
 from search.config import ConfigError, compose, options, resolve
+from search.study_config import StudyConfig
 from tests.cli import DIGITS, command
 
 
@@ -53,6 +54,10 @@ def composed(tmp_path: Path, *overrides: str) -> dict:
     return resolve(compose(["data=digits", f"study.dir={tmp_path}/study", f"cache_dir={tmp_path}/cache", *overrides]))
 
 
+def refuse_changed(cfg: dict) -> None:
+    preflight.refuse_changed(StudyConfig.of(cfg))
+
+
 def digits_space(cfg: dict):
     return spaces.create(**cfg["space"], input_shape=(1, 8, 8), num_classes=10)
 
@@ -65,7 +70,7 @@ def test_budgets_reach_every_sampler_as_trial_constraints(tmp_path, sampler):
     space, predictor = digits_space(cfg), latency.for_target(cfg["target"])
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        study = driver._open(cfg, space)
+        study = driver._open(StudyConfig.of(cfg), space)
         for _ in range(12):
             trial = study.ask()
             layers = space.layers(space.sample(trial))
@@ -89,23 +94,23 @@ def test_budgets_reach_every_sampler_as_trial_constraints(tmp_path, sampler):
 def test_a_resumed_study_refuses_a_config_that_changes_what_its_trials_mean(tmp_path, kind):
     where = [f"study.storage=sqlite:///{tmp_path}/optuna.db"] if kind == "sqlite" else []
     cfg = composed(tmp_path, *where)
-    study = driver._open(cfg, digits_space(cfg))
+    study = driver._open(StudyConfig.of(cfg), digits_space(cfg))
     journal = tmp_path / "optuna.db" if where else Path(cfg["study"]["dir"]) / "optuna.journal"
     written = journal.stat().st_size, journal.stat().st_mtime_ns
     reloaded = optuna.load_study(study_name=study.study_name, storage=storage.for_study(storage.Location.of(cfg["study"])))
     assert reloaded.metric_names == ["accuracy", "latency_ms"]  # what optuna-dashboard shows
     assert reloaded.user_attrs[preflight.CONFIG_ATTR]["supernet.epochs"] == cfg["supernet"]["epochs"]
 
-    preflight.refuse_changed(cfg)
-    preflight.refuse_changed(composed(tmp_path, *where, "n_trials=7", "ray.num_cpus=1", "ray.address=auto",
+    refuse_changed(cfg)
+    refuse_changed(composed(tmp_path, *where, "n_trials=7", "ray.num_cpus=1", "ray.address=auto",
                                       f"tracking.uri=sqlite:///{tmp_path}/elsewhere.db", "pareto.every=3"))
     with pytest.raises(ConfigError, match=r"^seed: study 'mobilenetv2-digits-snapdragon665' was created with "
                                           r"seed=0 \(now 1\)"):
-        preflight.refuse_changed(composed(tmp_path, *where, "seed=1"))
+        refuse_changed(composed(tmp_path, *where, "seed=1"))
     with pytest.raises(ConfigError, match=r"^finetune\.lr, supernet\.epochs: "):
-        preflight.refuse_changed(composed(tmp_path, *where, "supernet.epochs=1", "finetune.lr=0.02"))
+        refuse_changed(composed(tmp_path, *where, "supernet.epochs=1", "finetune.lr=0.02"))
     with pytest.raises(ConfigError, match=r"^budget\.size_kb, objectives: "):
-        preflight.refuse_changed(composed(tmp_path, *where, "objectives=[accuracy,size_kb]", "budget.size_kb=100"))
+        refuse_changed(composed(tmp_path, *where, "objectives=[accuracy,size_kb]", "budget.size_kb=100"))
     assert (journal.stat().st_size, journal.stat().st_mtime_ns) == written  # checking writes nothing
 
 
