@@ -49,7 +49,7 @@ def calibration_set(space: spaces.Space, n: int, seed: int) -> list[spaces.Candi
     """`n` distinct networks: the space's baselines first (every study's reference points; the float one is the
     reference network measurements are checked against), then networks drawn by `LevelTrial`."""
     rng = random.Random(seed)
-    baselines = space.baselines() if hasattr(space, "baselines") else {}  # fbnet (phone measurements) has none
+    baselines = space.baselines() if isinstance(space, spaces.SearchSpace) else {}  # fbnet (phone measurements): none
     found = {spaces.Candidate.of(space.name, params): None for params in baselines.values()}
     while len(found) < n:
         found[space.sample(LevelTrial(rng))] = None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import spaces
@@ -61,23 +61,10 @@ def study(cfg: Mapping[str, Any]) -> Ready:
     return Ready(config, dataset, init)
 
 
-class _Cheapest:
-    """A trial stand-in for `space.sample`: the smallest widths, the highest sparsity, and every
-    layer at `bits`."""
-
-    def __init__(self, bits: int):
-        self.bits = bits
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        if name.startswith("bits."):
-            return self.bits
-        return max(choices) if name.startswith("sparsity.") else min(choices)
-
-
 def cheapest_layers(space: spaces.SearchSpace) -> list[list[spaces.Layer]]:
     """For each layer, its descriptor at each bit-width of the space, in the space's smallest and
     sparsest network (with non-negative coefficients, as fitted, nothing smaller is faster)."""
-    networks = [space.layers(space.sample(_Cheapest(bits))) for bits in space.bits]
+    networks = [space.layers(space.cheapest(bits)) for bits in space.bits]
     return [list(options) for options in zip(*networks)]
 
 

@@ -2,7 +2,7 @@
 describes its layers. Spaces know networks, never the search machinery."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -23,6 +23,7 @@ class Space(Protocol):
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
+    encoding: str  # the measurement-file column that holds `encode`'s text
 
     def sample(self, trial: BaseTrial) -> Candidate: ...
     def encode(self, candidate: Candidate) -> str: ...
@@ -35,9 +36,14 @@ class Space(Protocol):
 @runtime_checkable
 class SearchSpace(Space, Protocol):
     """A space a study searches: weight sharing (one supernet, each candidate a subnet of it; the supernet runs as any
-    candidate's network of its elastic dimensions, `set_active`, as the sandwich rule trains it) and baselines."""
+    candidate's network of its elastic dimensions, `set_active`, as the sandwich rule trains it), baselines, the
+    bit-widths it offers, and its cheapest network at each (a latency budget below what that reaches is refused before
+    a study starts)."""
+
+    bits: Sequence[int]
 
     def baselines(self) -> dict[str, dict[str, Any]]: ...
+    def cheapest(self, bits: int) -> Candidate: ...
     def supernet(self) -> nn.Module: ...
     def set_active(self, supernet: nn.Module, candidate: Candidate) -> None: ...
     def sample_active(self, generator: Generator) -> Candidate: ...

@@ -158,6 +158,12 @@ class MobileNetV2Space:
                     | {f"sparsity.{n}": 0.0 for n in self.prunable})
         return {"float": uniform(32)} | ({"int8": uniform(8)} if 8 in self.bits else {})
 
+    def cheapest(self, bits: int) -> Candidate:
+        """The smallest network (least width, depth and resolution) at its highest sparsity, every layer at `bits`."""
+        return Candidate.of(self.name, self.extremes()[0].as_dict()
+                            | {f"bits.{n}": bits for n in self.layer_names}
+                            | {f"sparsity.{n}": max(self.sparsities) for n in self.prunable})
+
     def arch(self, candidate: Candidate) -> Arch:
         p = candidate.as_dict()
         stem = _channels(self.stem_channels * p["width.stem"], self.rounding)

@@ -202,6 +202,20 @@ def test_baselines_are_valid_candidates(space):
         assert all(layer.bits == bits for layer in space.layers(c))
 
 
+def test_the_cheapest_network_at_each_bit_width_costs_least(space):
+    """What a latency budget's floor is priced on (preflight): every layer at `bits`, and no drawn network has fewer
+    MACs or weights (neither depends on bits)."""
+    for bits in space.bits:
+        cheapest = space.cheapest(bits)
+        assert cheapest == space.sample(FixedTrial(cheapest.as_dict()))  # a candidate of the space
+        layers = space.layers(cheapest)
+        assert {layer.bits for layer in layers} == {bits}
+        for c in random_candidates(space, n=8, seed=bits):
+            drawn = space.layers(c)
+            assert sum(x.macs for x in layers) <= sum(x.macs for x in drawn)
+            assert sum(x.weights for x in layers) <= sum(x.weights for x in drawn)
+
+
 def test_baselines_without_8_bits(space):
     s = make(space.name, space.granularity, bits=[4, 32])
     assert set(s.baselines()) == {"float"}
