@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from spaces.registry import Registry
+
 from search import fetch
 from search.errors import DataError
 from search.fetch import IDX_FILES
@@ -104,16 +106,32 @@ def load(source: Source | Mapping, seed: int, cache_dir: str | Path) -> Dataset:
     return Dataset(source.name, train, val, test, num_classes, mean, std)
 
 
-# A data set is a loader here: (its checked source, the seed, the cache folder) -> (the pool train and validation
-# are split from, the test split), plus conf/data/<name>.yaml. Each reads real files and never unpickles.
-LOADERS: dict[str, Callable[[Source, int, Path], tuple[Split, Split]]] = {
-    "mnist": lambda src, seed, cache: _load_idx_set(cache / "mnist", fetch.mnist),
-    "fashion_mnist": lambda src, seed, cache: (_load_idx_root(_root(src)) if src.root is not None
-                                               else _load_idx_set(cache / "fashion_mnist", fetch.fashion_mnist)),
-    "digits": lambda src, seed, cache: _load_digits(src.test_size, seed),
-    "cifar10": lambda src, seed, cache: _load_cifar10(_root(src)),
-    "imagefolder": lambda src, seed, cache: _load_imagefolder(_root(src), src.image_size, src.test_size, seed),
-}
+# A data set is a loader: (its checked source, the seed, the cache folder) -> (the pool train and validation are split
+# from, the test split), registered here, plus conf/data/<name>.yaml. Each reads real files and never unpickles.
+def load_mnist(src: Source, seed: int, cache: Path) -> tuple[Split, Split]:
+    return _load_idx_set(cache / "mnist", fetch.mnist)
+
+
+def load_fashion_mnist(src: Source, seed: int, cache: Path) -> tuple[Split, Split]:
+    return _load_idx_root(_root(src)) if src.root is not None else _load_idx_set(cache / "fashion_mnist",
+                                                                                 fetch.fashion_mnist)
+
+
+def load_digits(src: Source, seed: int, cache: Path) -> tuple[Split, Split]:
+    return _load_digits(src.test_size, seed)
+
+
+def load_cifar10(src: Source, seed: int, cache: Path) -> tuple[Split, Split]:
+    return _load_cifar10(_root(src))
+
+
+def load_imagefolder(src: Source, seed: int, cache: Path) -> tuple[Split, Split]:
+    return _load_imagefolder(_root(src), src.image_size, src.test_size, seed)
+
+
+LOADERS = Registry("data", {"mnist": "search.data:load_mnist", "fashion_mnist": "search.data:load_fashion_mnist",
+                            "digits": "search.data:load_digits", "cifar10": "search.data:load_cifar10",
+                            "imagefolder": "search.data:load_imagefolder"})
 NAMES = tuple(LOADERS)
 
 

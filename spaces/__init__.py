@@ -2,11 +2,11 @@
 describes its layers. Spaces know networks, never the search machinery."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from importlib import import_module
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .candidate import Candidate, Layer
+from .registry import Registry
 
 if TYPE_CHECKING:
     from optuna.trial import BaseTrial
@@ -51,30 +51,14 @@ class SearchSpace(Space, Protocol):
     def subnet(self, supernet: nn.Module, candidate: Candidate) -> nn.Module: ...
 
 
-class _Registry(Mapping):
-    """Space name -> its class, imported when first asked for: candidates, layers and the names of the spaces
-    are torch-free, so a command that stops at a bad setting does not wait for torch to load."""
-
-    def __init__(self, entries: Mapping[str, tuple[str, str]]):
-        self._entries = dict(entries)
-
-    def __getitem__(self, name: str) -> type:
-        module, cls = self._entries[name]
-        return getattr(import_module(f"{__name__}.{module}"), cls)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-SPACES = _Registry({"mobilenetv2": ("mobilenetv2", "MobileNetV2Space"), "fbnet": ("fbnet", "FBNetSpace")})
+# Space name -> its class, imported when first asked for: candidates, layers and the names of the spaces are
+# torch-free, so a command that stops at a bad setting does not wait for torch to load.
+SPACES = Registry("space", {"mobilenetv2": "spaces.mobilenetv2:MobileNetV2Space", "fbnet": "spaces.fbnet:FBNetSpace"})
 
 
 def create(name: str, **settings: Any) -> Space:
     """The space registered as `name`, configured by `settings` (ValueError names a bad one)."""
-    return SPACES[name](**settings)
+    return SPACES.load(name)(**settings)
 
 
 __all__ = ["SPACES", "Candidate", "Layer", "SearchSpace", "Space", "create"]

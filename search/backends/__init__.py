@@ -2,30 +2,18 @@
 
 A backend is a module with `NAME`, `SUFFIX`, `export(net, input_shape, path) -> Path` (the file computes what
 the fake-quantized network computed: `spaces.fold`) and `outputs(path, x) -> logits` (the runtime running
-it). Each is imported only when asked for, so one backend's dependencies never load with another's.
+it), registered in `BACKENDS` (a `spaces.registry.Registry`: imported only when asked for, so one backend's
+dependencies never load with another's).
 """
 from __future__ import annotations
 
 from types import ModuleType
 
+from spaces.registry import Registry
 
-def _onnx() -> ModuleType:
-    from . import onnx
-
-    return onnx
-
-
-def _litert() -> ModuleType:
-    from . import litert
-
-    return litert
-
-
-BACKENDS = {"onnx": _onnx, "litert": _litert}
+BACKENDS = Registry("backend", {"onnx": "search.backends.onnx", "litert": "search.backends.litert"})
 
 
 def get(name: str) -> ModuleType:
     """The backend registered as `name` (ValueError names the choices)."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend: one of {', '.join(BACKENDS)}, got {name!r}")
-    return BACKENDS[name]()
+    return BACKENDS.load(name)

@@ -1,15 +1,16 @@
 """Latency runners: measure exported models on real hardware so a latency predictor can be fitted to it.
 
 `host` times ONNX files with onnxruntime on this machine's CPU, `litert` `.tflite` files with LiteRT's XNNPACK
-kernels, `adb` either on an Android phone. A runner is registered in `RUNNERS` and honours `Runner`; the runner
-modules are imported only when asked for, so one runner's dependencies never load with another's.
+kernels, `adb` either on an Android phone. A runner is registered in `RUNNERS` (a `spaces.registry.Registry`: its
+module is imported only when asked for) and honours `Runner`.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from spaces.registry import Registry
 
 if TYPE_CHECKING:
     from .host import Timing
@@ -29,16 +30,14 @@ class Runner(Protocol):
         """Plain data recorded with a fitted predictor: what was measured, how, and where."""
 
 
-RUNNERS = {"host": ("host", "HostRunner"), "litert": ("litert", "LiteRTRunner"), "adb": ("adb", "AdbRunner")}
+RUNNERS = Registry("runner", {"host": "search.runners.host:HostRunner", "litert": "search.runners.litert:LiteRTRunner",
+                              "adb": "search.runners.adb:AdbRunner"})
 LOCAL = ("host", "litert")  # runners on this machine: they need no device, and feed the models seeded inputs
 
 
 def get(kind: str) -> type:
     """The runner class registered as `kind` (ValueError names the choices)."""
-    if kind not in RUNNERS:
-        raise ValueError(f"one of {', '.join(RUNNERS)}, got {kind!r}")
-    module, name = RUNNERS[kind]
-    return getattr(import_module(f"{__name__}.{module}"), name)
+    return RUNNERS.load(kind)
 
 
 def make(runner_cfg: Mapping[str, Any], seed: int) -> Runner:
