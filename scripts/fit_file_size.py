@@ -66,7 +66,7 @@ def main() -> None:
     backend = backends.get(args.file)
     conf = yaml.safe_load((ROOT / "conf" / "space" / "mobilenetv2.yaml").read_text())
     if args.file == "litert":
-        conf["bits"] = yaml.safe_load((ROOT / "conf" / "target" / "host-litert.yaml").read_text())["bits"]
+        conf["bits"] = list(backends.HOLDS["litert"])
     rows, sizes, predicted = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in [(1, 28, 28), (1, 8, 8)]:

@@ -19,6 +19,7 @@ import yaml
 import spaces
 from spaces.precision import BITS
 
+from .backends import HOLDS
 from .errors import UserError
 from .latency import KERNELS
 from .runners import RUNNERS
@@ -83,18 +84,19 @@ def first_line(e: Exception) -> str:
 
 
 def resolve(cfg: DictConfig) -> dict[str, Any]:
-    """Plain data (no Hydra section), interpolations resolved; a missing value names its key. A target that
-    declares `bits` (the precisions its files can hold) narrows the space's bits to those."""
+    """Plain data (no Hydra section), interpolations resolved; a missing value names its key. The target's file
+    format narrows the space's bits to the precisions its files can hold (`backends.HOLDS`)."""
     try:
         out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"{key}: a value is required here" if key else first_line(e)) from None
     target, space = out.get("target"), out.get("space")
-    if isinstance(target, dict) and isinstance(target.get("bits"), list) and isinstance(space, dict) \
+    if isinstance(target, dict) and target.get("file") in HOLDS and isinstance(space, dict) \
             and isinstance(space.get("bits"), list):
         # only bit-widths a space may offer are narrowed: anything else stays, for validation to name
-        space["bits"] = [b for b in space["bits"] if b in target["bits"] or isinstance(b, bool) or b not in BITS]
+        held = HOLDS[target["file"]]
+        space["bits"] = [b for b in space["bits"] if b in held or isinstance(b, bool) or b not in BITS]
     return out
 
 
@@ -232,9 +234,6 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
         if b not in kernels:
             raise ConfigError(f"target.kernels: no entry for {b}-bit layers (space.bits); "
                               f"{target['name']} declares {sorted(kernels)}")
-    held = target.get("bits")
-    if held is not None and (not isinstance(held, list) or not held or any(b not in kernels for b in held)):
-        raise ConfigError(f"target.bits: a non-empty list of bit-widths that target.kernels declares, got {held!r}")
     check_flag(cfg, "target.sparse_kernels")
     for kernel in check_mapping(cfg, "target.speedups"):
         if kernel not in KERNELS:

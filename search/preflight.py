@@ -166,6 +166,9 @@ CONFIG_ATTR = "search.config"  # the study's user attribute holding what its tri
 # next networks are chosen (the sampler and its seed: a staged search resumes one study with a sampler per stage).
 RESUMABLE = ("n_trials", "ray.", "tracking.", "study.dir", "study.storage", "cache_dir", "pareto.every", "sampler.",
              "search_seed")
+# Keys a study may have recorded that no longer exist, whose meaning other keys hold now: a target's `bits` narrowed
+# space.bits, which its file format does today (`backends.HOLDS`).
+RETIRED = ("target.bits",)
 
 
 def meaning(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,7 +201,7 @@ def refuse_changed(config: StudyConfig) -> None:
         return
     now = meaning(config.raw)
     # a key absent on one side reads as null: a setting added later (supernet.init) whose null keeps the old meaning
-    differ = sorted(k for k in created.keys() | now.keys() if created.get(k) != now.get(k))
+    differ = sorted(k for k in created.keys() | now.keys() if created.get(k) != now.get(k) and k not in RETIRED)
     if not differ:
         return
     keys = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")

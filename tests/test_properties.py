@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spaces
+from search.backends import HOLDS
 from search.config import ConfigError, compose, resolve
 from search.study_config import validate
 from search.latency import for_target
@@ -76,8 +77,8 @@ KEYS = {
     "objectives": (st.lists(st.sampled_from(list(DIRECTIONS)), min_size=1, unique=True),
                    st.one_of(st.just([]), st.lists(st.text(max_size=6).filter(lambda o: o not in DIRECTIONS), min_size=1),
                              st.sampled_from(list(DIRECTIONS)).map(lambda o: [o, o]), st.text(max_size=6))),
-    # the default target (snapdragon665) holds 5-8 and 32 bits; the composed config is narrowed to those
-    "space.bits": choices(BASE["target"]["bits"], [32], st.sampled_from(BASE["target"]["bits"]),
+    # the default target's file (a .tflite) holds 5-8 and 32 bits; the composed config is narrowed to those
+    "space.bits": choices(list(HOLDS[BASE["target"]["file"]]), [32], st.sampled_from(HOLDS[BASE["target"]["file"]]),
                           st.integers().filter(lambda b: b not in BITS) | st.floats() | st.text(max_size=2)),
     "space.sparsity": choices([0.0, 0.1, 0.25, 0.5, 0.9, 0.999], [0.0], st.floats(0, 1, exclude_max=True),
                               st.floats(1.0) | st.floats(max_value=0, exclude_max=True) | st.just(math.nan)),

@@ -114,6 +114,17 @@ def test_a_resumed_study_refuses_a_config_that_changes_what_its_trials_mean(tmp_
     assert (journal.stat().st_size, journal.stat().st_mtime_ns) == written  # checking writes nothing
 
 
+def test_a_study_that_recorded_a_retired_key_still_resumes(tmp_path):
+    """Studies made while targets declared `bits` recorded target.bits; the target's file format narrows the space
+    now, so the key says nothing space.bits does not: such a study resumes with today's config."""
+    cfg = composed(tmp_path)
+    study = driver._open(StudyConfig.of(cfg), digits_space(cfg))
+    study.set_user_attr(preflight.CONFIG_ATTR, {**study.user_attrs[preflight.CONFIG_ATTR], "target.bits": [5, 6, 7, 8, 32]})
+    refuse_changed(cfg)
+    with pytest.raises(ConfigError, match=r"^seed: "):  # and a key that still means something is still compared
+        refuse_changed(composed(tmp_path, "seed=1"))
+
+
 @pytest.mark.slow
 def test_supernet_training_streams_its_progress_from_the_worker(tmp_path):
     from search.workers import Workers

@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from spaces.fold import FoldedLayer, deployable
-from spaces.precision import FLOAT_BITS, activation_storage_bits, integer_kernel
+from spaces.precision import activation_storage_bits, integer_kernel
 from spaces.quantize import QuantizeDequantize
 
+from . import HOLDS
 from .files import save_atomically
 
 NAME = "litert"
@@ -77,7 +78,7 @@ class _Int8Weights(nn.Module):
 def expressible(folded: dict[str, FoldedLayer]) -> None:
     """ValueError naming the first layer whose precision a `.tflite` file cannot hold (see the module docstring)."""
     for name, layer in folded.items():
-        if layer.bits != FLOAT_BITS and not integer_kernel(layer.bits):
+        if layer.bits not in HOLDS[NAME]:
             raise ValueError(f"layer {name!r}: {layer.bits} bits cannot be expressed in a .tflite file that runs on "
                              "XNNPACK (LiteRT backend: 5-8 or 32 bits per layer)")
 
