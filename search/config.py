@@ -223,6 +223,7 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
     cfg = {"target": target}
     check_mapping(cfg, "target")
     check_text(cfg, "target.name", "the target's name")
+    _validate_file(target)  # first: the space's bits were narrowed by it
     kernels = {}
     for b, kernel in check_mapping(cfg, "target.kernels").items():
         if isinstance(b, bool) or not re.fullmatch(r"[0-9]+", str(b)):
@@ -274,19 +275,19 @@ def validate_target(target: Mapping[str, Any], bits: list[int]) -> None:
                 raise ConfigError(f"target.proxy.{key}: a proxy target must say which device was measured and why it stands in")
     if check_mapping(cfg, "target.runner").get("kind") not in RUNNERS:
         raise ConfigError(f"target.runner.kind: must be {' or '.join(RUNNERS)}, got {target['runner'].get('kind')!r}")
-    _validate_file(target)
 
 
 def _validate_file(target: Mapping[str, Any]) -> None:
-    """`target.file` is the export format the target runs (its trials' size_kb counts that file); the runner
-    must time that format."""
-    from .backends import BACKENDS
+    """`target.file` is the export format the target runs (its trials' size_kb counts that file), and its runner
+    (when it names a known kind: else checked later) must time that format."""
     from .runners import backend_of
 
     file = target.get("file")
-    if file not in BACKENDS:
-        raise ConfigError(f"target.file: the export format the target runs, one of {', '.join(BACKENDS)}; got {file!r}")
-    runner = target["runner"]
+    if file not in HOLDS:
+        raise ConfigError(f"target.file: the export format the target runs, one of {', '.join(HOLDS)}; got {file!r}")
+    runner = target.get("runner")
+    if not isinstance(runner, Mapping) or runner.get("kind") not in RUNNERS:
+        return
     runs = backend_of(runner)
     if runs is not None and runs != file:
         raise ConfigError(f"target.file: {file}, but the target's {runner['kind']} runner times {runs} files")

@@ -55,6 +55,11 @@ def test_every_backend_exports_every_space_to_one_file_its_runtime_runs_as_torch
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
+def test_every_backend_says_what_precisions_its_files_hold():
+    """Torch-free, so a config is narrowed by its target's format before anything loads."""
+    assert set(backends.HOLDS) == set(backends.BACKENDS)
+
+
 def test_an_unknown_backend_names_the_choices():
     with pytest.raises(ValueError, match="backend: one of onnx, litert, got 'tvm'"):
         backends.get("tvm")
