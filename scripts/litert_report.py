@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 from readme_results import evaluation, machine, write_readme
 
-from search import pareto, storage
+from search import storage
 from search.runners.litert import LiteRTRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def run(folder: Path, networks: int) -> None:
     done = load(folder).get_trials(states=(TrialState.COMPLETE,))
     picks = {"knee": ["pick=knee"], **{t.user_attrs["baseline"]: [f"trial={t.number}", f"alias={t.user_attrs['baseline']}"]
                                         for t in done if t.user_attrs.get("baseline")},
-             "smallest": [f"trial={smallest(done).number}", "alias=smallest"],
+             "smallest": ["pick=smallest", "max_drop=1", "alias=smallest"],
              "fastest": ["pick=fastest", "max_drop=1", "alias=fastest"]}
     promoted = {label: json.loads(timed(["search.promote", *study, *overrides], folder)[1])
                 for label, overrides in picks.items()}
@@ -107,18 +107,6 @@ def width_ladder(folder: Path, study: list[str]) -> dict[str, dict]:
     return out
 
 
-def close(done: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """The front's networks within 1 point of the float baseline's validation accuracy."""
-    float_ = next(t for t in done if t.user_attrs.get("baseline") == "float")
-    front = {p.trial for p in pareto.front(pareto.points(done, ["accuracy", "latency_ms"]))}
-    return [t for t in done if t.number in front and t.user_attrs["accuracy"] >= float_.user_attrs["accuracy"] - 1.0]
-
-
-def smallest(done: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial:
-    """The smallest of them (`pick=fastest max_drop=1` gives the fastest)."""
-    return min(close(done), key=lambda t: t.user_attrs["size_kb"])
-
-
 def load(folder: Path) -> optuna.Study:
     return storage.load(folder / STUDY, STUDY)
 
@@ -128,7 +116,7 @@ def report(folder: Path) -> str:
     cal, promoted, ms = r["calibration"], r["promoted"], r["xnnpack_ms"]
     done = load(folder).get_trials(states=(TrialState.COMPLETE,))
     float_ = next(t for t in done if t.user_attrs.get("baseline") == "float")
-    small = smallest(done)
+    small = next(t for t in done if t.number == promoted["smallest"]["trial"])
     q1, median, q3 = np.percentile(r["reference_ms"], [25, 50, 75])
     spread = (q3 - q1) / median
     predicted_float = promoted["float"]["predicted_latency_ms"]
@@ -169,10 +157,9 @@ def report(folder: Path) -> str:
         f"than float ({'meets' if ms['float'] / ms['knee'] >= 2 else 'short of'} the 2x goal), "
         f"{promoted['float']['tflite_test_accuracy'] - promoted['knee']['tflite_test_accuracy']:.2f} points below it in "
         "test accuracy. "
-        f"The smallest front point within 1 point of float on validation is trial {small.number}: "
-        f"{small.user_attrs['accuracy']:.2f}% (float {float_.user_attrs['accuracy']:.2f}%), size_kb "
-        f"{small.user_attrs['size_kb']:.1f}"
-        + (f", its `.tflite` file {promoted['smallest']['tflite_kb']:.1f} KB." if "smallest" in promoted else ".")
+        f"The smallest trial within 1 point of float on validation (`pick=smallest max_drop=1`) is trial "
+        f"{small.number}: {small.user_attrs['accuracy']:.2f}% (float {float_.user_attrs['accuracy']:.2f}%), size_kb "
+        f"{small.user_attrs['size_kb']:.1f}, its `.tflite` file {promoted['smallest']['tflite_kb']:.1f} KB."
         + (f" The fastest network within 1 point of float (`pick=fastest max_drop=1`, by predicted latency) is trial "
            f"{promoted['fastest']['trial']}: measured {ms['float'] / ms['fastest']:.2f}x faster than float, "
            f"{promoted['float']['tflite_test_accuracy'] - promoted['fastest']['tflite_test_accuracy']:.2f} points below "

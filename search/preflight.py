@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import spaces
 
-from . import data, storage
+from . import data, latency, storage
 from .config import ROOT, ConfigError
 from .study_config import Ray, StudyConfig, validate
 
@@ -29,6 +29,8 @@ class Ready:
 
     config: StudyConfig
     data: data.Dataset
+    space: spaces.SearchSpace  # on the data's shape
+    predictor: latency.Predictor
     init: Mapping[str, Any] | None  # `supernet.init`'s weights, checked against the space
 
 
@@ -58,7 +60,7 @@ def study(cfg: Mapping[str, Any]) -> Ready:
         if budget < fastest:
             raise ConfigError(f"budget.latency_ms: {budget} ms is below what any network of space {space.name} "
                               f"can reach on {config.target['name']} (predicted floor {fastest:.3f} ms)")
-    return Ready(config, dataset, init)
+    return Ready(config, dataset, space, predictor, init)
 
 
 def cheapest_layers(space: spaces.SearchSpace) -> list[list[spaces.Layer]]:

@@ -38,11 +38,9 @@ optuna.logging.enable_propagation()
 
 def run(ready: preflight.Ready, overrides: list[str] = ()) -> optuna.Study:
     """Run (or resume) the study `preflight.study` checked until it holds n_trials complete trials."""
-    config, data = ready.config, ready.data
+    config, data, space, predictor = ready.config, ready.data, ready.space, ready.predictor
     os.environ.setdefault("MPLCONFIGDIR", str(Path(config.cache_dir) / "matplotlib"))  # its font cache, not in HOME
     space_settings = config.space_settings(data.input_shape, data.num_classes)
-    space = config.build_space(data.input_shape, data.num_classes)
-    predictor = config.predictor()
     ray = config.ray
     with locks.driver(config.where.folder, config.name), Workers(
             ray.address, ray.num_cpus, ray.cpus_per_trial, ray.gpus_per_trial, ray.max_retries) as workers:

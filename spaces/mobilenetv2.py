@@ -152,17 +152,18 @@ class MobileNetV2Space:
     def baselines(self) -> dict[str, dict[str, Any]]:
         """The float full-width network and, where 8 bits is a choice, the uniform 8-bit one (full depth, full
         resolution)."""
-        def uniform(bits: int) -> dict[str, Any]:
-            return (self.extremes()[1].as_dict()
-                    | {f"bits.{n}": bits for n in self.layer_names}
-                    | {f"sparsity.{n}": 0.0 for n in self.prunable})
-        return {"float": uniform(32)} | ({"int8": uniform(8)} if 8 in self.bits else {})
+        largest = self.extremes()[1]
+        return {"float": self._uniform(largest, 32, 0.0)} | (
+            {"int8": self._uniform(largest, 8, 0.0)} if 8 in self.bits else {})
 
     def cheapest(self, bits: int) -> Candidate:
         """The smallest network (least width, depth and resolution) at its highest sparsity, every layer at `bits`."""
-        return Candidate.of(self.name, self.extremes()[0].as_dict()
-                            | {f"bits.{n}": bits for n in self.layer_names}
-                            | {f"sparsity.{n}": max(self.sparsities) for n in self.prunable})
+        return Candidate.of(self.name, self._uniform(self.extremes()[0], bits, max(self.sparsities)))
+
+    def _uniform(self, active: Candidate, bits: int, sparsity: float) -> dict[str, Any]:
+        """The params of `active`'s elastic choices with every layer at `bits` and every prunable one at `sparsity`."""
+        return (active.as_dict() | {f"bits.{n}": bits for n in self.layer_names}
+                | {f"sparsity.{n}": sparsity for n in self.prunable})
 
     def arch(self, candidate: Candidate) -> Arch:
         p = candidate.as_dict()
