@@ -73,13 +73,12 @@ def per_trial(done: list[optuna.trial.FrozenTrial]) -> dict:
 
 def machinery(folder: Path, repeats: int = 20) -> dict:
     """Per-trial cost of the predictor and of MLflow's logging (run, params, metrics, weights), timed alone."""
-    import spaces
-    from search import config, latency
+    from search import config
+    from search.study_config import validate
     from search.tracking import Tracker
 
-    cfg = config.resolve(config.compose(["target=snapdragon665"]))
-    space = spaces.create(**{**cfg["space"], "input_shape": (1, 28, 28), "num_classes": 10})
-    predictor = latency.for_target(cfg["target"])
+    settings = validate(config.resolve(config.compose(["target=snapdragon665"])))
+    space, predictor = settings.build_space((1, 28, 28), 10), settings.predictor()
     study = optuna.create_study(directions=["maximize", "minimize"])
     candidates = [space.sample(study.ask()) for _ in range(repeats)]
     started = time.perf_counter()
@@ -90,7 +89,7 @@ def machinery(folder: Path, repeats: int = 20) -> dict:
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "overhead")
-        tracker.start_study(cfg, [], "", {})
+        tracker.start_study(settings.raw, [], "", {})
         started = time.perf_counter()
         for i, c in enumerate(candidates):
             run_id = tracker.start_trial(i, c.as_dict(), {"target": "x"})

@@ -25,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration_report import A50, baseline  # noqa: E402
 from readme_results import machine, write_readme  # noqa: E402
 
-import spaces  # noqa: E402
 from search import fitting, latency, measurements  # noqa: E402
-from search.calibrate import space_settings  # noqa: E402
+from search.calibrate import Request  # noqa: E402
 from search.config import ROOT, compose, resolve  # noqa: E402
 
 SIZES = (10, 30, 100, 300, 1000)
@@ -49,12 +48,12 @@ class Data:
 def load(label: str, target: str, space: str, path: Path, held_out: float) -> Data:
     """A target's measurement file, read with the space and kernels its calibration uses;
     `held_out` is a number of rows, or a share of them when below 1."""
-    cfg = resolve(compose([f"target={target}", f"space={space}"], "calibrate"))
-    space = spaces.create(**space_settings(cfg))
+    r = Request.of(resolve(compose([f"target={target}", f"space={space}"], "calibrate")))
+    space = r.build_space()
     rows = measurements.read(path, space)
-    kernels = {int(k): v for k, v in cfg["target"]["kernels"].items()}
-    return Data(label, [space.layers(r.candidate) for r in rows], np.array([r.latency_ms for r in rows]),
-                kernels, cfg["target"]["sparse_kernels"], round(held_out * len(rows) if held_out < 1 else held_out))
+    kernels = {int(k): v for k, v in r.target["kernels"].items()}
+    return Data(label, [space.layers(row.candidate) for row in rows], np.array([row.latency_ms for row in rows]),
+                kernels, r.target["sparse_kernels"], round(held_out * len(rows) if held_out < 1 else held_out))
 
 
 def macs_only(train_layers, train_y, test_layers) -> np.ndarray:

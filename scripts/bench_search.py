@@ -36,7 +36,8 @@ from readme_results import evaluation, machine, write_readme  # noqa: E402
 from search import config, pareto, preflight, storage  # noqa: E402
 from search.objectives import DIRECTIONS  # noqa: E402
 from search.pareto import REPEAT_OF  # noqa: E402
-from search.storage import Location, for_study  # noqa: E402
+from search.storage import for_study  # noqa: E402
+from search.study_config import StudyConfig  # noqa: E402
 from search.study import run, trial_seed  # noqa: E402
 from search.workers import Workers  # noqa: E402
 
@@ -73,7 +74,7 @@ def until_trained(cfg: dict, networks: int) -> optuna.Study:
         if missing <= 0:
             return study
         n_trials = len(done) + missing
-    raise SystemExit(f"{cfg['study']['name']}: the sampler keeps proposing networks it has evaluated")
+    raise SystemExit(f"{study.study_name}: the sampler keeps proposing networks it has evaluated")
 
 
 def studies(name: str) -> list[str]:
@@ -94,18 +95,18 @@ def sequential(folder: Path, name: str, seed: int, networks: int, quick: bool) -
         sampler = {"_target_": "optuna.samplers.PartialFixedSampler", "fixed_params": fixed | later,
                    "base_sampler": compose(folder, stage, seed, 1, quick)["sampler"]}  # the joint search's own
         cfg = compose(folder, stage, seed, budget, quick, sampler)
-        if i and storage.existing(Location.of(cfg["study"])) is None:  # not the baselines: the previous knee
-            optuna.create_study(study_name=stage, storage=for_study(Location.of(cfg["study"])),
-                                directions=[DIRECTIONS[o] for o in cfg["objectives"]]).enqueue_trial(float_dense | fixed)
+        config = StudyConfig.of(cfg)
+        if i and storage.existing(config.where) is None:  # not the baselines: the previous knee
+            optuna.create_study(study_name=stage, storage=for_study(config.where),
+                                directions=[DIRECTIONS[o] for o in config.objectives]).enqueue_trial(float_dense | fixed)
         study = until_trained(cfg, budget)
-        knee = pareto.knee(pareto.points(study.get_trials(), cfg["objectives"]), cfg["objectives"])
+        knee = pareto.knee(pareto.points(study.get_trials(), config.objectives), config.objectives)
         fixed |= {k: v for k, v in study.trials[knee.trial].params.items() if k.startswith(prefix)}
 
 
 def _float_dense(folder: Path, name: str, seed: int, quick: bool) -> dict:
     """Float, dense values of every choice: what a later stage has not chosen yet."""
     from search import data
-    from search.study_config import StudyConfig
 
     config = StudyConfig.of(compose(folder, name, seed, 1, quick))
     d = data.load(config.data, config.seed, config.cache_dir)
@@ -116,17 +117,16 @@ def neighbours(folder: Path, quick: bool, workers: Workers) -> list[dict]:
     """The uniform 8-bit baseline and each one-step compression of it (one width a step narrower, or one layer group a
     step sparser), evaluated exactly as trials are (on a worker, from the study's supernet, with the baseline trial's
     fine-tuning seed): is there a network near the baseline that keeps its accuracy and is faster?"""
-    cfg = compose(folder, "joint-s0", 0, 1, quick)
-    ev = evaluation(cfg)
+    ev = evaluation(compose(folder, "joint-s0", 0, 1, quick))
     d, space, predictor = ev.data, ev.space, ev.config.predictor()
     base = space.baselines()["int8"]
     steps = {"uniform 8-bit baseline": {}}
     for name, value in base.items():
         kind = name.split(".")[0]
         if kind == "width":
-            step = max((w for w in cfg["space"]["widths"] if w < value), default=None)
+            step = max((w for w in ev.config.space["widths"] if w < value), default=None)
         elif kind == "sparsity":
-            step = min((s for s in cfg["space"]["sparsity"] if s > value), default=None)
+            step = min((s for s in ev.config.space["sparsity"] if s > value), default=None)
         else:
             continue
         if step is not None:
@@ -134,7 +134,7 @@ def neighbours(folder: Path, quick: bool, workers: Workers) -> list[dict]:
     inputs = ev.inputs(workers)
     candidates = {label: space.sample(optuna.trial.FixedTrial(base | change)) for label, change in steps.items()}
     number = list(space.baselines()).index("int8")  # the baseline's trial number in every study
-    refs = {label: inputs.submit(workers, c, trial_seed(cfg["seed"], number)) for label, c in candidates.items()}
+    refs = {label: inputs.submit(workers, c, trial_seed(ev.config.seed, number)) for label, c in candidates.items()}
     return [{"network": label, **{k: workers.result(ref)[0][0][k] for k in ("accuracy", "test_accuracy")},
              "latency_ms": predictor.predict(space.layers(candidates[label])), "val_images": len(d.val.y)}
             for label, ref in refs.items()]
@@ -146,11 +146,11 @@ def curve(folder: Path, name: str, seed: int, networks: int, quick: bool) -> dic
     pipeline's stages are read as one run, in the order their trials completed."""
     done = []
     for study_name in studies(name):
-        cfg = compose(folder, study_name, seed, networks, quick)
-        study = optuna.load_study(study_name=study_name, storage=for_study(Location.of(cfg["study"])))
+        config = StudyConfig.of(compose(folder, study_name, seed, networks, quick))
+        study = optuna.load_study(study_name=study_name, storage=for_study(config.where))
         done += study.get_trials(states=(TrialState.COMPLETE,))
     done.sort(key=lambda t: t.datetime_complete)
-    objectives, reference = cfg["objectives"], cfg["pareto"]["reference"]
+    objectives, reference = config.objectives, config.reference
     hv = [pareto.hypervolume(pareto.points(done[:k + 1], objectives), objectives, reference)
           for k, t in enumerate(done) if REPEAT_OF not in t.user_attrs]
     pts = pareto.points(done, objectives)

@@ -47,9 +47,10 @@ def phone(fit_rows: int, folder: Path) -> tuple[latency.Report, latency.Report]:
     cfg = resolve(compose(["target=snapdragon665", "space=fbnet", f"fit_rows={fit_rows}",
                            f"holdout={1 - fit_rows / 5000}", f"target.predictor={folder}/p{fit_rows}.json",
                            f"tracking.uri=sqlite:///{folder}/m.db"], "calibrate"))
-    ours = calibrate(Request.of(cfg))
+    r = Request.of(cfg)
+    ours = calibrate(r)
     space = spaces.create("fbnet")
-    train, test = split(measurements.read(A50, space), cfg["seed"], cfg["holdout"], cfg["fit_rows"])
+    train, test = split(measurements.read(A50, space), r.seed, r.holdout, r.fit_rows)
     predicted = baseline([space.layers(r.candidate) for r in train], [r.latency_ms for r in train],
                          [space.layers(r.candidate) for r in test])
     return ours, latency.Report.of(predicted, [r.latency_ms for r in test])

@@ -83,15 +83,15 @@ def width_ladder(folder: Path, study: list[str]) -> dict[str, dict]:
     from search.study import trial_seed
     from search.workers import Workers
 
-    cfg = config.resolve(config.compose(["target=host-litert", *DATA, *study, *common(folder)]))
-    ev = evaluation(cfg)
+    ev = evaluation(config.resolve(config.compose(["target=host-litert", *DATA, *study, *common(folder)])))
     d, space, predictor = ev.data, ev.space, ev.config.predictor()
     base = space.baselines()["float"]
-    ladder = {w: {k: w if k.startswith("width.") else v for k, v in base.items()} for w in cfg["space"]["widths"] if w < 1}
+    ladder = {w: {k: w if k.startswith("width.") else v for k, v in base.items()}
+              for w in ev.config.space["widths"] if w < 1}
     candidates = {w: space.sample(optuna.trial.FixedTrial(p)) for w, p in ladder.items()}
     with Workers(None, None, 1, 0) as workers:
         inputs = ev.inputs(workers)
-        seed = trial_seed(cfg["seed"], list(space.baselines()).index("float"))
+        seed = trial_seed(ev.config.seed, list(space.baselines()).index("float"))
         refs = {w: inputs.submit(workers, c, seed) for w, c in candidates.items()}
         evaluated = {w: workers.result(ref)[0] for w, ref in refs.items()}
     x_test = parity.inputs(d.test, d.mean, d.std)

@@ -33,8 +33,7 @@ WEIGHTS = (1, 2, 4, 8)  # the reference set's weight: chosen by leave-one-table-
 OLD = "29fa8a3"  # the commit whose conf/predictors/snapdragon665.json was fitted on the A50 alone
 
 
-def reference_set(cfg):
-    r = calibrate.Request.of(cfg)
+def reference_set(r: calibrate.Request):
     space = r.build_space()
     fit_rows, held = calibrate.rows_to_fit(r, space)
     return (([space.layers(m.candidate) for m in fit_rows], [m.latency_ms for m in fit_rows]),
@@ -50,9 +49,9 @@ def old_predictor(rev: str) -> latency.Predictor:
     return latency.Predictor.load(path)
 
 
-def validation(cfg, rows, old) -> tuple[list[str], list[crossval.Held]]:
-    target = cfg["target"]
-    reference, held = reference_set(cfg)
+def validation(r: calibrate.Request, rows, old) -> tuple[list[str], list[crossval.Held]]:
+    target = r.target
+    reference, held = reference_set(r)
     template = latency.Predictor(target["name"], coefficients={}, **{**latency.declared(target), "scale": 1.0})
     sets = calibrate.published_sets(target)
     used = target["published"]["reference_weight"]
@@ -153,12 +152,12 @@ def main() -> None:
     parser.add_argument("--old", default=OLD, help="the commit of the predictor compared against")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args()
-    cfg = resolve(compose(["target=snapdragon665", "space=fbnet"], "calibrate"))
-    rows, skipped = published.read(cfg["target"]["published"]["file"])
+    r = calibrate.Request.of(resolve(compose(["target=snapdragon665", "space=fbnet"], "calibrate")))
+    rows, skipped = published.read(r.target["published"]["file"])
     old = old_predictor(args.old)
-    lines, _ = validation(cfg, rows, old)
-    new = latency.for_target(cfg["target"])
-    text = "\n".join([*lines, *described(skipped, rows), *speedup(cfg["target"]), *study_part(args.study, old, new)])
+    lines, _ = validation(r, rows, old)
+    new = latency.for_target(r.target)
+    text = "\n".join([*lines, *described(skipped, rows), *speedup(r.target), *study_part(args.study, old, new)])
     print(text)
     write_readme(text, args.readme, MARK)
     (ROOT / "outputs" / "phone-report" / "phone.json").write_text(json.dumps({"text": text}))

@@ -146,14 +146,18 @@ class Request:
     @classmethod
     def of(cls, cfg: Mapping[str, Any]) -> Request:
         validate_calibration(cfg)
-        target = cfg["target"]
-        if cfg["space"]["name"] != target["measurements"]["space"] and not cfg["benchmarks"]:
+        target, chosen = cfg["target"], cfg["runner"]
+        benchmarks = Path(cfg["benchmarks"]) if cfg["benchmarks"] else None
+        if cfg["space"]["name"] != target["measurements"]["space"] and not benchmarks:
             raise ConfigError(f"space: target {target['name']} is measured on space {target['measurements']['space']!r}; "
                               f"pass space={target['measurements']['space']}")
-        runner, source = _plan(cfg)
-        return cls(target, space_settings(cfg), runner, {} if source else _runner_cfg(cfg, runner), source,
-                   cfg["networks"], cfg["seed"], Path(cfg["evaluate"]) if cfg["evaluate"] else None, cfg["holdout"],
-                   cfg["fit_rows"], cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
+        runner, source = _plan(target, chosen["kind"], benchmarks)
+        settings = {} if source else chosen if chosen["kind"] == runner else _runner_file(runner)
+        # a space that fixes its input (fbnet) keeps it; others are measured at the configured one
+        space = {"input_shape": cfg["input_shape"], "num_classes": cfg["num_classes"], **cfg["space"]}
+        return cls(target, space, runner, settings, source, cfg["networks"], cfg["seed"],
+                   Path(cfg["evaluate"]) if cfg["evaluate"] else None, cfg["holdout"], cfg["fit_rows"],
+                   cfg["tracking"]["uri"], cfg["tracking"]["experiment"])
 
     def build_space(self) -> spaces.Space:
         try:
@@ -278,14 +282,12 @@ def split(rows: list[Measurement], seed: int, holdout: float, fit_rows: int | No
     return order, held_out
 
 
-def _plan(cfg: Mapping[str, Any]) -> tuple[str, Path | None]:
+def _plan(target: Mapping[str, Any], runner: str, benchmarks: Path | None) -> tuple[str, Path | None]:
     """The runner that measures (host, litert, adb) or file, and the measurement file to read if any."""
-    target = cfg["target"]
-    runner = cfg["runner"]["kind"]
     if runner == "auto":
         runner = target["runner"]["kind"] if target["runner"]["kind"] in runners.LOCAL else "file"
-    if cfg["benchmarks"]:
-        return runner, Path(cfg["benchmarks"])
+    if benchmarks:
+        return runner, benchmarks
     if runner == "file":
         source = Path(target["measurements"]["file"])
         if not source.exists():
@@ -294,10 +296,8 @@ def _plan(cfg: Mapping[str, Any]) -> tuple[str, Path | None]:
     return runner, None
 
 
-def _runner_cfg(cfg: Mapping[str, Any], runner: str) -> Mapping[str, Any]:
-    """The configured runner's settings, or (for runner=auto) its config file's."""
-    if cfg["runner"]["kind"] == runner:
-        return cfg["runner"]
+def _runner_file(runner: str) -> Mapping[str, Any]:
+    """A runner's settings as its config file has them (runner=auto chose it)."""
     return yaml.safe_load((CONF_DIR / "runner" / f"{runner}.yaml").read_text())
 
 
@@ -305,12 +305,6 @@ def _shown(path: str | Path) -> str:
     """A project file by its path in the project (the same on every machine), others as given."""
     path = Path(path).resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def space_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A calibration config's space settings. A space that fixes its input (fbnet) keeps it; others are measured at
-    the configured one."""
-    return {"input_shape": cfg["input_shape"], "num_classes": cfg["num_classes"], **cfg["space"]}
 
 
 def _log(r: Request, predictor: latency.Predictor, report: latency.Report, source: Path) -> None:

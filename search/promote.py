@@ -80,10 +80,23 @@ class Request:
     @classmethod
     def of(cls, cfg: Mapping[str, Any]) -> Request:
         check(cfg)
-        return cls(storage.Location.of(cfg["study"]), cfg["tracking"]["uri"], cfg["cache_dir"], cfg["trial"],
-                   cfg["pick"], cfg["rank_by"], cfg["latency_budget_ms"], cfg["size_budget_kb"], cfg["max_drop"],
-                   cfg["tolerance"], cfg["min_agreement"], cfg["litert_min_agreement"], cfg["model_name"], cfg["alias"], cfg["latency_threads"],
-                   dict(cfg["phone"]))
+        r = cls(storage.Location.of(cfg["study"]), cfg["tracking"]["uri"], cfg["cache_dir"], cfg["trial"],
+                cfg["pick"], cfg["rank_by"], cfg["latency_budget_ms"], cfg["size_budget_kb"], cfg["max_drop"],
+                cfg["tolerance"], cfg["min_agreement"], cfg["litert_min_agreement"], cfg["model_name"], cfg["alias"],
+                cfg["latency_threads"], dict(cfg["phone"]))
+        r.device()  # its settings checked before anything is exported
+        return r
+
+    def device(self) -> AdbRunner | None:
+        """The adb runner `phone.*` asks for, or None without `phone.serial`."""
+        p = self.phone
+        if p["serial"] is None:
+            return None
+        try:
+            return AdbRunner(str(p["serial"]), p["tool"], p["binary"] or "", list(p["flags"]), threads=p["threads"],
+                             warmup=p["warmup"])
+        except AdbError as e:
+            raise ConfigError(f"phone: {e} (phone.tool, phone.binary, phone.threads, phone.warmup)") from None
 
 
 @dataclass(frozen=True)
@@ -150,21 +163,9 @@ def check(cfg: Mapping[str, Any]) -> None:
         value = value_at(cfg, key)
         if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
             raise ConfigError(f"{key}: letters, digits and . _ - only, got {value!r}")
-    phone(cfg)
-
-
-def phone(cfg: Mapping[str, Any]) -> AdbRunner | None:
-    """The adb runner `phone.*` asks for (checked before anything is exported), or None without `phone.serial`."""
-    p = value_at(cfg, "phone")
-    if p["serial"] is None:
-        return None
-    check_number(cfg, "phone.seconds")
-    check_int(cfg, "phone.parts", 2)
-    try:
-        return AdbRunner(str(p["serial"]), p["tool"], p["binary"] or "", list(p["flags"]), threads=p["threads"],
-                         warmup=p["warmup"])
-    except AdbError as e:
-        raise ConfigError(f"phone: {e} (phone.tool, phone.binary, phone.threads, phone.warmup)") from None
+    if value_at(cfg, "phone.serial") is not None:
+        check_number(cfg, "phone.seconds")
+        check_int(cfg, "phone.parts", 2)
 
 
 def choose(pts: list[pareto.Point], r: Request, objectives: Sequence[str], floor: float | None = None) -> pareto.Point:
@@ -233,9 +234,8 @@ def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracke
     return pareto.rerank(measured, config.objectives)
 
 
-def promote(cfg: Mapping[str, Any]) -> Promotion:
-    r = Request.of(cfg)
-    device = phone(cfg)  # one runner: the phone is checked and the tool pushed once
+def promote(r: Request) -> Promotion:
+    device = r.device()  # one runner: the phone is checked and the tool pushed once
     name = r.where.name
     tracker = Tracker(r.tracking_uri, name, create=False)
     config = recorded(tracker.study_config())
@@ -362,8 +362,8 @@ def _on_phone(runner: AdbRunner | None, r: Request, onnx_path: Path, tflite: Map
             "phone_measured_over_predicted": s.first.median_ms / predicted_ms}
 
 
-def _run(cfg: dict[str, Any], _: None) -> None:
-    p = promote(cfg)
+def _run(cfg: dict[str, Any], checked: Request | None) -> None:
+    p = promote(checked or Request.of(cfg))
     verb = "registered" if p.new_version else "already registered as"
     print(f"trial {p.trial} of {p.study}: {verb} {p.model_name} version {p.version}, alias {p.alias!r}\n"
           f"  test accuracy {p.onnx_test_accuracy:.2f}% as ONNX (trial: {p.test_accuracy:.2f}%; the file agrees with "
@@ -385,7 +385,7 @@ def _run(cfg: dict[str, Any], _: None) -> None:
 
 
 def main() -> None:
-    command(CONFIG_NAME, check, _run)
+    command(CONFIG_NAME, Request.of, _run)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import spaces
 from search import measurements
-from search.calibrate import space_settings, calibration_set
+from search.calibrate import Request, calibration_set
 from search.config import compose, resolve
 from search.latency import features
 from search.measurements import Measurement
@@ -66,9 +65,9 @@ def test_quick_run_writes_table_plot_and_readme_copy(tmp_path):
 def host_like(tmp_path) -> Path:
     """100 mobilenetv2 networks whose 'measured' latency is a known linear model of the features (enough rows for
     every coefficient of the host's kernels: float, int8 and dequantized layers each have their own)."""
-    cfg = resolve(compose(["target=host"], "calibrate"))
-    space = spaces.create(**space_settings(cfg))
-    kernels = {int(k): v for k, v in cfg["target"]["kernels"].items()}
+    r = Request.of(resolve(compose(["target=host"], "calibrate")))
+    space = r.build_space()
+    kernels = {int(k): v for k, v in r.target["kernels"].items()}
     price = {"macs": 0.02, "activations": 0.5, "weights": 0.3, "layers": 0.002, "count": 0.001}
     rows = []
     for i, c in enumerate(calibration_set(space, 100, seed=1)):

@@ -78,7 +78,7 @@ def knee(study):
         patch.chdir(study)
         cfg = config.resolve(config.compose([f"study.name={STUDY}", "trial=0", f"tracking.uri={uri(study)}",
                                              "cache_dir=cache"], "promote"))
-        return asdict(search.promote.promote(cfg))
+        return asdict(search.promote.promote(search.promote.Request.of(cfg)))
 
 
 def runs(folder: Path):
@@ -314,7 +314,7 @@ def test_a_broken_export_is_refused_and_nothing_is_registered(study, knee, monke
     promoted = study / "outputs" / STUDY / "promoted"
     before = sorted(promoted.rglob("*"))
     with pytest.raises(search.promote.ParityError, match=f"nothing registered.*{broken}") as refused:
-        search.promote.promote(cfg)
+        search.promote.promote(search.promote.Request.of(cfg))
     assert "\n" not in str(refused.value)
     assert MlflowClient(uri(study)).search_registered_models("name = 'broken'") == []
     assert sorted(promoted.rglob("*")) == before  # no file written either
@@ -330,7 +330,7 @@ def test_a_phone_times_the_tflite_in_one_sustained_run(study, knee, fake_adb, mo
     cfg = config.resolve(config.compose([f"study.name={STUDY}", "trial=0", f"tracking.uri={uri(study)}",
                                          "cache_dir=cache", "model_name=phone", f"phone.serial={SERIAL}",
                                          f"phone.binary={binary}", "phone.seconds=30", "phone.parts=3"], "promote"))
-    p = search.promote.promote(cfg)
+    p = search.promote.promote(search.promote.Request.of(cfg))
     pushed = [c for c in fake_adb() if c[2] == "push" and c[3].endswith(".tflite")]
     assert len(pushed) == 1 and pushed[0][4].endswith("/model.tflite")  # the .tflite, pushed once for the run
     assert (p.phone_device, p.phone_file) == ("Pixel 7", "tflite")
@@ -352,7 +352,7 @@ def test_rank_by_a_runtime_picks_the_knee_of_the_front_as_measured(study, knee, 
     cfg = config.resolve(config.compose([f"study.name={STUDY}", f"tracking.uri={uri(study)}", "cache_dir=cache",
                                          "model_name=measured", "rank_by=onnxruntime", "tolerance=100",
                                          "min_agreement=0", "litert_min_agreement=0"], "promote"))
-    p = search.promote.promote(cfg)
+    p = search.promote.promote(search.promote.Request.of(cfg))
     measured = {int(t): float(ms) for t, ms in
                 re.findall(r"rank_by=onnxruntime: trial (\d+): ([0-9.]+) ms measured", capsys.readouterr().err)}
     front = {int(r["trial"]): float(r["accuracy"]) for r in csv.DictReader(open(study / "outputs" / STUDY / "pareto.csv"))
@@ -384,7 +384,7 @@ def test_bad_phone_settings_name_the_key_before_any_export(study, overrides, key
                                          *overrides], "promote"))
     monkeypatch.setattr(onnx_backend, "export", lambda *a: pytest.fail("exported before the settings were checked"))
     with pytest.raises(search.promote.UserError, match=key):
-        search.promote.promote(cfg)
+        search.promote.promote(search.promote.Request.of(cfg))
 
 
 def test_bad_promote_input_is_one_line(study):
@@ -409,4 +409,4 @@ def test_bad_promote_choices_name_the_key(study, overrides, key, monkeypatch):
     cfg = config.resolve(config.compose([f"study.name={STUDY}", f"tracking.uri={uri(study)}", "cache_dir=cache",
                                          *overrides], "promote"))
     with pytest.raises(search.promote.UserError, match=key):
-        search.promote.promote(cfg)
+        search.promote.promote(search.promote.Request.of(cfg))
