@@ -47,6 +47,18 @@ def make(runner_cfg: Mapping[str, Any], seed: int) -> Runner:
     return get(runner_cfg["kind"])(**settings, **({"seed": seed} if runner_cfg["kind"] in LOCAL else {}))
 
 
+def time_file(backend: str, path: Path, threads: int) -> Timing | None:
+    """A file timed on this machine by the local runner that runs its format (warm-up, then the median of timed
+    runs); None where no local runner does."""
+    import importlib
+
+    for kind in LOCAL:
+        runner = get(kind)
+        if runner.backend == backend:
+            return importlib.import_module(runner.__module__).time_model(path, threads=threads)
+    return None
+
+
 def backend_of(runner_cfg: Mapping[str, Any]) -> str | None:
     """Which export backend's files a configured runner times, without starting it (None: the tool is unknown)."""
     if runner_cfg["kind"] == "adb":  # the phone's tool decides
