@@ -13,6 +13,7 @@ The width multipliers are not trials: they are evaluated beside the study, from 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from optuna.trial import TrialState
 from readme_results import evaluation, machine, write_readme
 
 from search import storage
+from search.promotion import File, Promotion
 from search.runners.litert import LiteRTRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +69,7 @@ def run(folder: Path, networks: int) -> None:
     promoted = {label: json.loads(timed(["search.promote", *study, *overrides], folder)[1])
                 for label, overrides in picks.items()}
     scaled = width_ladder(folder, study)
-    files = {k: Path(p["tflite_path"]) for k, p in (promoted | scaled).items()}
+    files = {k: Path(row.file.path) for k, row in rows(promoted, scaled).items()}
     timings, references = LiteRTRunner(seed=0, **TIMING).measure(files, files["float"])
     saved.write_text(json.dumps(r | {"promoted": promoted, "scaled": scaled,
                                      "xnnpack_ms": {k: t.median_ms for k, t in timings.items()},
@@ -100,11 +102,32 @@ def width_ladder(folder: Path, study: list[str]) -> dict[str, dict]:
         net, shape = promote.network(ev.config, d, ladder[w], state)
         path = litert.export(net, shape, folder / "scaled" / f"width-{w}.tflite")
         checked = parity.compare(litert.outputs(path, x_test), parity.torch_logits(net, x_test), d.test.y)
+        file = File("litert", str(path), path.stat().st_size / 1024, checked.accuracy, checked.agreement,
+                    checked.max_logit_diff)
         out[f"width-{w}"] = {"width": w, "accuracy": metrics["accuracy"], "test_accuracy": metrics["test_accuracy"],
-                             "tflite_path": str(path), "tflite_test_accuracy": checked.accuracy,
-                             "tflite_agreement": checked.agreement, "tflite_kb": path.stat().st_size / 1024,
+                             "file": dataclasses.asdict(file),
                              "predicted_latency_ms": predictor.predict(space.layers(candidates[w]))}
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One timed `.tflite` file: a promoted trial's, or a width multiplier's (no trial)."""
+
+    trial: int | str
+    test_accuracy: float  # the network's, in torch
+    file: File
+    predicted_ms: float
+
+
+def rows(promoted: dict, scaled: dict) -> dict[str, Row]:
+    """Promote's JSON per pick and the width ladder's records, as rows."""
+    out = {}
+    for key, p in promoted.items():
+        p = Promotion.from_json(p)
+        out[key] = Row(p.trial, p.test_accuracy, p.file("litert"), p.predicted_latency_ms)
+    return out | {key: Row("none", s["test_accuracy"], File(**s["file"]), s["predicted_latency_ms"])
+                  for key, s in scaled.items()}
 
 
 def load(folder: Path) -> optuna.Study:
@@ -114,21 +137,22 @@ def load(folder: Path) -> optuna.Study:
 def report(folder: Path) -> str:
     r = json.loads((folder / "report.json").read_text())
     cal, promoted, ms = r["calibration"], r["promoted"], r["xnnpack_ms"]
+    scaled = r.get("scaled", {})
+    table = rows(promoted, scaled)
     done = load(folder).get_trials(states=(TrialState.COMPLETE,))
     float_ = next(t for t in done if t.user_attrs.get("baseline") == "float")
-    small = next(t for t in done if t.number == promoted["smallest"]["trial"])
+    small = next(t for t in done if t.number == table["smallest"].trial)
     q1, median, q3 = np.percentile(r["reference_ms"], [25, 50, 75])
     spread = (q3 - q1) / median
-    predicted_float = promoted["float"]["predicted_latency_ms"]
-
-    scaled = r.get("scaled", {})
+    predicted_float = table["float"].predicted_ms
+    float_file = table["float"].file
 
     def row(label: str, key: str) -> str:
-        p = promoted.get(key) or scaled[key]
-        return (f"| {label} | {p.get('trial', 'none')} | {p['test_accuracy']:.2f} | {p['tflite_test_accuracy']:.2f} "
-                f"| {p['tflite_agreement']:.2f} | {p['tflite_kb']:.1f} | {ms[key]:.4f} | {ms['float'] / ms[key]:.2f}x "
-                f"| {p['predicted_latency_ms']:.4f} | {predicted_float / p['predicted_latency_ms']:.2f}x (predicted) "
-                f"| {ms[key] / p['predicted_latency_ms']:.2f} |")
+        p = table[key]
+        return (f"| {label} | {p.trial} | {p.test_accuracy:.2f} | {p.file.test_accuracy:.2f} "
+                f"| {p.file.agreement:.2f} | {p.file.kb:.1f} | {ms[key]:.4f} | {ms['float'] / ms[key]:.2f}x "
+                f"| {p.predicted_ms:.4f} | {predicted_float / p.predicted_ms:.2f}x (predicted) "
+                f"| {ms[key] / p.predicted_ms:.2f} |")
 
     return "\n".join([
         f"`python -m search.calibrate target=host-litert networks={r['networks']}`: {r['calibrate_minutes']:.1f} minutes; "
@@ -155,20 +179,20 @@ def report(folder: Path) -> str:
         "",
         f"The knee is the front's balanced point, not its fastest: measured {ms['float'] / ms['knee']:.2f}x faster "
         f"than float ({'meets' if ms['float'] / ms['knee'] >= 2 else 'short of'} the 2x goal), "
-        f"{promoted['float']['tflite_test_accuracy'] - promoted['knee']['tflite_test_accuracy']:.2f} points below it in "
+        f"{float_file.test_accuracy - table['knee'].file.test_accuracy:.2f} points below it in "
         "test accuracy. "
         f"The smallest trial within 1 point of float on validation (`pick=smallest max_drop=1`) is trial "
         f"{small.number}: {small.user_attrs['accuracy']:.2f}% (float {float_.user_attrs['accuracy']:.2f}%), size_kb "
-        f"{small.user_attrs['size_kb']:.1f}, its `.tflite` file {promoted['smallest']['tflite_kb']:.1f} KB."
+        f"{small.user_attrs['size_kb']:.1f}, its `.tflite` file {table['smallest'].file.kb:.1f} KB."
         + (f" The fastest network within 1 point of float (`pick=fastest max_drop=1`, by predicted latency) is trial "
-           f"{promoted['fastest']['trial']}: measured {ms['float'] / ms['fastest']:.2f}x faster than float, "
-           f"{promoted['float']['tflite_test_accuracy'] - promoted['fastest']['tflite_test_accuracy']:.2f} points below "
+           f"{table['fastest'].trial}: measured {ms['float'] / ms['fastest']:.2f}x faster than float, "
+           f"{float_file.test_accuracy - table['fastest'].file.test_accuracy:.2f} points below "
            "it in test accuracy." if "fastest" in promoted else "")
         + ("" if not scaled else " The last rows are what a width multiplier alone gives, the usual way to make a "
            "MobileNet faster (the float baseline at each smaller width of the space, evaluated as a trial is from the "
            "same supernet and exported the same way, not a trial of the study): "
            + "; ".join(f"x{p['width']} runs {ms['float'] / ms[key]:.2f}x faster than float, "
-                       f"{promoted['float']['tflite_test_accuracy'] - p['tflite_test_accuracy']:.2f} points below it"
+                       f"{float_file.test_accuracy - table[key].file.test_accuracy:.2f} points below it"
                        for key, p in scaled.items()) + "."),
     ])
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from readme_results import machine, write_readme
 
 from search import pareto, storage
+from search.promotion import Promotion
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "outputs" / "parity-report"
@@ -57,9 +58,10 @@ def run(name: str) -> list[dict]:
 
 def section(results: dict[str, list[dict]]) -> str:
     refused = [(name, p) for name, promoted in results.items() for p in promoted if "refused" in p]
-    rows = [(name, p) for name, promoted in results.items() for p in promoted if "refused" not in p]
-    worst_agreement = min(rows, key=lambda r: r[1]["onnx_agreement"])
-    worst_gap = max(rows, key=lambda r: abs(r[1]["onnx_test_accuracy"] - r[1]["test_accuracy"]))
+    rows = [(name, Promotion.from_json(p)) for name, promoted in results.items() for p in promoted
+            if "refused" not in p]
+    worst_agreement = min(rows, key=lambda r: r[1].file("onnx").agreement)
+    worst_gap = max(rows, key=lambda r: abs(r[1].file("onnx").test_accuracy - r[1].test_accuracy))
     lines = [f"Measured by `scripts/parity_report.py` on {machine()}: every front trial of "
              f"{' and of '.join(f'the {name} study' for name in results)} promoted with the default gate "
              f"(`python -m search.promote trial=N`), its ONNX file run by onnxruntime and its "
@@ -70,25 +72,25 @@ def section(results: dict[str, list[dict]]) -> str:
              "| as .tflite | .tflite agreement | gate |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, p in rows:
-        gap = p["onnx_test_accuracy"] - p["test_accuracy"]
-        tflite = (f"{p['tflite_test_accuracy']:.2f} | {p['tflite_agreement']:.2f}%" if p.get("tflite_path")
-                  else "no file | -")
-        lines.append(f"| {name} | {p['trial']} | {p['test_accuracy']:.2f} | {p['onnx_test_accuracy']:.2f} | "
-                     f"{gap:+.2f} | {p['onnx_agreement']:.2f}% | {p['onnx_max_logit_diff']:.3g} | {tflite} | registered |")
+        onnx, tflite = p.file("onnx"), p.file("litert")
+        cells = f"{tflite.test_accuracy:.2f} | {tflite.agreement:.2f}%" if tflite.path else "no file | -"
+        lines.append(f"| {name} | {p.trial} | {p.test_accuracy:.2f} | {onnx.test_accuracy:.2f} | "
+                     f"{onnx.test_accuracy - p.test_accuracy:+.2f} | {onnx.agreement:.2f}% | {onnx.max_logit_diff:.3g} "
+                     f"| {cells} | registered |")
     for name, p in refused:
         lines.append(f"| {name} | {p['trial']} | | | | | | | | refused: {p['refused'].removeprefix('error: ')} |")
-    gap = abs(worst_gap[1]["onnx_test_accuracy"] - worst_gap[1]["test_accuracy"])
-    agreement = worst_agreement[1]["onnx_agreement"]
-    lines += ["", f"Worst top-1 agreement: {agreement:.2f}% ({worst_agreement[0]} trial {worst_agreement[1]['trial']}; "
+    gap = abs(worst_gap[1].file("onnx").test_accuracy - worst_gap[1].test_accuracy)
+    agreement = worst_agreement[1].file("onnx").agreement
+    lines += ["", f"Worst top-1 agreement: {agreement:.2f}% ({worst_agreement[0]} trial {worst_agreement[1].trial}; "
               f"goal >= {GOALS['agreement']}%: {'met' if agreement >= GOALS['agreement'] else 'not met'}). "
-              f"Worst accuracy difference: {gap:.2f} points ({worst_gap[0]} trial {worst_gap[1]['trial']}; goal <= "
+              f"Worst accuracy difference: {gap:.2f} points ({worst_gap[0]} trial {worst_gap[1].trial}; goal <= "
               f"{GOALS['gap']}: {'met' if gap <= GOALS['gap'] else 'not met'}). The goals are the ONNX file's, whose integer "
               "kernels add an int32 bias the network does not round; the `.tflite` file's round their requantization "
               "differently too (see the LiteRT section)."]
-    files = [p for _, p in rows if p.get("tflite_path")]
+    files = [p for _, p in rows if p.file("litert").path]
     if files:
-        worst = min(files, key=lambda p: p["tflite_agreement"])
-        lines[-1] += f" Worst .tflite agreement: {worst['tflite_agreement']:.2f}% (trial {worst['trial']})."
+        worst = min(files, key=lambda p: p.file("litert").agreement)
+        lines[-1] += f" Worst .tflite agreement: {worst.file('litert').agreement:.2f}% (trial {worst.trial})."
     return "\n".join(lines)
 
 

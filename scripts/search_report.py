@@ -32,6 +32,7 @@ from readme_results import machine, write_readme
 
 from search import data as datasets
 from search import pareto, storage
+from search.promotion import Promotion
 from search.study_config import recorded
 from search.tracking import Tracker
 from search.runners.host import HostRunner
@@ -68,8 +69,9 @@ def promote_all(folder: Path) -> dict[str, dict]:
                                f"study.dir={folder / STUDY}", *overrides], check=True, cwd=folder,
                               capture_output=True, text=True)
         out[label] = json.loads(done.stdout.strip().splitlines()[-1])
-    onnx = {k: Path(p["onnx_path"]) for k, p in out.items()}
-    tflite = {k: Path(p["tflite_path"]) for k, p in out.items() if p["tflite_path"]}
+    files = {k: Promotion.from_json(p).files for k, p in out.items()}
+    onnx = {k: Path(f.path) for k, fs in files.items() for f in fs if f.backend == "onnx"}
+    tflite = {k: Path(f.path) for k, fs in files.items() for f in fs if f.backend == "litert" and f.path}
     timings = {"onnxruntime": HostRunner(seed=0, **TIMING).measure(onnx, onnx["float"])[0]}
     if "float" in tflite:
         timings["xnnpack"] = LiteRTRunner(seed=0, **TIMING).measure(tflite, tflite["float"])[0]
@@ -79,17 +81,25 @@ def promote_all(folder: Path) -> dict[str, dict]:
     return out
 
 
-def promoted_table(folder: Path) -> list[str]:
-    promoted = json.loads((folder / "promoted.json").read_text())
-    base = promoted["float"]["measured_ms"]
+def read_promoted(folder: Path) -> dict[str, tuple[Promotion, dict[str, float]]]:
+    """Each pick's promotion (as promote printed it, in either format) and its files' timings on this CPU."""
+    saved = json.loads((folder / "promoted.json").read_text())
+    return {k: (Promotion.from_json({key: v for key, v in p.items() if key != "measured_ms"}), p["measured_ms"])
+            for k, p in saved.items()}
 
-    def row(label: str, p: dict) -> str:
-        ms = p["measured_ms"]
+
+def promoted_table(folder: Path) -> list[str]:
+    promoted = read_promoted(folder)
+    base, float_ms = promoted["float"][1], promoted["float"][0].predicted_latency_ms
+
+    def row(label: str, picked: tuple[Promotion, dict[str, float]]) -> str:
+        p, ms = picked
+        onnx, tflite = p.file("onnx"), p.file("litert")
         cells = [f"{ms[r]:.4f} | {base[r] / ms[r]:.2f}x" if r in ms else "no file | -" for r in ("onnxruntime", "xnnpack")]
-        return (f"| {label} | {p['trial']} | {p['test_accuracy']:.2f} | {p['onnx_test_accuracy']:.2f} "
-                f"| {p['tflite_test_accuracy'] if p['tflite_path'] else float('nan'):.2f} | {p['onnx_kb']:.1f} "
-                f"| {p['tflite_kb'] or float('nan'):.1f} | {cells[0]} | {cells[1]} | {p['predicted_latency_ms']:.3f} "
-                f"| {promoted['float']['predicted_latency_ms'] / p['predicted_latency_ms']:.2f}x (predicted) |")
+        return (f"| {label} | {p.trial} | {p.test_accuracy:.2f} | {onnx.test_accuracy:.2f} "
+                f"| {tflite.test_accuracy if tflite.path else float('nan'):.2f} | {onnx.kb:.1f} "
+                f"| {tflite.kb or float('nan'):.1f} | {cells[0]} | {cells[1]} | {p.predicted_latency_ms:.3f} "
+                f"| {float_ms / p.predicted_latency_ms:.2f}x (predicted) |")
 
     return ["", "Promoted with `python -m search.promote` (both files exported and checked on the test split), then "
             f"timed on this CPU: the {len(promoted)} ONNX files together on onnxruntime, the {len(promoted)} `.tflite` "
@@ -111,13 +121,13 @@ def promoted_table(folder: Path) -> list[str]:
 def fastest_within_a_point(folder: Path, done: list[optuna.trial.FrozenTrial]) -> list[str]:
     """Issue 15's question, asked again of a space with elastic depth: is the fastest network within 1 point of float
     (on validation, by predicted latency) measured at least 2x faster than float on XNNPACK?"""
-    promoted = json.loads((folder / "promoted.json").read_text())
-    if "xnnpack" not in promoted.get("fastest", {}).get("measured_ms", {}):
+    promoted = read_promoted(folder)
+    if "xnnpack" not in promoted.get("fastest", (None, {}))[1]:
         return []
-    p, base = promoted["fastest"], promoted["float"]
-    t = next(t for t in done if t.number == p["trial"])
-    drop = next(t for t in done if t.number == base["trial"]).user_attrs["accuracy"] - t.user_attrs["accuracy"]
-    speedup = base["measured_ms"]["xnnpack"] / p["measured_ms"]["xnnpack"]
+    (p, ms), (base, base_ms) = promoted["fastest"], promoted["float"]
+    t = next(t for t in done if t.number == p.trial)
+    drop = next(t for t in done if t.number == base.trial).user_attrs["accuracy"] - t.user_attrs["accuracy"]
+    speedup = base_ms["xnnpack"] / ms["xnnpack"]
     depths = ", ".join(f"{k.removeprefix('depth.')} {v}" for k, v in t.params.items() if k.startswith("depth."))
     return ["", f"The fastest network within 1.0 point of float on validation (`pick=fastest max_drop=1`, by predicted "
             f"latency) is trial {t.number}, {drop:.2f} points below float on validation: measured **{speedup:.2f}x** "

@@ -1,20 +1,15 @@
 """Does an exported file behave like the network it came from? Its logits against the torch network's on
 the same images: accuracy of each, top-1 agreement, the largest logit difference; and, when they do not
-match, where the file starts to differ: each layer's output in the file against the same layer's in torch."""
+match, where the file starts to differ (from its backend's `layer_errors`)."""
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from spaces.fold import layer_modules, trace
-
-from .backends.files import INPUT_NAME
 from .data import Split
 from .train import to_input
 
@@ -58,36 +53,6 @@ def compare(file_logits: np.ndarray, net_logits: np.ndarray, labels: np.ndarray)
     got, want = file_logits.argmax(1), net_logits.argmax(1)
     return Parity(float((got == labels).mean() * 100), float((want == labels).mean() * 100),
                   float((got == want).mean() * 100), float(np.abs(file_logits - net_logits).max()), len(labels))
-
-
-def layer_errors(net: nn.Module, path: str | Path, x: np.ndarray) -> dict[str, float]:
-    """Layer name -> relative RMS difference between its output in an ONNX file (the Conv/Gemm node, batch norm
-    folded in) and in torch (after the batch norm that follows it), on the batch `x`, in network order.
-    The file runs unoptimised here so every layer output is still a tensor of its own."""
-    import onnx
-
-    from .backends import onnx as backend
-
-    net = copy.deepcopy(net).eval()
-    for m in net.modules():  # an in-place activation would overwrite the batch-norm output recorded below
-        if getattr(m, "inplace", None) is True:
-            m.inplace = False
-    records = trace(net, torch.from_numpy(x))
-    after_bn = {id(r["input"]): r["output"] for m, r in records.items() if isinstance(m, nn.BatchNorm2d)}
-    want = {}
-    for name, m in layer_modules(net).items():
-        out = records[m]["output"]
-        want[name] = after_bn.get(id(out), out).detach().float().numpy()
-
-    model = onnx.load(str(path))
-    outputs = {n.name: n.output[0] for n in model.graph.node}
-    tensors = {name: outputs[layer.node] for name, layer in backend.layers(model).items()}
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in tensors.values() if t not in known)
-    sess = backend.session(model, optimize=False)
-    got = dict(zip(tensors, sess.run(list(tensors.values()), {INPUT_NAME: x})))
-    return {name: float(np.linalg.norm(got[name] - w) / max(np.linalg.norm(w), 1e-12)) for name, w in want.items()}
 
 
 def worst_layers(errors: dict[str, float], n: int = 3) -> list[tuple[str, float]]:

@@ -9,12 +9,14 @@ measured.
 
 The trial's network is rebuilt from its stored params (Optuna) and the fine-tuned weights its MLflow run
 stored when it completed (`weights.npz`): nothing is re-trained, so nothing depends on training being
-bit-for-bit repeatable. The file (`search.backends.onnx`) is that network itself: channel-pruned layers
-physically smaller, unstructured zeros kept as zeros, every quantizer where the network had it with the
-scale and zero point it trained with (nothing re-calibrated), in one file. The parity gate runs it with
-onnxruntime on the test split: a difference from the trial's test accuracy above `tolerance`, or top-1
-agreement with the network below `min_agreement`, stops the command before anything is registered and
-names the layers where the file starts to differ.
+bit-for-bit repeatable. Each registered backend (`search.backends`: ONNX, `.tflite`) writes that network itself as
+one file: channel-pruned layers physically smaller, unstructured zeros kept as zeros, every quantizer where the
+network had it with the scale and zero point it trained with (nothing re-calibrated). Each file has its own gate:
+it holds the network's precision plan (`audit`), and its runtime on the test split is within `tolerance` of the
+trial's test accuracy and agrees with what the network computes on at least the backend's share (`min_agreement`,
+`litert_min_agreement`); a file that fails stops the command before anything is registered, naming the layers
+where it starts to differ where its format shows them. A trial whose precisions a format cannot hold gets no file
+of it, and says why (`search.promotion.File.refused`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import math
 import re
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,11 +40,8 @@ from . import data as datasets
 from .cli import command
 from .config import ConfigError, check_int, check_number, value_at
 from .errors import UserError
-from .backends import litert, litert_audit
-from .backends import onnx as backend
-from .runners import litert as litert_runner
+from .promotion import File, Phone, Promotion
 from .runners.adb import AdbError, AdbRunner
-from .runners.host import time_model
 from .study_config import StudyConfig, recorded
 from .tracking import Tracker
 
@@ -97,43 +96,6 @@ class Request:
                              warmup=p["warmup"])
         except AdbError as e:
             raise ConfigError(f"phone: {e} (phone.tool, phone.binary, phone.threads, phone.warmup)") from None
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """What was promoted, printed as JSON on the command's last line."""
-
-    study: str
-    trial: int
-    model_name: str
-    version: str
-    alias: str
-    new_version: bool
-    onnx_path: str
-    test_accuracy: float  # the trial's, in torch
-    onnx_test_accuracy: float
-    onnx_agreement: float  # top-1 agreement of the file with the trial's network on the test split, percent
-    onnx_max_logit_diff: float
-    predicted_latency_ms: float
-    host_latency_ms: float
-    size_kb: float  # the trial's: its target's file (target.file) as predicted from its layers
-    onnx_kb: float
-    # the LiteRT file (`.tflite`, XNNPACK), when the trial's precisions can be expressed in one; else why not
-    tflite_path: str | None = None
-    tflite_test_accuracy: float | None = None
-    tflite_agreement: float | None = None
-    tflite_host_latency_ms: float | None = None  # measured on this CPU with XNNPACK
-    tflite_kb: float | None = None
-    tflite_refused: str | None = None
-    ranked_by: str = "predicted"  # the latency the pick ranked trials by: predicted, or measured on a runtime
-    # an Android phone over adb (`phone.serial=`), timed with the phone's benchmark tool in one sustained run
-    phone_device: str | None = None
-    phone_file: str | None = None  # "tflite" (benchmark_model) or "onnx" (onnxruntime_perf_test)
-    phone_latency_ms: float | None = None  # median of the run's first part
-    phone_sustained_latency_ms: float | None = None  # median of its last part
-    phone_slowdown: float | None = None  # last over first: > 1 when the phone throttled
-    phone_peak_memory_mb: float | None = None
-    phone_measured_over_predicted: float | None = None  # phone_latency_ms / predicted_latency_ms
 
 
 def check(cfg: Mapping[str, Any]) -> None:
@@ -264,47 +226,71 @@ def promote(r: Request) -> Promotion:
     kept = tracker.registered(r.model_name, name, point.trial)
     if kept is not None:  # promoting the same trial again only moves the alias
         tracker.set_alias(r.model_name, kept.version, r.alias)
-        return Promotion(**{**json.loads(kept.tags["promotion"]), "version": kept.version, "alias": r.alias,
-                            "new_version": False})
+        return Promotion.from_json({**json.loads(kept.tags["promotion"]), "version": str(kept.version),
+                                    "alias": r.alias, "new_version": False})
 
     data = data or splits()
     net, shape = network(config, data, study.trials[point.trial].params, tracker.weights(run_id))
     x_test = parity.inputs(data.test, data.mean, data.std, shape=shape)
-    net_logits = parity.torch_logits(net, x_test)
     folder = r.where.folder / "promoted"
     with tempfile.TemporaryDirectory() as tmp:
-        path = backend.export(net, shape, Path(tmp) / "model.onnx")
-        as_file = parity.torch_logits(backend.reference(net, shape), x_test)
-        checked = parity.compare(backend.outputs(path, x_test), as_file, data.test.y)
-        gate(checked, point, r, "ONNX file", ("min_agreement", r.min_agreement), lambda: (
-            " Layers where the file starts to differ: ") + ", ".join(
-            f"{layer} ({error:.1%} of its output)"
-            for layer, error in parity.worst_layers(parity.layer_errors(net, path, x_test[:64]))))
-        host = time_model(path, threads=r.threads)
-        tflite = _tflite(net, shape, data, x_test, net_logits, point, r, Path(tmp) / "model.tflite")
-        on_phone = _on_phone(device, r, path, tflite, point.values["latency_ms"])
+        shipped = [_ship(backends.get(b), net, shape, x_test, data.test.y, point, r, Path(tmp))
+                   for b in backends.BACKENDS]
+        files = [file for file, _ in shipped]
+        on_phone = _on_phone(device, r, files, point.values["latency_ms"])
         folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"trial-{point.trial}.onnx"
-        path.replace(final)
-        if "tflite_path" in tflite:
-            tflite_final = folder / f"trial-{point.trial}.tflite"
-            Path(tflite["tflite_path"]).replace(tflite_final)
-            tflite |= {"tflite_path": str(tflite_final), "tflite_kb": tflite_final.stat().st_size / 1024}
+        for i, file in enumerate(files):
+            if file.path:
+                final = folder / f"trial-{point.trial}{Path(file.path).suffix}"
+                Path(file.path).replace(final)
+                files[i] = dataclasses.replace(file, path=str(final), kb=final.stat().st_size / 1024)
     promotion = Promotion(
         study=name, trial=point.trial, model_name=r.model_name, version="", alias=r.alias, new_version=True,
-        onnx_path=str(final), test_accuracy=point.values["test_accuracy"], onnx_test_accuracy=checked.accuracy,
-        onnx_agreement=checked.agreement, onnx_max_logit_diff=checked.max_logit_diff,
-        predicted_latency_ms=point.values["latency_ms"], host_latency_ms=host.median_ms,
-        size_kb=point.values["size_kb"], onnx_kb=final.stat().st_size / 1024,
-        **{k: v for k, v in tflite.items() if k != "parity"}, **on_phone,
+        test_accuracy=point.values["test_accuracy"], predicted_latency_ms=point.values["latency_ms"],
+        size_kb=point.values["size_kb"], files=tuple(files), phone=on_phone,
         ranked_by="predicted" if r.trial is not None else r.rank_by)
+    model = promotion.file("onnx")  # the version's model, which mlflow.pyfunc loads
     example = parity.inputs(data.test, data.mean, data.std, 0, 2, shape)
-    version = tracker.register(run_id, final, example, backend.outputs(final, example), promotion, {
-        "target": config.target["name"], "torch_test_accuracy": f"{checked.torch_accuracy:.4f}",
-        **checked.as_tags("parity.onnx"), **(tflite["parity"].as_tags("parity.litert") if "parity" in tflite else {}),
-        "host_latency_iqr_ms": f"{host.iqr_ms:.4f}", "latency.proxy": (config.target.get("proxy") or {}).get(
-            "assumption", "none: measured on the target itself")})
-    return Promotion(**{**asdict(promotion), "version": version})
+    checks = {f"parity.{file.backend}": checked for file, checked in shipped if checked is not None}
+    parity_tags = {tag: value for prefix, c in checks.items() for tag, value in c.as_tags(prefix).items()}
+    version = tracker.register(run_id, Path(model.path), example, backends.get("onnx").outputs(model.path, example),
+                               promotion, {"target": config.target["name"],
+                                           "torch_test_accuracy": f"{checks['parity.onnx'].torch_accuracy:.4f}", **parity_tags,
+                                           "latency.proxy": (config.target.get("proxy") or {}).get(
+                                               "assumption", "none: measured on the target itself")})
+    return dataclasses.replace(promotion, version=version)
+
+
+def _ship(module: backends.Backend, net, shape, x_test, labels, point: pareto.Point, r: Request,
+          tmp: Path) -> tuple[File, parity.Parity | None]:
+    """The trial as one backend's file in `tmp`, gated, timed on this CPU where a local runner runs its format; or
+    why the trial's precisions cannot be that format. Its gate: the file holds the network's precision plan
+    (`audit`: exact, the same on every CPU), then accuracy within `tolerance` of the trial's and top-1 agreement
+    with what the network computes (`reference`) at least the backend's `GATE` setting."""
+    what = f"{module.SUFFIX} file"
+    try:
+        path = module.export(net, shape, tmp / f"model{module.SUFFIX}")
+    except ValueError as e:
+        return File(module.NAME, refused=str(e)), None
+    problems = module.audit(path, net, shape)
+    if problems:
+        raise ParityError(f"parity: trial {point.trial}'s {what} does not hold the network's precision plan: "
+                          + "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+                          + "; nothing registered.")
+    checked = parity.compare(module.outputs(path, x_test), parity.torch_logits(module.reference(net, shape), x_test),
+                             labels)
+
+    def where() -> str:  # only when refused: it runs the file layer by layer
+        worst = parity.worst_layers(module.layer_errors(net, path, x_test[:64]))
+        if not worst:
+            return ""
+        return " Layers where the file starts to differ: " + ", ".join(f"{layer} ({error:.1%} of its output)"
+                                                                        for layer, error in worst)
+
+    gate(checked, point, r, what, (module.GATE, getattr(r, module.GATE)), where)
+    timing = runners.time_file(module.NAME, path, r.threads)
+    return File(module.NAME, str(path), path.stat().st_size / 1024, checked.accuracy, checked.agreement,
+                checked.max_logit_diff, timing.median_ms if timing else None), checked
 
 
 def gate(checked: parity.Parity, point: pareto.Point, r: Request, what: str, least: tuple[str, float],
@@ -325,63 +311,38 @@ def gate(checked: parity.Parity, point: pareto.Point, r: Request, what: str, lea
             + where())
 
 
-def _tflite(net, shape, data, x_test, net_logits, point, r: Request, path: Path) -> dict:
-    """The trial as a `.tflite` file, timed on XNNPACK, or why it cannot be one. Its gate: the file holds the
-    network's precision plan (`litert_audit`: exact, the same on every CPU), then accuracy within `tolerance`
-    and agreement at least `litert_min_agreement` (its integer kernels round their own way)."""
-    try:
-        path = litert.export(net, shape, path)
-    except ValueError as e:
-        return {"tflite_refused": str(e)}
-    problems = litert_audit.audit(path, net, shape)
-    if problems:
-        raise ParityError(f"parity: trial {point.trial}'s .tflite file does not hold the network's precision plan: "
-                          + "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
-                          + "; nothing registered.")
-    checked = parity.compare(litert.outputs(path, x_test), net_logits, data.test.y)
-    gate(checked, point, r, ".tflite file", ("litert_min_agreement", r.litert_min_agreement))
-    timing = litert_runner.time_model(path, threads=r.threads)
-    return {"tflite_path": str(path), "tflite_test_accuracy": checked.accuracy, "tflite_agreement": checked.agreement,
-            "tflite_host_latency_ms": timing.median_ms, "parity": checked}
-
-
-def _on_phone(runner: AdbRunner | None, r: Request, onnx_path: Path, tflite: Mapping[str, Any],
-              predicted_ms: float) -> dict:
+def _on_phone(runner: AdbRunner | None, r: Request, files: Sequence[File], predicted_ms: float) -> Phone | None:
     """The file the phone's tool runs, timed on the phone in one sustained run; nothing without `phone.serial`."""
     if runner is None:
-        return {}
-    kind = "tflite" if runner.backend == "litert" else "onnx"
-    if kind == "tflite" and "tflite_path" not in tflite:
-        raise UserError(f"phone.tool: benchmark_model runs .tflite files, and this trial has none "
-                        f"({tflite['tflite_refused']}); use phone.tool=onnxruntime_perf_test; nothing registered")
-    s = runner.sustained(Path(tflite["tflite_path"]) if kind == "tflite" else onnx_path, r.phone["seconds"],
-                         r.phone["parts"])
-    return {"phone_device": runner.settings()["device_model"], "phone_file": kind,
-            "phone_latency_ms": s.first.median_ms, "phone_sustained_latency_ms": s.last.median_ms,
-            "phone_slowdown": s.slowdown, "phone_peak_memory_mb": s.peak_memory_mb,
-            "phone_measured_over_predicted": s.first.median_ms / predicted_ms}
+        return None
+    file = next(f for f in files if f.backend == runner.backend)
+    if not file.path:
+        raise UserError(f"phone.tool: {runner.tool} runs {file.backend} files, and this trial has none "
+                        f"({file.refused}); use another phone.tool; nothing registered")
+    s = runner.sustained(Path(file.path), r.phone["seconds"], r.phone["parts"])
+    return Phone(runner.settings()["device_model"], file.backend, s.first.median_ms, s.last.median_ms, s.slowdown,
+                 s.peak_memory_mb, s.first.median_ms / predicted_ms)
 
 
 def _run(cfg: dict[str, Any], checked: Request | None) -> None:
     p = promote(checked or Request.of(cfg))
     verb = "registered" if p.new_version else "already registered as"
-    print(f"trial {p.trial} of {p.study}: {verb} {p.model_name} version {p.version}, alias {p.alias!r}\n"
-          f"  test accuracy {p.onnx_test_accuracy:.2f}% as ONNX (trial: {p.test_accuracy:.2f}%; the file agrees with "
-          f"the trial's network on {p.onnx_agreement:.2f}% of test images), "
-          f"host latency {p.host_latency_ms:.3f} ms (predicted on target: {p.predicted_latency_ms:.3f} ms), "
-          f"{p.onnx_kb:.1f} KB file (the trial's size_kb: {p.size_kb:.1f})\n  file: {p.onnx_path}\n"
-          f"  load: mlflow.pyfunc.load_model('models:/{p.model_name}@{p.alias}')")
-    if p.tflite_path:
-        print(f"  .tflite: {p.tflite_test_accuracy:.2f}% (agrees on {p.tflite_agreement:.2f}%), host latency on "
-              f"XNNPACK {p.tflite_host_latency_ms:.3f} ms, {p.tflite_kb:.1f} KB: {p.tflite_path}")
-    else:
-        print(f"  no .tflite: {p.tflite_refused}")
-    if p.phone_device:
-        memory = "" if p.phone_peak_memory_mb is None else f", peak memory {p.phone_peak_memory_mb:.1f} MB"
-        print(f"  on {p.phone_device} ({p.phone_file}): {p.phone_latency_ms:.3f} ms at first, "
-              f"{p.phone_sustained_latency_ms:.3f} ms at the end of the sustained run ({p.phone_slowdown:.2f}x)"
-              f"{memory}; measured/predicted {p.phone_measured_over_predicted:.2f}")
-    print(json.dumps(asdict(p)))
+    print(f"trial {p.trial} of {p.study}: {verb} {p.model_name} version {p.version}, alias {p.alias!r} (trial: "
+          f"test accuracy {p.test_accuracy:.2f}%, predicted latency on target {p.predicted_latency_ms:.3f} ms, "
+          f"size_kb {p.size_kb:.1f})\n  load: mlflow.pyfunc.load_model('models:/{p.model_name}@{p.alias}')")
+    for f in p.files:
+        if f.path is None:
+            print(f"  no {f.backend} file: {f.refused}")
+            continue
+        host = "" if f.host_latency_ms is None else f", host latency {f.host_latency_ms:.3f} ms"
+        print(f"  {f.backend}: {f.test_accuracy:.2f}% (agrees with the trial's network on {f.agreement:.2f}% of test "
+              f"images){host}, {f.kb:.1f} KB: {f.path}")
+    if p.phone:
+        memory = "" if p.phone.peak_memory_mb is None else f", peak memory {p.phone.peak_memory_mb:.1f} MB"
+        print(f"  on {p.phone.device} ({p.phone.backend}): {p.phone.latency_ms:.3f} ms at first, "
+              f"{p.phone.sustained_latency_ms:.3f} ms at the end of the sustained run ({p.phone.slowdown:.2f}x)"
+              f"{memory}; measured/predicted {p.phone.measured_over_predicted:.2f}")
+    print(json.dumps(p.to_json()))
 
 
 def main() -> None:

@@ -139,38 +139,42 @@ class Tracker:
 
     def register(self, run_id: str, path: Path, example: np.ndarray, output: np.ndarray, promotion: Any,
                  tags: Mapping[str, str]) -> str:
-        """Log the ONNX file as the trial run's model (signature and input example included), register it
-        as a new version of `promotion.model_name` with everything a reviewer needs as tags, alias it. The
-        `.tflite` file, when there is one, goes with the run as `litert/<name>` (the version's `tflite` tag)."""
+        """Log the ONNX file at `path` as the trial run's model (signature and input example included), register it
+        as a new version of `promotion.model_name` with everything a reviewer needs as tags, alias it. Every other
+        file goes with the run as `<backend>/<name>` (the version's `file.<backend>` tag: its URI, or why the trial
+        has none); `promotion` (a `search.promotion.Promotion`) is kept whole as the `promotion` tag."""
         import mlflow
         import onnx
         from mlflow.models import infer_signature
 
         mlflow.set_tracking_uri(self.client.tracking_uri)
-        model = onnx.load(str(path))
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.onnx.log_model(model, name="model", signature=infer_signature(example, output),
+            info = mlflow.onnx.log_model(onnx.load(str(path)), name="model", signature=infer_signature(example, output),
                                          input_example=example, save_as_external_data=False,
                                          onnx_execution_providers=["CPUExecutionProvider"])
-        p = asdict(promotion)
         version_tags = {STUDY_TAG: promotion.study, "study": promotion.study, "trial": str(promotion.trial),
                         "run_id": run_id, "run_link": f"#/experiments/{self.experiment_id}/runs/{run_id}",
-                        **{k: f"{p[k]:.4f}" for k in ("test_accuracy", "onnx_test_accuracy", "predicted_latency_ms",
-                                                      "host_latency_ms", "size_kb", "onnx_kb")},
-                        **tags, "promotion": json.dumps({k: v for k, v in p.items() if k != "version"})}
-        if promotion.tflite_path:
-            self.client.log_artifact(run_id, promotion.tflite_path, "litert")
-            version_tags |= {"tflite": f"runs:/{run_id}/litert/{Path(promotion.tflite_path).name}",
-                             **{k: f"{p[k]:.4f}" for k in ("tflite_test_accuracy", "tflite_host_latency_ms", "tflite_kb")}}
-        else:
-            version_tags["tflite"] = f"none: {promotion.tflite_refused}"
-        version_tags |= {k: v if isinstance(v, str) else f"{v:.4f}"  # measured on a phone, when one was
-                         for k, v in p.items() if k.startswith("phone_") and v is not None}
+                        **{k: f"{getattr(promotion, k):.4f}" for k in ("test_accuracy", "predicted_latency_ms",
+                                                                      "size_kb")},
+                        **tags, "promotion": json.dumps({k: v for k, v in promotion.to_json().items()
+                                                         if k != "version"})}
+        for file in promotion.files:
+            if file.path is None:
+                version_tags[f"file.{file.backend}"] = f"none: {file.refused}"
+                continue
+            if Path(file.path) != Path(path):
+                self.client.log_artifact(run_id, file.path, file.backend)
+            version_tags[f"file.{file.backend}"] = (f"runs:/{run_id}/model" if Path(file.path) == Path(path)
+                                                    else f"runs:/{run_id}/{file.backend}/{Path(file.path).name}")
+            version_tags |= {f"{file.backend}.{k}": f"{getattr(file, k):.4f}" for k in
+                             ("test_accuracy", "agreement", "kb", "host_latency_ms") if getattr(file, k) is not None}
+        if promotion.phone:  # measured on a phone
+            version_tags |= {f"phone.{k}": v if isinstance(v, str) else f"{v:.4f}"
+                             for k, v in asdict(promotion.phone).items() if v is not None}
         version = mlflow.register_model(info.model_uri, promotion.model_name, tags=version_tags).version
         self.set_alias(promotion.model_name, version, promotion.alias)
-        self._log(run_id, metrics={"promote.onnx_test_accuracy": promotion.onnx_test_accuracy,
-                                   "promote.host_latency_ms": promotion.host_latency_ms,
-                                   "promote.onnx_kb": promotion.onnx_kb},
+        self._log(run_id, metrics={f"promote.{f.backend}.{k}": getattr(f, k) for f in promotion.files
+                                   for k in ("test_accuracy", "host_latency_ms", "kb") if getattr(f, k) is not None},
                   tags={"promoted": f"{promotion.model_name}/{version}"})
         return str(version)
 

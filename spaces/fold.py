@@ -85,6 +85,19 @@ def trace(model: nn.Module, x: torch.Tensor, kinds: tuple[type, ...] = (nn.Conv2
     return records
 
 
+def layer_outputs(net: nn.Module, x) -> dict:
+    """Layer name -> its output in `net` on the images `x` (numpy), after the batch norm that follows it (which a
+    file folds into the layer), in network order: what a backend's per-layer comparison holds a file's layers to."""
+    net = copy.deepcopy(net).eval()
+    for m in net.modules():  # an in-place activation would overwrite the batch-norm output recorded below
+        if getattr(m, "inplace", None) is True:
+            m.inplace = False
+    records = trace(net, torch.from_numpy(x))
+    after_bn = {id(r["input"]): r["output"] for m, r in records.items() if isinstance(m, nn.BatchNorm2d)}
+    return {name: after_bn.get(id(records[m]["output"]), records[m]["output"]).detach().float().numpy()
+            for name, m in layer_modules(net).items()}
+
+
 def _weight(layer: nn.Module, cin: int) -> tuple[torch.Tensor, int]:
     """The weights the layer really computes with for a `cin`-channel input (sliced, masked, quantized), and
     its groups."""

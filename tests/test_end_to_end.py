@@ -10,11 +10,12 @@ import os
 import re
 import socket
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -26,11 +27,13 @@ from onnx import numpy_helper
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 import search.promote
-from search import config
+from search.promotion import Promotion
+from search import backends, config
 from search.backends import onnx as onnx_backend
 from search.backends.files import INPUT_NAME, OUTPUT_NAME
 from search.data import load
 from search.parity import inputs
+from spaces.registry import Registry
 from tests.cli import DIGITS, command, env
 from tests.conftest import ADB_FIXTURES, SERIAL
 
@@ -78,7 +81,7 @@ def knee(study):
         patch.chdir(study)
         cfg = config.resolve(config.compose([f"study.name={STUDY}", "trial=0", f"tracking.uri={uri(study)}",
                                              "cache_dir=cache"], "promote"))
-        return asdict(search.promote.promote(search.promote.Request.of(cfg)))
+        return search.promote.promote(search.promote.Request.of(cfg))
 
 
 def runs(folder: Path):
@@ -253,14 +256,15 @@ def test_mlflow_server_serves_the_front_over_rest(study):
 
 
 def test_promoted_knee_loads_by_alias_and_predicts(study, knee):
-    assert knee["new_version"] and knee["alias"] == "candidate"
-    assert abs(knee["onnx_test_accuracy"] - knee["test_accuracy"]) <= 1.0  # the parity gate passed
+    onnx_file = knee.file("onnx")
+    assert knee.new_version and knee.alias == "candidate"
+    assert abs(onnx_file.test_accuracy - knee.test_accuracy) <= 1.0  # the parity gate passed
     # Against the network with the file's int32 bias rounding (what the gate compares), at most 3 of the digits
     # test split's 360 images. Measured with integer kernels: all 6 digits front files of the README's parity study
     # (AMD EPYC, AVX-512 VNNI) agreed on every image, with a largest logit difference of 0.054 (integer kernels
     # requantize in their own order: a value on a rounding boundary moves one step). Bound: 0.5 logits (9x); a
     # broken file is off by whole logits (test_a_broken_export_is_refused_and_nothing_is_registered).
-    assert knee["onnx_agreement"] >= 99.0 and knee["onnx_max_logit_diff"] < 0.5
+    assert onnx_file.agreement >= 99.0 and onnx_file.max_logit_diff < 0.5
     mlflow.set_tracking_uri(uri(study))
     model = mlflow.pyfunc.load_model(f"models:/{STUDY}@candidate")
     data = load(config.resolve(config.compose(["data=digits"]))["data"], 0, str(study / "cache"))
@@ -269,24 +273,27 @@ def test_promoted_knee_loads_by_alias_and_predicts(study, knee):
     assert logits.shape == (64, data.num_classes)
     assert (logits.argmax(1) == data.test.y[:64]).mean() > 0.3
     version = MlflowClient(uri(study)).get_model_version_by_alias(STUDY, "candidate")
-    assert version.tags["trial"] == str(knee["trial"]) and version.tags["target"] == "snapdragon665"
-    assert float(version.tags["host_latency_ms"]) > 0 and "latency.proxy" in version.tags
-    assert float(version.tags["parity.onnx.agreement"]) == knee["onnx_agreement"]
+    assert version.tags["trial"] == str(knee.trial) and version.tags["target"] == "snapdragon665"
+    assert float(version.tags["onnx.host_latency_ms"]) > 0 and "latency.proxy" in version.tags
+    assert float(version.tags["parity.onnx.agreement"]) == onnx_file.agreement
+    assert version.tags["file.onnx"] == f"runs:/{version.run_id}/model"
+    assert version.tags["file.litert"] == f"runs:/{version.run_id}/litert/trial-{knee.trial}.tflite"
+    assert Promotion.from_json({**json.loads(version.tags["promotion"]), "version": str(version.version)}) == knee
 
 
 def test_the_files_are_one_file_each_and_size_kb_is_the_shipped_ones(study, knee):
-    path = study / knee["onnx_path"]
+    path = study / knee.file("onnx").path
     model = onnx.load(str(path), load_external_data=False)
     assert all(i.data_location == onnx.TensorProto.DEFAULT and not i.external_data for i in model.graph.initializer)
     assert [i.name for i in model.graph.input] == [INPUT_NAME]
     # snapdragon665 runs the .tflite (target.file: litert): the trial's size_kb is that file's
-    assert knee["tflite_kb"] == pytest.approx(knee["size_kb"], rel=0.06), knee
+    assert knee.file("litert").kb == pytest.approx(knee.size_kb, rel=0.06), knee
 
 
 def test_promoting_the_same_trial_again_adds_no_version(study, knee):
     client = MlflowClient(uri(study))
     before = len(client.search_model_versions(f"name = '{STUDY}'"))
-    again = run(study, "search.promote", f"study.name={STUDY}", f"trial={knee['trial']}", "alias=champion")
+    again = run(study, "search.promote", f"study.name={STUDY}", f"trial={knee.trial}", "alias=champion")
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout.strip().splitlines()[-1])["new_version"] is False
     assert len(client.search_model_versions(f"name = '{STUDY}'")) == before
@@ -333,13 +340,13 @@ def test_a_phone_times_the_tflite_in_one_sustained_run(study, knee, fake_adb, mo
     p = search.promote.promote(search.promote.Request.of(cfg))
     pushed = [c for c in fake_adb() if c[2] == "push" and c[3].endswith(".tflite")]
     assert len(pushed) == 1 and pushed[0][4].endswith("/model.tflite")  # the .tflite, pushed once for the run
-    assert (p.phone_device, p.phone_file) == ("Pixel 7", "tflite")
-    assert (p.phone_latency_ms, p.phone_sustained_latency_ms) == (pytest.approx(19.926), pytest.approx(26.293))
-    assert p.phone_slowdown == pytest.approx(26.293 / 19.926) and p.phone_peak_memory_mb == 17.5352
-    assert p.phone_measured_over_predicted == pytest.approx(19.926 / p.predicted_latency_ms)
+    assert (p.phone.device, p.phone.backend) == ("Pixel 7", "litert")
+    assert (p.phone.latency_ms, p.phone.sustained_latency_ms) == (pytest.approx(19.926), pytest.approx(26.293))
+    assert p.phone.slowdown == pytest.approx(26.293 / 19.926) and p.phone.peak_memory_mb == 17.5352
+    assert p.phone.measured_over_predicted == pytest.approx(19.926 / p.predicted_latency_ms)
     tags = MlflowClient(uri(study)).get_model_version("phone", p.version).tags
-    assert float(tags["phone_slowdown"]) == pytest.approx(p.phone_slowdown, abs=1e-4)
-    assert tags["phone_device"] == "Pixel 7" and float(tags["phone_peak_memory_mb"]) == 17.5352
+    assert float(tags["phone.slowdown"]) == pytest.approx(p.phone.slowdown, abs=1e-4)
+    assert tags["phone.device"] == "Pixel 7" and float(tags["phone.peak_memory_mb"]) == 17.5352
 
 
 def test_rank_by_a_runtime_picks_the_knee_of_the_front_as_measured(study, knee, monkeypatch, capsys):
@@ -362,7 +369,42 @@ def test_rank_by_a_runtime_picks_the_knee_of_the_front_as_measured(study, knee, 
                                                                     True) for t, a in front.items()],
                                        ["accuracy", "latency_ms"])
     assert p.ranked_by == "onnxruntime" and p.trial == search.promote.pareto.knee(pts, ["accuracy", "latency_ms"]).trial
-    assert knee["ranked_by"] == "predicted"
+    assert knee.ranked_by == "predicted"
+
+
+class Renamed:
+    """A third file format that does nothing of its own (the ONNX file under another suffix): what a user's backend
+    needs to ship with the others is its module (here a class) and one registry line, nothing in promote."""
+
+    NAME, SUFFIX, GATE = "renamed", ".renamed", "min_agreement"
+    outputs = staticmethod(onnx_backend.outputs)  # onnxruntime reads the file whatever its name
+    reference = staticmethod(onnx_backend.reference)
+    audit = staticmethod(onnx_backend.audit)
+
+    @staticmethod
+    def export(net, input_shape, path):
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(shutil.copyfile(onnx_backend.export(net, input_shape, Path(tmp) / "m.onnx"), path))
+
+    @staticmethod
+    def layer_errors(net, path, x):
+        return {}
+
+
+def test_a_third_backend_ships_beside_the_others_once_registered(study, monkeypatch):
+    registry = Registry("backend", backends.BACKENDS.entries)
+    registry.register(Renamed.NAME, f"{__name__}:Renamed")
+    monkeypatch.setattr(backends, "BACKENDS", registry)
+    monkeypatch.chdir(study)
+    cfg = config.resolve(config.compose([f"study.name={STUDY}", "trial=0", f"tracking.uri={uri(study)}",
+                                         "cache_dir=cache", "model_name=three"], "promote"))
+    p = search.promote.promote(search.promote.Request.of(cfg))
+    assert [f.backend for f in p.files] == ["onnx", "litert", "renamed"]
+    renamed = p.file("renamed")
+    assert Path(renamed.path).name == "trial-0.renamed" and renamed.host_latency_ms is None  # no runner times it here
+    assert renamed.test_accuracy == p.file("onnx").test_accuracy and renamed.agreement == p.file("onnx").agreement
+    tags = MlflowClient(uri(study)).get_model_version("three", p.version).tags
+    assert tags["file.renamed"].endswith("/renamed/trial-0.renamed") and float(tags["renamed.test_accuracy"]) > 0
 
 
 def test_each_runtime_ranks_with_its_own_runner_and_file():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from search.promotion import Promotion
 from search.study_config import recorded
 from search.tracking import Tracker
 from tests.cli import command
@@ -51,4 +52,26 @@ def test_it_promotes(old):
     assert done.returncode == 0, done.stderr[-3000:]
     promotion = json.loads(done.stdout.strip().splitlines()[-1])
     assert promotion["trial"] == 0 and promotion["new_version"]
-    assert (old / promotion["onnx_path"]).is_file() and (old / promotion["tflite_path"]).is_file()  # under study.dir
+    assert promotion["format"] == Promotion.FORMAT
+    assert all((old / f.path).is_file() for f in Promotion.from_json(promotion).files)  # under study.dir
+
+
+VERSIONS = Path(__file__).parent / "fixtures" / "old-version"
+
+
+@pytest.mark.parametrize("archive", sorted(VERSIONS.glob("*.tar.xz")), ids=lambda p: p.name.split(".")[0])
+def test_a_version_registered_by_older_code_is_promoted_again(archive, tmp_path):
+    """Its `promotion` tag is in the form that code wrote (format 1: fixed onnx_*, tflite_* fields); promoting the
+    same trial again moves the alias and reports the version's files in today's form."""
+    old = unpack(archive, tmp_path)
+    tag = json.loads(Tracker(f"sqlite:///{old / 'mlflow.db'}", "old", create=False).registered("old", "old", 0)
+                     .tags["promotion"])
+    done = command(old, "search.promote", "study.name=old", "study.dir=study", "tracking.uri=sqlite:///mlflow.db",
+                   f"cache_dir={old / 'cache'}", "trial=0", "alias=champion")
+    assert done.returncode == 0, done.stderr[-3000:]
+    p = Promotion.from_json(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert (p.trial, p.version, p.alias, p.new_version) == (0, "1", "champion", False)
+    assert [f.backend for f in p.files] == ["onnx", "litert"]
+    onnx = p.file("onnx")
+    assert (onnx.test_accuracy, onnx.agreement) == (tag["onnx_test_accuracy"], tag["onnx_agreement"])
+    assert (p.file("litert").test_accuracy, p.file("litert").kb) == (tag["tflite_test_accuracy"], tag["tflite_kb"])

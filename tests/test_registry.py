@@ -32,7 +32,10 @@ def test_listing_the_names_imports_no_plug_in():
 
 
 # A do-nothing backend, registered from here: nothing in the package names it.
-NULL = SimpleNamespace(NAME="null", SUFFIX=".null", export=lambda net, shape, path: path, outputs=lambda path, x: x)
+NULL = SimpleNamespace(NAME="null", SUFFIX=".null", GATE="min_agreement", export=lambda net, shape, path: path,
+                       outputs=lambda path, x: x, reference=lambda net, shape: net, audit=lambda path, net, shape: [],
+                       layer_errors=lambda net, path, x: {})
+HALF = SimpleNamespace(NAME="half", SUFFIX=".half", export=lambda net, shape, path: path)
 
 
 def test_a_backend_registered_at_run_time_is_one_like_the_shipped_ones(monkeypatch):
@@ -41,3 +44,7 @@ def test_a_backend_registered_at_run_time_is_one_like_the_shipped_ones(monkeypat
     assert backends.get("null") is NULL and "null" in backends.BACKENDS
     with pytest.raises(ValueError, match="backend: one of onnx, litert, null, got 'tvm'"):
         backends.get("tvm")
+    backends.BACKENDS.register("half", f"{__name__}:HALF")
+    with pytest.raises(TypeError, match=f"backend half: {__name__}:HALF lacks GATE, outputs, reference, audit, "
+                                        "layer_errors"):
+        backends.get("half")

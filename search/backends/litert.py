@@ -39,6 +39,7 @@ from .files import save_atomically
 
 NAME = "litert"
 SUFFIX = ".tflite"
+GATE = "litert_min_agreement"  # promote's setting bounding the file's top-1 agreement with the network
 Q = torch.ops.quantized_decomposed
 
 
@@ -123,6 +124,24 @@ def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) 
     with _quiet():
         path = save_atomically(Path(path), write)
     return path
+
+
+def reference(net: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
+    """The network itself: the file's integer kernels requantize their own way (XNNPACK's rounding, which differs
+    between CPUs), which nothing here simulates; the gate bounds it (`GATE`)."""
+    return net
+
+
+def audit(path: str | Path, net: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
+    """Each kernel's weights, bias, scales and grids against the network's plan (`litert_audit`)."""
+    from .litert_audit import audit as against_plan  # it reads files with this module's interpreter
+
+    return against_plan(path, net, input_shape)
+
+
+def layer_errors(net: nn.Module, path: str | Path, x: np.ndarray) -> dict[str, float]:
+    """None to show: XNNPACK runs the graph as fused kernels whose intermediate outputs are not readable tensors."""
+    return {}
 
 
 def interpreter(path: str | Path, threads: int = 1, xnnpack: bool = True):

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spaces.fold import FoldedLayer, deployable, trace
+from spaces.fold import FoldedLayer, deployable, layer_outputs, trace
 from spaces.precision import FLOAT_BITS, ONNX_INT32_BIAS_BITS as INT32_BIAS_BITS, storage_bits
 from spaces.quantize import QuantizeDequantize
 
@@ -47,6 +47,8 @@ from .files import INPUT_NAME, OUTPUT_NAME, save_atomically
 
 NAME = "onnx"
 SUFFIX = ".onnx"
+GATE = "min_agreement"  # promote's setting bounding the file's top-1 agreement with `reference`
+STORED = {4: "INT4", 8: "INT8", 16: "INT16", FLOAT_BITS: "FLOAT"}  # storage_bits -> the weights' ONNX element type
 METADATA_KEY = "compression_search.layers"
 OPSET = 21  # int4 and uint16 QuantizeLinear/DequantizeLinear
 # onnxruntime's pass that quantizes a float layer's weights and bias between quantized tensors, at scales of its
@@ -146,6 +148,35 @@ def reference(net: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
     model, folded = deployable(net, input_shape)
     _round_int32_biases(model, folded, input_shape)
     return model
+
+
+def audit(path: str | Path, net: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
+    """What the file's layers (its metadata, each weight's stored type read from the graph) differ in from the
+    network's plan: the same layers, each weight stored as its precision's integer type (int4/int8/int16) or float."""
+    _, folded = deployable(net, tuple(int(d) for d in input_shape))
+    stored = layers(path)
+    if list(stored) != list(folded):
+        return [f"the file's layers {list(stored)[:4]}... are not the network's {list(folded)[:4]}..."]
+    return [f"layer {name!r}: weights stored as {stored[name].weight_type}, its {f.bits} bits want "
+            f"{STORED[storage_bits(f.bits)]}" for name, f in folded.items()
+            if stored[name].weight_type != STORED[storage_bits(f.bits)]]
+
+
+def layer_errors(net: nn.Module, path: str | Path, x: np.ndarray) -> dict[str, float]:
+    """Layer name -> relative RMS difference between its output in the file (the Conv/Gemm node, batch norm folded
+    in) and in torch (after the batch norm that follows it), on the batch `x`, in network order. The file runs
+    unoptimised here so every layer output is still a tensor of its own."""
+    import onnx
+
+    want = layer_outputs(net, x)
+    model = onnx.load(str(path))
+    outputs = {n.name: n.output[0] for n in model.graph.node}
+    tensors = {name: outputs[layer.node] for name, layer in layers(model).items()}
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in tensors.values() if t not in known)
+    got = dict(zip(tensors, session(model, optimize=False).run(list(tensors.values()), {INPUT_NAME: x})))
+    return {name: float(np.linalg.norm(got[name] - w) / max(np.linalg.norm(w), 1e-12)) for name, w in want.items()}
 
 
 def _round_int32_biases(model: nn.Module, folded: Mapping[str, FoldedLayer],

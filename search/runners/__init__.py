@@ -6,6 +6,7 @@ module is imported only when asked for) and honours `Runner`.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,6 +46,16 @@ def make(runner_cfg: Mapping[str, Any], seed: int) -> Runner:
     TypeError or ValueError)."""
     settings = {k: v for k, v in runner_cfg.items() if k != "kind"}
     return get(runner_cfg["kind"])(**settings, **({"seed": seed} if runner_cfg["kind"] in LOCAL else {}))
+
+
+def time_file(backend: str, path: Path, threads: int) -> Timing | None:
+    """A file timed on this machine by the local runner that runs its format (warm-up, then the median of timed
+    runs); None where no local runner does."""
+    for kind in LOCAL:
+        runner = get(kind)
+        if runner.backend == backend:
+            return sys.modules[runner.__module__].time_model(path, threads=threads)  # loaded with the runner
+    return None
 
 
 def backend_of(runner_cfg: Mapping[str, Any]) -> str | None:
