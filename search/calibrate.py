@@ -9,7 +9,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
 
 import yaml
 import numpy as np
@@ -24,6 +24,9 @@ from .domain import Domain
 from .errors import UserError
 from .measurements import Measurement
 
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
+
 CONFIG_NAME = "calibrate"
 
 
@@ -35,7 +38,8 @@ class LevelTrial:
     and a fit could not tell precision's cost from width's)."""
 
     def __init__(self, rng: random.Random, spread: float = 0.3):
-        self.rng, self.spread, self.levels = rng, spread, {}
+        self.rng, self.spread = rng, spread
+        self.levels: dict[str, float] = {}
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         level = self.levels.setdefault(name.split(".")[0], self.rng.random())
@@ -52,11 +56,12 @@ def calibration_set(space: spaces.Space, n: int, seed: int) -> list[spaces.Candi
     baselines = space.baselines() if isinstance(space, spaces.SearchSpace) else {}  # fbnet (phone measurements): none
     found = {spaces.Candidate.of(space.name, params): None for params in baselines.values()}
     while len(found) < n:
-        found[space.sample(LevelTrial(rng))] = None
+        found[space.sample(cast("BaseTrial", LevelTrial(rng)))] = None  # duck-typed: suggest_categorical only
     return list(found)[:n]
 
 
-def measure(space: spaces.Space, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int) -> tuple[list[Measurement], dict, float]:
+def measure(space: spaces.Space, candidates: list[spaces.Candidate], runner_cfg: Mapping[str, Any], seed: int
+            ) -> tuple[list[Measurement], dict, float | None]:
     """Export each candidate at its real per-layer precision and shapes (in the runner's file format:
     `runner.backend`), time it with the runner, and return measurements, the runner's settings and the noise floor:
     how well a network's measurement repeats (the median over networks of their even against odd passes, for
@@ -86,8 +91,8 @@ def measure(space: spaces.Space, candidates: list[spaces.Candidate], runner_cfg:
         rows = [Measurement(str(i), c, timings[str(i)].median_ms, timings[str(i)].iqr_ms, timings[str(i)].runs)
                 for i, c in enumerate(candidates)]
     repeats = [t.repeat for t in timings.values() if t.repeat is not None]
-    ref = np.array([t.median_ms for t in reference])
-    drift = float(np.subtract(*np.percentile(ref, [75, 25])) / np.median(ref)) if len(ref) > 1 else None
+    ref_ms = np.array([t.median_ms for t in reference])
+    drift = float(np.subtract(*np.percentile(ref_ms, [75, 25])) / np.median(ref_ms)) if len(ref_ms) > 1 else None
     floor = float(np.median(repeats)) if repeats else drift
     if floor is not None and floor > 0.05:
         print(f"warning: the measurements repeat only within {floor:.0%} (the reference network's latency varied "
@@ -261,7 +266,7 @@ def rows_to_fit(r: Request, space: spaces.Space, rows: list[Measurement] | None 
                 ) -> tuple[list[Measurement], list[Measurement]]:
     """The request's rows to fit on and to score on: from `rows`, else its measurement file; scored on its evaluate
     file, else on a seeded held-out share."""
-    rows = measurements.read(r.source, space) if rows is None else rows
+    rows = measurements.read(cast(Path, r.source), space) if rows is None else rows  # no rows: a file's request
     held_out = measurements.read(r.evaluate, space) if r.evaluate else None
     return split(rows, r.seed, r.holdout, r.fit_rows, held_out)
 

@@ -7,7 +7,7 @@ import hashlib
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -87,7 +87,7 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
     """Plain data (no Hydra section), interpolations resolved; a missing value names its key. The target's file
     format narrows the space's bits to the precisions its files can hold (`backends.HOLDS`)."""
     try:
-        out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        out = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))  # a mapping
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"{key}: a value is required here" if key else first_line(e)) from None

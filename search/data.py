@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, SupportsInt, cast
 
 import numpy as np
 
@@ -84,7 +84,8 @@ class Source:
                 raise DataError(f"data.root must be {need} for data.name={name}, got {root!r}")
             root = Path(str(root)).expanduser()
         return cls(name, _fraction(cfg.get("val_size"), "val_size"), test_size,
-                   None if limit is None else int(limit), root, int(image_size) if name == "imagefolder" else None)
+                   None if limit is None else int(limit), root,
+                   int(cast(SupportsInt, image_size)) if name == "imagefolder" else None)  # _is_int checked it
 
 
 def load(source: Source | Mapping, seed: int, cache_dir: str | Path) -> Dataset:
@@ -118,7 +119,7 @@ def load_fashion_mnist(src: Source, seed: int, cache: Path) -> tuple[Split, Spli
 
 
 def load_digits(src: Source, seed: int, cache: Path) -> tuple[Split, Split]:
-    return _load_digits(src.test_size, seed)
+    return _load_digits(cast(float, src.test_size), seed)  # Source.of sets it for digits
 
 
 def load_cifar10(src: Source, seed: int, cache: Path) -> tuple[Split, Split]:
@@ -126,7 +127,7 @@ def load_cifar10(src: Source, seed: int, cache: Path) -> tuple[Split, Split]:
 
 
 def load_imagefolder(src: Source, seed: int, cache: Path) -> tuple[Split, Split]:
-    return _load_imagefolder(_root(src), src.image_size, src.test_size, seed)
+    return _load_imagefolder(_root(src), cast(int, src.image_size), src.test_size, seed)  # Source.of sets it
 
 
 LOADERS = Registry("data", {"mnist": "search.data:load_mnist", "fashion_mnist": "search.data:load_fashion_mnist",
@@ -147,7 +148,7 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
 # --- config checks -------------------------------------------------------------------------------
 
 
-def _is_int(v: object, minimum: int) -> bool:
+def _is_int(v: object, minimum: int) -> bool | np.bool_:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
 
 
@@ -159,7 +160,7 @@ def _fraction(v: object, key: str) -> float:
 
 def _root(source: Source) -> Path:
     """The user's data folder, which must exist and hold something."""
-    root = source.root
+    root = cast(Path, source.root)  # callers pass a source with a root
     if not root.exists():
         raise DataError(f"data.root does not exist: {root}")
     if not root.is_dir():
@@ -284,7 +285,8 @@ def _load_digits(test_size: float, seed: int) -> tuple[Split, Split]:
     d = load_digits()
     every = Split(np.rint(d.images * (255 / 16)).astype(np.uint8)[:, None], d.target.astype(np.int64))
     pool_idx, test_idx = _split(every.y, test_size, seed, "data.test_size")
-    return tuple(_partition(every, pool_idx, test_idx))
+    pool, test = _partition(every, pool_idx, test_idx)
+    return pool, test
 
 
 # --- CIFAR-10 (binary version only) --------------------------------------------------------------
@@ -342,7 +344,8 @@ def _load_imagefolder(root: Path, size: int, test_size: object, seed: int) -> tu
     every, _ = _read_imagefolder(root, size)
     frac = _fraction(test_size, "test_size")
     pool_idx, test_idx = _split(every.y, frac, seed, "data.test_size")
-    return tuple(_partition(every, pool_idx, test_idx))
+    pool, test = _partition(every, pool_idx, test_idx)
+    return pool, test
 
 
 def _read_imagefolder(folder: Path, size: int) -> tuple[Split, list[str]]:

@@ -80,7 +80,7 @@ def _residual_ends(module: nn.Module) -> set[str] | None:
                 if isinstance(arg, fx.Node) and arg.op == "call_module":
                     layers.append(arg)
             if layers:  # the later of the two ends the block; the other wrote the block's input
-                ends.add(max(layers, key=order.get).target)
+                ends.add(str(max(layers, key=lambda node: order[node]).target))
     return ends
 
 

@@ -75,7 +75,8 @@ class Domain:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Domain:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
 
 def extrapolated(trials: Sequence[Any]) -> dict[int, str]:

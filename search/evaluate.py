@@ -4,7 +4,7 @@ it on the validation split. Plain inputs in, plain numbers out."""
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 import torch
@@ -24,11 +24,12 @@ def evaluate(space_settings: Mapping[str, Any], candidate: spaces.Candidate, dat
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    space = spaces.create(**space_settings)
+    space = cast(spaces.SearchSpace, spaces.create(**space_settings))  # a study's space is searchable (validated)
     dev = device()
     shared = space.supernet()
     shared.load_state_dict({k: torch.tensor(v) for k, v in supernet.state.items()})
-    net = space.subnet(shared, candidate).to(dev, memory_format=torch.channels_last)
+    net = space.subnet(shared, candidate)
+    net = net.to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]  # its overloads omit the format
     shape = space.input_shape_of(candidate)  # the images are resized to the network's resolution
     finetune(net, data, supernet, settings, generator, shape)
     recalibrate_bn(net, data.train, data.mean, data.std, settings["batch_size"], settings["bn_batches"], generator,

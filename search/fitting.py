@@ -57,13 +57,13 @@ def fit_sets(sets: Mapping[str, tuple[Sequence[Sequence[Layer]], Sequence[float]
     if reference not in sets:
         raise ValueError(f"reference set {reference!r} is not among the sets")
     order = list(sets)
-    rows, y, group = [], [], []
+    rows, ys, groups = [], [], []
     for g, name in enumerate(order):
         networks, latency_ms = sets[name]
         rows += [features(layers, kernels, sparse_kernels, tile) for layers in networks]
-        y += list(latency_ms)
-        group += [g] * len(networks)
-    y, group = np.asarray(y, float), np.asarray(group)
+        ys += list(latency_ms)
+        groups += [g] * len(networks)
+    y, group = np.asarray(ys, float), np.asarray(groups)
     total = np.array([1.0 if weights is None else weights.get(name, 1.0) for name in order])
     row_weights = total[group] / np.bincount(group)[group]
     names = _names(rows, [n for n, _ in sets.values()], kernels)

@@ -3,12 +3,12 @@ the driver from layer descriptors alone, before any training."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 from spaces import Layer
 from spaces.precision import FLOAT_BITS, ONNX_INT32_BIAS_BITS, integer_kernel, storage_bits
 
-DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "size_kb": "minimize", "peak_memory_kb": "minimize"}
+DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {"accuracy": "maximize", "latency_ms": "minimize", "size_kb": "minimize", "peak_memory_kb": "minimize"}
 BUDGETS = ("latency_ms", "size_kb", "peak_memory_kb")
 
 

@@ -58,8 +58,9 @@ def compare(file_logits: np.ndarray, net_logits: np.ndarray, labels: np.ndarray)
 def worst_layers(errors: dict[str, float], n: int = 3) -> list[tuple[str, float]]:
     """The layers where the difference grows most over every layer before them (in network order):
     where a broken export starts to differ, not the layers that merely inherit the difference."""
-    jumps, worst_before = {}, 0.0
+    jumps: dict[str, float] = {}
+    worst_before = 0.0
     for name, error in errors.items():
         jumps[name] = error - worst_before
         worst_before = max(worst_before, error)
-    return [(name, errors[name]) for name in sorted(jumps, key=jumps.get, reverse=True)[:n]]
+    return [(name, errors[name]) for name in sorted(jumps, key=lambda name: jumps[name], reverse=True)[:n]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 from itertools import combinations
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .objectives import DIRECTIONS
 from .pareto import Point
@@ -40,7 +40,7 @@ def write_html(pts: Sequence[Point], objectives: Sequence[str], path: Path, titl
 
     axes = pairs(objectives)
     fig = make_subplots(rows=1, cols=len(axes), horizontal_spacing=0.08)
-    styles = {"front": dict(mode="lines+markers" if len(objectives) == 2 else "markers",
+    styles: dict[str, dict[str, Any]] = {"front": dict(mode="lines+markers" if len(objectives) == 2 else "markers",
                             marker=dict(color=FRONT, size=9), line=dict(shape="hv", color=FRONT)),
               "dominated": dict(mode="markers", marker=dict(color=DOMINATED, size=7), opacity=0.35),
               "infeasible": dict(mode="markers", marker=dict(color=DOMINATED, size=7, symbol="x"), opacity=0.35),

@@ -153,6 +153,9 @@ def ray_reachable(address: str | None) -> None:
         except (ConnectionError, ValueError) as e:
             raise ConfigError(f"ray.address: auto finds no running Ray cluster on this machine ({e}); start one "
                               "with `ray start --head`, or give its HOST:PORT") from None
+        if not found:
+            raise ConfigError("ray.address: auto finds no running Ray cluster on this machine; start one with "
+                              "`ray start --head`, or give its HOST:PORT")
         host, _, port = found.removeprefix("ray://").rpartition(":")
         try:
             connect("ray.address", host.strip("[]"), int(port))

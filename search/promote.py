@@ -142,6 +142,7 @@ def choose(pts: list[pareto.Point], r: Request, objectives: Sequence[str], floor
         if r.pick == "knee":
             return pareto.knee(pts, objectives)
         if r.pick in WITHIN_DROP:
+            assert floor is not None, "promote computes the floor for these picks"
             return pareto.least(pts, floor, WITHIN_DROP[r.pick])
         return pareto.most_accurate(pts, {"latency_ms": r.latency_budget_ms, "size_kb": r.size_budget_kb})
     except ValueError as e:
@@ -174,6 +175,7 @@ def measured_front(pts: list[pareto.Point], study: optuna.Study, tracker: Tracke
     their ratios hold. A trial whose precisions the file cannot hold is left out, and the command says so."""
     kind = r.rank_by
     runner = device if kind == "phone" else host_runner(kind, r.threads)
+    assert runner is not None, "check: rank_by=phone needs phone.serial"
     module = backends.get(runner.backend)
     runs = tracker.trial_runs()
     with tempfile.TemporaryDirectory() as tmp:
@@ -249,11 +251,11 @@ def promote(r: Request) -> Promotion:
         test_accuracy=point.values["test_accuracy"], predicted_latency_ms=point.values["latency_ms"],
         size_kb=point.values["size_kb"], files=tuple(files), phone=on_phone,
         ranked_by="predicted" if r.trial is not None else r.rank_by)
-    model = promotion.file("onnx")  # the version's model, which mlflow.pyfunc loads
+    model = Path(str(promotion.file("onnx").path))  # the version's model, which mlflow.pyfunc loads (ONNX holds all)
     example = parity.inputs(data.test, data.mean, data.std, 0, 2, shape)
     checks = {f"parity.{file.backend}": checked for file, checked in shipped if checked is not None}
     parity_tags = {tag: value for prefix, c in checks.items() for tag, value in c.as_tags(prefix).items()}
-    version = tracker.register(run_id, Path(model.path), example, backends.get("onnx").outputs(model.path, example),
+    version = tracker.register(run_id, model, example, backends.get("onnx").outputs(model, example),
                                promotion, {"target": config.target["name"],
                                            "torch_test_accuracy": f"{checks['parity.onnx'].torch_accuracy:.4f}", **parity_tags,
                                            "latency.proxy": (config.target.get("proxy") or {}).get(

@@ -53,7 +53,7 @@ def existing(where: Location) -> optuna.Study | None:
         if where.url:
             if where.url.startswith(locks.SQLITE) and not Path(where.url[len(locks.SQLITE):]).exists():
                 return None
-            store = optuna.storages.RDBStorage(where.url, skip_table_creation=True)
+            store: optuna.storages.BaseStorage = optuna.storages.RDBStorage(where.url, skip_table_creation=True)
         else:
             path = where.folder / JOURNAL
             if not path.exists():

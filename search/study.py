@@ -10,7 +10,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import optuna
 import yaml
@@ -36,7 +36,7 @@ optuna.logging.disable_default_handler()
 optuna.logging.enable_propagation()
 
 
-def run(ready: preflight.Ready, overrides: list[str] = ()) -> optuna.Study:
+def run(ready: preflight.Ready, overrides: Sequence[str] = ()) -> optuna.Study:
     """Run (or resume) the study `preflight.study` checked until it holds n_trials complete trials."""
     config, data, space, predictor = ready.config, ready.data, ready.space, ready.predictor
     os.environ.setdefault("MPLCONFIGDIR", str(Path(config.cache_dir) / "matplotlib"))  # its font cache, not in HOME
@@ -129,10 +129,10 @@ def recover(study: optuna.Study, tracker: Tracker) -> int:
     for number, run in tracker.trial_runs().items():
         if run.info.status != "RUNNING":
             continue
-        t = states.get(number)
-        if t is not None and t.state == TrialState.COMPLETE:
-            repeat = {REPEAT_OF: str(t.user_attrs[REPEAT_OF])} if REPEAT_OF in t.user_attrs else {}
-            tracker.end_trial(run.info.run_id, "COMPLETE", _numbers(t.user_attrs), repeat)
+        done = states.get(number)
+        if done is not None and done.state == TrialState.COMPLETE:
+            repeat = {REPEAT_OF: str(done.user_attrs[REPEAT_OF])} if REPEAT_OF in done.user_attrs else {}
+            tracker.end_trial(run.info.run_id, "COMPLETE", _numbers(done.user_attrs), repeat)
         else:
             tracker.end_trial(run.info.run_id, "KILLED", {}, {"error": "the driver stopped while the trial ran"})
     return len(stale)
@@ -317,7 +317,7 @@ class Driver:
         if self.complete % self.config.refresh_every == 0:
             front.publish(self.study, self.tracker, self.config, self.complete)
 
-    def stop(self, overrides: list[str]) -> None:
+    def stop(self, overrides: Sequence[str]) -> None:
         """Ctrl-C: keep the trials that have finished (told in order, their results may wait for an older trial),
         cancel the running ones, FAIL them (and those waiting for them) in Optuna, KILLED in MLflow, and say how
         to resume."""

@@ -10,7 +10,7 @@ import inspect
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import spaces
 
@@ -84,7 +84,7 @@ class StudyConfig:
         """The space on data of this shape; settings that depend on the data (a resolution above its size)
         are one line naming the key."""
         try:
-            return spaces.create(**self.space_settings(input_shape, num_classes))
+            return cast(spaces.SearchSpace, spaces.create(**self.space_settings(input_shape, num_classes)))  # validated
         except ValueError as e:
             raise space_error(e) from None
 
@@ -209,7 +209,7 @@ def _validate_sampler(cfg: Mapping[str, Any]) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cls(**settings, seed=0)
+            cls(**settings, seed=0)  # type: ignore[call-arg]  # checked above: it takes a seed
     except (TypeError, ValueError) as e:
         raise ConfigError(f"sampler: {name} refuses its settings: {first_line(e)}") from None
 

@@ -9,7 +9,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generator, Mapping
+from typing import Any, Callable, Generator, Mapping, cast
 
 import numpy as np
 import torch
@@ -65,14 +65,14 @@ def train(space_settings: Mapping[str, Any], data: Dataset, settings: Mapping[st
     importance (`spaces.importance`)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    space = spaces.create(**space_settings)
+    space = cast(spaces.SearchSpace, spaces.create(**space_settings))  # a supernet's space is searchable
     dev = device()
     net = space.supernet()
     if init is not None:
         # checked on the driver (`initial_weights`), key order included where the file keeps one (not safetensors)
         load_torchvision(net, {k: torch.from_numpy(v) for k, v in init.items()}, new_classifier=True, ordered=False)
         sort_channels(net)  # narrower widths keep a trained network's most important channels
-    net = net.to(dev, memory_format=torch.channels_last)
+    net = net.to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]  # its overloads omit the format
     per_epoch = len(data.train.y) // settings["batch_size"]
     steps = settings["epochs"] * per_epoch
     optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"], momentum=0.9, nesterov=True, weight_decay=4e-5)
@@ -107,7 +107,8 @@ def initial_weights(space_settings: Mapping[str, Any], path: str) -> dict[str, n
     the first key that does not fit), as plain arrays in the file's order: what crosses to the worker."""
     try:
         state, ordered = read(path)
-        load_torchvision(spaces.create(**space_settings).supernet(), state, new_classifier=True, ordered=ordered)
+        space = cast(spaces.SearchSpace, spaces.create(**space_settings))  # a supernet's space is searchable
+        load_torchvision(space.supernet(), state, new_classifier=True, ordered=ordered)
     except ValueError as e:
         raise UserError(f"supernet.init: {e}") from None
     return {k: v.detach().cpu().numpy() for k, v in state.items()}

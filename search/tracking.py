@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 import yaml
@@ -75,7 +75,8 @@ class Tracker:
 
     def trial_runs(self) -> dict[int, Run]:
         """Trial number -> its run (the newest, should a trial number ever have two)."""
-        runs, token = [], None
+        runs: list[Run] = []
+        token = None
         while True:
             page = self.client.search_runs([self.experiment_id], f"tags.`{ROLE_TAG}` = 'trial'",
                                            max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
@@ -182,7 +183,7 @@ class Tracker:
         """The trial's fine-tuned state as an npz artifact (arrays only: loading it runs no code)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / WEIGHTS
-            np.savez_compressed(path, **weights)
+            np.savez_compressed(path, **cast(dict[str, Any], weights))  # numpy's stub types any keyword as allow_pickle
             self.client.log_artifact(run_id, str(path))
 
     def log_front(self, pts: Sequence[Point], files: Sequence[Path], metrics: Mapping[str, float], step: int) -> None:

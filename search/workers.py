@@ -47,7 +47,7 @@ def _task(threads: int, fn: Callable[..., Any], *args: Any) -> tuple[Any, str]:
 
 
 @ray.remote(max_retries=0)
-def _streaming_task(threads: int, fn: Callable[..., Generator], *args: Any) -> Generator:
+def _streaming_task(threads: int, fn: Callable[..., Generator[Any, None, Any]], *args: Any) -> Generator:
     """A Ray streaming generator: what `fn` yields reaches the driver as it is yielded."""
     torch.set_num_threads(threads)
     result = yield from fn(*args)
@@ -137,7 +137,7 @@ class Workers:
     def run(self, fn: Callable[..., Any], *args: Any, cpus: int | None = None) -> Any:
         return self.result(self.submit(fn, *args, cpus=cpus))[0]
 
-    def stream(self, fn: Callable[..., Generator], *args: Any, report: Callable[[Any], None],
+    def stream(self, fn: Callable[..., Generator[Any, None, Any]], *args: Any, report: Callable[[Any], None],
                cpus: int | None = None) -> Any:
         """`run` for a generator function: each item it yields goes to `report` as it comes (progress
         from a worker, whose own output the driver does not show); returns what it returns."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable, cast
 
 import torch
 from torch import nn
@@ -46,10 +47,10 @@ class QuantizedInput(nn.Module):
 def layer_modules(net: nn.Module) -> dict[str, nn.Module]:
     """Layer name -> its conv or linear module: from `net.units()` where the network has it (a unit may wrap one
     conv with its batch norm), else every conv and linear module by its module path."""
-    units = net.units() if callable(getattr(net, "units", None)) else None
+    units = cast(Callable[[], dict[str, nn.Module]], net.units)() if callable(getattr(net, "units", None)) else None
     if units is None:
         return {name: m for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    out = {}
+    out: dict[str, nn.Module] = {}
     for name, unit in units.items():
         inner = [m for m in unit.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         if len(inner) != 1:
@@ -91,14 +92,14 @@ def layer_outputs(net: nn.Module, x) -> dict:
     net = copy.deepcopy(net).eval()
     for m in net.modules():  # an in-place activation would overwrite the batch-norm output recorded below
         if getattr(m, "inplace", None) is True:
-            m.inplace = False
+            m.inplace = False  # type: ignore[assignment]  # Module.__setattr__ takes any value
     records = trace(net, torch.from_numpy(x))
     after_bn = {id(r["input"]): r["output"] for m, r in records.items() if isinstance(m, nn.BatchNorm2d)}
     return {name: after_bn.get(id(records[m]["output"]), records[m]["output"]).detach().float().numpy()
             for name, m in layer_modules(net).items()}
 
 
-def _weight(layer: nn.Module, cin: int) -> tuple[torch.Tensor, int]:
+def _weight(layer: nn.Conv2d | nn.Linear, cin: int) -> tuple[torch.Tensor, int]:
     """The weights the layer really computes with for a `cin`-channel input (sliced, masked, quantized), and
     its groups."""
     w = layer.weight.detach()
@@ -109,7 +110,7 @@ def _weight(layer: nn.Module, cin: int) -> tuple[torch.Tensor, int]:
     else:
         groups = getattr(layer, "groups", 1)
     if getattr(layer, "mask", None) is not None:
-        w = w * layer.mask
+        w = w * cast(torch.Tensor, layer.mask)
     return quantize_weight(w, getattr(layer, "bits", FLOAT_BITS)), groups
 
 
@@ -118,19 +119,23 @@ def _plain_conv(conv: nn.Conv2d, cin: int, bn: nn.BatchNorm2d | None) -> nn.Conv
     bias = conv.bias.detach()[: w.shape[0]] if conv.bias is not None else None
     if bn is not None:  # fold: y = (conv(x) + b - mean) * gamma / sqrt(var + eps) + beta
         c = w.shape[0]
+        assert bn.running_var is not None
         scale = 1.0 / torch.sqrt(bn.running_var[:c].double() + bn.eps)
         if bn.affine:
             scale = scale * bn.weight.detach()[:c].double()
+        assert bn.running_mean is not None
         shift = (bn.bias.detach()[:c].double() if bn.affine else 0.0) - bn.running_mean[:c].double() * scale
         if bias is not None:
             shift = shift + bias.double() * scale
         w = (w.double() * scale.view(-1, *[1] * (w.dim() - 1))).float()
         bias = shift.float()
-    plain = nn.Conv2d(cin, w.shape[0], conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups,
-                      bias=bias is not None, padding_mode=conv.padding_mode)
+    plain = nn.Conv2d(cin, w.shape[0],  # a Conv2d's sizes are pairs; torch types them as _ConvNd's tuple[int, ...]
+                      conv.kernel_size, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]
+                      groups, bias=bias is not None, padding_mode=conv.padding_mode)
     with torch.no_grad():
         plain.weight.copy_(w)
         if bias is not None:
+            assert plain.bias is not None
             plain.bias.copy_(bias)
     return plain
 
@@ -148,7 +153,9 @@ def _plain_linear(linear: nn.Linear, cin: int) -> nn.Linear:
 def _plain_bn(bn: nn.BatchNorm2d, c: int) -> nn.BatchNorm2d:
     plain = nn.BatchNorm2d(c, bn.eps, affine=bn.affine)
     with torch.no_grad():
+        assert plain.running_mean is not None and bn.running_mean is not None
         plain.running_mean.copy_(bn.running_mean[:c])
+        assert plain.running_var is not None and bn.running_var is not None
         plain.running_var.copy_(bn.running_var[:c])
         if bn.affine:
             plain.weight.copy_(bn.weight.detach()[:c])
@@ -169,7 +176,7 @@ def deployable(net: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module,
     names = {m: name for name, m in layers.items()}
     for m in model.modules():
         if getattr(m, "inplace", None) is True:  # same values; in-place ops only slow torch.export down
-            m.inplace = False
+            m.inplace = False  # type: ignore[assignment]  # Module.__setattr__ takes any value
     records = trace(model, torch.zeros(1, *input_shape))
     producer = {id(r["output"]): m for m, r in records.items() if isinstance(m, nn.Conv2d)}
     folded: dict[nn.Module, nn.BatchNorm2d] = {}
@@ -186,8 +193,8 @@ def deployable(net: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module,
     for m, r in records.items():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
-        plain = (_plain_conv(m, r["input"].shape[1], folded.get(m)) if isinstance(m, nn.Conv2d)
-                 else _plain_linear(m, r["input"].shape[-1]))
+        plain: nn.Module = (_plain_conv(m, r["input"].shape[1], folded.get(m)) if isinstance(m, nn.Conv2d)
+                            else _plain_linear(m, r["input"].shape[-1]))
         act = getattr(m, "act", None)
         if act is not None and act.active:
             plain = QuantizedInput(act.frozen(), plain)

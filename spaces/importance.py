@@ -9,10 +9,15 @@ summed over every layer reading the tensor: a residual stage's tensor is read by
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .inverted_residual import ConvBN, InvertedResidual, Net
 
 
 @dataclass
@@ -20,17 +25,17 @@ class _Tensor:
     """One tensor's channels: the units writing them (conv + batch norm), the depthwise units passing them through
     channel by channel, and the conv or linear layers reading them."""
 
-    writers: list[nn.Module]
-    passes: list[nn.Module] = field(default_factory=list)
-    readers: list[nn.Module] = field(default_factory=list)
+    writers: list[ConvBN]
+    passes: list[ConvBN] = field(default_factory=list)
+    readers: list[nn.Conv2d | nn.Linear] = field(default_factory=list)
 
 
-def _tensors(net: nn.Module) -> list[_Tensor]:
+def _tensors(net: Net) -> list[_Tensor]:
     """The channel groups of a MobileNetV2-style network (`stem`, `blocks` with `expand`, `dw`, `project` and
     `residual`, `head`, `classifier`), at full width."""
     current = _Tensor([net.stem])
     out = [current]
-    for block in net.blocks:
+    for block in cast("Iterable[InvertedResidual]", net.blocks):
         if block.expand is not None:
             current.readers.append(block.expand.conv)
             out.append(_Tensor([block.expand], [block.dw], [block.project.conv]))
@@ -47,7 +52,7 @@ def _tensors(net: nn.Module) -> list[_Tensor]:
     return out
 
 
-def _permute_channels(unit: nn.Module, order: torch.Tensor) -> None:
+def _permute_channels(unit: ConvBN, order: torch.Tensor) -> None:
     """A conv unit's output channels (and its batch norm's), or a depthwise unit's only channel axis."""
     unit.conv.weight.copy_(unit.conv.weight[order])
     for name in ("weight", "bias", "running_mean", "running_var"):
@@ -57,9 +62,9 @@ def _permute_channels(unit: nn.Module, order: torch.Tensor) -> None:
 @torch.no_grad()
 def sort_channels(net: nn.Module) -> None:
     """Reorder every channel group of `net` (in place) by importance, most important first."""
-    for tensor in _tensors(net):
+    for tensor in _tensors(cast("Net", net)):
         importance = sum(reader.weight.abs().transpose(0, 1).flatten(1).sum(1) for reader in tensor.readers)
-        order = torch.argsort(importance, descending=True, stable=True)
+        order = torch.argsort(cast(torch.Tensor, importance), descending=True, stable=True)  # every tensor is read
         for unit in tensor.writers + tensor.passes:
             _permute_channels(unit, order)
         for reader in tensor.readers:

@@ -4,7 +4,9 @@ tensors (`Net.plan_precision`). `spaces.mobilenetv2` decides which network a can
 network in torch."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -85,9 +87,9 @@ class Net(nn.Module):
                 x = block(x)
         return self.classifier(self.head(x).mean((2, 3)))
 
-    def units(self) -> dict[str, nn.Module]:
+    def units(self) -> dict[str, ConvBN | SlimLinear]:
         """Every conv (with its batch norm) and the classifier, by layer name, in order."""
-        out: dict[str, nn.Module] = {"stem": self.stem}
+        out: dict[str, ConvBN | SlimLinear] = {"stem": self.stem}
         for block in self.blocks:
             for part in ("expand", "dw", "project"):
                 if getattr(block, part) is not None:
@@ -105,7 +107,7 @@ class Net(nn.Module):
             layer = unit if isinstance(unit, SlimLinear) else unit.conv
             layer.act.bits = layer.bits
 
-        def feed(quantizer: ActivationQuantizer, integer: bool, reader: nn.Module | None) -> bool:
+        def feed(quantizer: ActivationQuantizer, integer: bool, reader: SlimConv2d | None) -> bool:
             """Quantize a tensor for its reader (a layer, or None for an op); True if it is then stored in
             8 bits or fewer for every reader, so an integer op can read it."""
             bits = reader.bits if reader is not None else FLOAT_BITS
@@ -118,7 +120,7 @@ class Net(nn.Module):
             return integer_kernel(unit.conv.bits)
 
         current = (self.stem.out, integer(self.stem))
-        for block in self.blocks:
+        for block in cast(Iterable[InvertedResidual], self.blocks):
             first = block.expand or block.dw
             on_grid = feed(*current, first.conv)
             if block.expand:

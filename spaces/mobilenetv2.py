@@ -13,14 +13,15 @@ by weight magnitude, and shapes stay dense.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import torch
 
 from .candidate import Candidate, Layer
-from .inverted_residual import Arch, Block, Net
+from .inverted_residual import Arch, Block, ConvBN, InvertedResidual, Net
 from .precision import BITS
 from .prune import magnitude_mask, strongest_filters
+from .slim import SlimConv2d, SlimLinear
 
 GRANULARITIES = ("channel", "weight")
 ROUNDINGS = ("nearest-4", "torchvision")
@@ -143,6 +144,7 @@ class MobileNetV2Space:
             number = float(value) if value.replace(".", "", 1).isdigit() else None
             if number not in choices[name]:
                 raise ValueError(f"{name}: {value!r} is not one of {choices[name]}")
+            assert number is not None
             params[name] = type(choices[name][0])(number)
         missing = sorted(set(choices) - set(params))
         if missing:
@@ -244,9 +246,9 @@ class MobileNetV2Space:
         arch = self.arch(candidate)
         for name, (_, cout, *_) in self._units(arch).items():
             if name != "classifier":
-                units[name].conv.out_active = cout
+                cast(ConvBN, units[name]).conv.out_active = cout
         kept = {b.name for b in arch.blocks}
-        for block in supernet.blocks:
+        for block in cast(Iterable[InvertedResidual], supernet.blocks):
             block.active = block.name in kept
 
     def sample_active(self, generator: torch.Generator) -> Candidate:
@@ -280,10 +282,12 @@ class MobileNetV2Space:
             for name, (cin, cout, *_) in self._units(arch).items():
                 src, dst = source[name], target[name]
                 if name == "classifier":
+                    src, dst = cast(SlimLinear, src), cast(SlimLinear, dst)
                     dst.weight.copy_(src.weight[:, keep])
                     dst.bias.copy_(src.bias)
-                    layer = dst
+                    layer: SlimConv2d | SlimLinear = dst
                 else:
+                    src, dst = cast(ConvBN, src), cast(ConvBN, dst)
                     w = src.conv.weight
                     if name.endswith(".dw"):
                         out = keep

@@ -12,7 +12,7 @@ Files are read without running code: `.pth` with `weights_only=True`, or safeten
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, cast
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 def key_map(net: nn.Module) -> dict[str, str]:
     """torchvision's key -> the network's, in torchvision's order, for a space network's `units()` (stem, blocks
     with their `expand`, `dw` and `project`, head, classifier)."""
-    units = net.units()
+    units = cast(Callable[[], dict[str, nn.Module]], net.units)()
     out: dict[str, str] = {}
 
     def conv_bn(tv: str, tv_bn: str, unit: str) -> None:

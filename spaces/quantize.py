@@ -42,6 +42,10 @@ def quantize_activation(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bit
 class ActivationQuantizer(nn.Module):
     """Tracks a tensor's range (moving average while training) and fake-quantizes it."""
 
+    lo: torch.Tensor  # buffers
+    hi: torch.Tensor
+    observed: torch.Tensor
+
     def __init__(self, momentum: float = 0.1):
         super().__init__()
         self.bits = FLOAT_BITS

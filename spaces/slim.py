@@ -7,6 +7,8 @@ network is the same classes built at the candidate's exact sizes.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,10 @@ from .quantize import ActivationQuantizer, quantize_weight
 
 class _Quantized:
     """What a quantized, prunable layer adds to torch's own: bits, an input quantizer, a mask."""
+
+    mask: torch.Tensor | None  # a buffer
+    if TYPE_CHECKING:  # from the nn.Module it is mixed into
+        def register_buffer(self, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None: ...
 
     def _setup(self) -> None:
         self.bits = FLOAT_BITS
@@ -65,5 +71,6 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
         c = x.shape[1]
         if c == self.num_features:
             return super().forward(x)
+        assert self.running_mean is not None and self.running_var is not None
         return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
                             self.training, self.momentum or 0.0, self.eps)

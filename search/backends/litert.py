@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -60,7 +61,10 @@ class _Int8Weights(nn.Module):
     quantize/dequantize ops, so the converter stores them as integers and fuses an int8 kernel. The scales are
     buffers: the converter needs them as constants of the graph."""
 
-    def __init__(self, layer: nn.Module, bits: int):
+    scale: torch.Tensor
+    zero: torch.Tensor
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, bits: int):
         super().__init__()
         self.layer, self.qmax = layer, 2 ** (bits - 1) - 1
         w = layer.weight.detach()
@@ -98,7 +102,7 @@ def plain(net: nn.Module, input_shape: tuple[int, int, int]) -> tuple[nn.Module,
             replace[path] = _Int8Activation(m)
     for layer in folded.values():
         if integer_kernel(layer.bits):
-            replace[layer.path] = _Int8Weights(paths[layer.path], layer.bits)
+            replace[layer.path] = _Int8Weights(cast("nn.Conv2d | nn.Linear", paths[layer.path]), layer.bits)
     for path, new in replace.items():
         parent, _, child = path.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
@@ -108,18 +112,18 @@ def plain(net: nn.Module, input_shape: tuple[int, int, int]) -> tuple[nn.Module,
 def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) -> Path:
     """Write `net` (any space's network, its quantizers' ranges observed) as one `.tflite` file at `path`.
     ValueError names a quantizer that never observed a range or a layer whose bits the file cannot hold."""
-    input_shape = tuple(int(d) for d in input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}")
-    model, _ = plain(net, input_shape)
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W), got {shape!r}")
+    model, _ = plain(net, shape)
     with _quiet():  # importing the converter loads TensorFlow, whose start-up lines go to fd 2
         litert_torch, config = _converter()
     with _quiet(), _strict_qdq(), torch.no_grad():
-        edge = litert_torch.convert(model, (torch.zeros(1, *input_shape),), quant_config=config)
+        edge = litert_torch.convert(model, (torch.zeros(1, *shape),), quant_config=config)
 
     def write(tmp: str) -> None:
         edge.export(tmp)
-        outputs(tmp, np.zeros((1, *input_shape), np.float32))  # it loads and runs, or nothing is moved into place
+        outputs(tmp, np.zeros((1, *shape), np.float32))  # it loads and runs, or nothing is moved into place
 
     with _quiet():
         path = save_atomically(Path(path), write)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast, overload
 
 import numpy as np
 import torch
@@ -66,7 +67,8 @@ def plan(net: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[Layer]
                 raise ValueError(f"layer {name!r}: an integer layer whose input no quantizer writes")
             layers.append(Layer(name, _np(m.layer.weight), _np(m.layer.bias), _np(m.scale), read[m]))
         else:
-            layers.append(Layer(name, _np(m.weight), _np(m.bias), None, None))
+            c = cast("nn.Conv2d | nn.Linear", m)  # a float layer, as `plain` left it
+            layers.append(Layer(name, _np(c.weight), _np(c.bias), None, None))
     grids = {m.args[:2] for m in model.modules() if isinstance(m, _Int8Activation)}
     return layers, grids
 
@@ -120,6 +122,7 @@ def _kernel(layer: Layer, op: dict, tensors: dict, it) -> list[str]:
     problems = []
     q = w["quantization_parameters"]
     scales, zeros = np.asarray(q["scales"], np.float64), np.asarray(q["zero_points"])
+    assert layer.weight_scales is not None
     if len(scales) != len(layer.weight_scales) or not np.allclose(scales, layer.weight_scales, rtol=RTOL, atol=0):
         problems.append("weight scales differ from the network's")
     elif np.any(zeros != 0):
@@ -130,8 +133,10 @@ def _kernel(layer: Layer, op: dict, tensors: dict, it) -> list[str]:
             problems.append("int8 weights differ from the network's grid")
     xq = x["quantization_parameters"]
     if not _same_grid((xq["scales"], xq["zero_points"]), layer.input):
+        assert layer.input is not None
         problems.append(f"input grid {_grid(xq)}, the network quantizes it to scale {layer.input[0]:.6g} "
                         f"zero point {layer.input[1]}")
+    assert layer.input is not None
     step = layer.input[0] * scales  # the int32 bias grid
     if bias is not None and layer.bias is not None and not problems and np.dtype(bias["dtype"]) == np.float32:
         if np.any(np.abs(it.get_tensor(bias["index"]) - layer.bias) > 0.5 * step + 1e-6 * np.abs(layer.bias)):
@@ -165,7 +170,7 @@ def _grids(grids: set[tuple[float, int]], ops: list[dict], tensors: dict) -> lis
     return problems
 
 
-def _same_grid(q: tuple, grid: tuple[float, int] | None) -> bool:
+def _same_grid(q: tuple, grid: tuple[float, int] | None) -> bool | np.bool_:
     scales, zeros = q
     return (grid is not None and len(scales) == 1 and len(zeros) == 1 and int(zeros[0]) == grid[1]
             and np.isclose(float(scales[0]), grid[0], rtol=RTOL, atol=0))
@@ -191,5 +196,13 @@ def _short(name: str) -> str:
     return name.rsplit("/", 1)[-1][:60]
 
 
-def _np(t) -> np.ndarray | None:
+@overload
+def _np(t: torch.Tensor) -> np.ndarray: ...
+
+
+@overload
+def _np(t: torch.Tensor | None) -> np.ndarray | None: ...
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().double().cpu().numpy()

@@ -33,7 +33,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, cast
 
 import numpy as np
 import torch
@@ -117,14 +117,14 @@ def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) 
     the file cannot store."""
     import onnx
 
-    input_shape = tuple(int(d) for d in input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}")
-    model, folded = deployable(net, input_shape)
-    bias_scales = _round_int32_biases(model, folded, input_shape)
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W), got {shape!r}")
+    model, folded = deployable(net, shape)
+    bias_scales = _round_int32_biases(model, folded, shape)
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         raw = Path(tmp) / "raw.onnx"
-        _export(model, input_shape, raw)
+        _export(model, shape, raw)
         graph = onnx.load(str(raw))
     _strip_debug_info(graph)
     layers = _map_layers(graph, folded)
@@ -136,7 +136,7 @@ def export(net: nn.Module, input_shape: tuple[int, int, int], path: str | Path) 
                                                                 separators=(",", ":")))
     onnx.checker.check_model(graph)
     path = save_atomically(Path(path), lambda tmp: onnx.save_model(graph, tmp, save_as_external_data=False))
-    session(path).run([OUTPUT_NAME], {INPUT_NAME: np.zeros((1, *input_shape), dtype=np.float32)})  # it loads, runs
+    session(path).run([OUTPUT_NAME], {INPUT_NAME: np.zeros((1, *shape), dtype=np.float32)})  # it loads, runs
     return path
 
 
@@ -144,9 +144,9 @@ def reference(net: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
     """The network as its file computes it: the plain network `export` writes, with the int32 biases rounded as the
     file stores them (the one rounding the trained network does not simulate). Parity checks the file against this,
     computed from the network alone; the gate's accuracy tolerance bounds how far it is from what the trial scored."""
-    input_shape = tuple(int(d) for d in input_shape)
-    model, folded = deployable(net, input_shape)
-    _round_int32_biases(model, folded, input_shape)
+    shape = tuple(int(d) for d in input_shape)
+    model, folded = deployable(net, shape)
+    _round_int32_biases(model, folded, shape)
     return model
 
 
@@ -176,7 +176,8 @@ def layer_errors(net: nn.Module, path: str | Path, x: np.ndarray) -> dict[str, f
     model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                               for t in tensors.values() if t not in known)
     got = dict(zip(tensors, session(model, optimize=False).run(list(tensors.values()), {INPUT_NAME: x})))
-    return {name: float(np.linalg.norm(got[name] - w) / max(np.linalg.norm(w), 1e-12)) for name, w in want.items()}
+    return {name: float(np.linalg.norm(got[name] - w) / cast("np.floating | float", max(np.linalg.norm(w), 1e-12)))
+            for name, w in want.items()}  # cast: max() of a numpy and a Python float
 
 
 def _round_int32_biases(model: nn.Module, folded: Mapping[str, FoldedLayer],
@@ -188,7 +189,7 @@ def _round_int32_biases(model: nn.Module, folded: Mapping[str, FoldedLayer],
     written_by = {id(r["output"]): m for m, r in records.items() if isinstance(m, QuantizeDequantize)}
     scales = {}
     for name, layer in folded.items():
-        plain = model.get_submodule(layer.path)
+        plain = cast("nn.Conv2d | nn.Linear", model.get_submodule(layer.path))  # deployable's plain layers
         quantizer = written_by.get(id(records[plain]["input"]))
         if (layer.bits not in INT32_BIAS_BITS or quantizer is None or quantizer.bits not in INT32_BIAS_BITS
                 or plain.bias is None):

@@ -36,8 +36,8 @@ RUNNERS = Registry("runner", {"host": "search.runners.host:HostRunner", "litert"
 LOCAL = ("host", "litert")  # runners on this machine: they need no device, and feed the models seeded inputs
 
 
-def get(kind: str) -> type:
-    """The runner class registered as `kind` (ValueError names the choices)."""
+def get(kind: str) -> Any:
+    """The runner class registered as `kind` (ValueError names the choices): a plug-in, whatever its class."""
     return RUNNERS.load(kind)
 
 
@@ -63,5 +63,5 @@ def backend_of(runner_cfg: Mapping[str, Any]) -> str | None:
     if runner_cfg["kind"] == "adb":  # the phone's tool decides
         from .adb import BACKENDS as TOOLS
 
-        return TOOLS.get(runner_cfg.get("tool"))
+        return TOOLS.get(str(runner_cfg.get("tool")))
     return get(runner_cfg["kind"]).backend

@@ -64,7 +64,7 @@ def parse_benchmark_model(text: str) -> Timing:
         raise ValueError("count=0: no run was timed")
     if "avg" not in s:  # Stat prints `count=N curr=V(all same)` when every run took equally long
         s.update(avg=s["curr"], std=0.0)
-    pct = {q: s[k] for q, k in ((5, "p5"), (50, "median"), (95, "p95")) if k in s}
+    pct: dict[float, float] = {q: s[k] for q, k in ((5, "p5"), (50, "median"), (95, "p95")) if k in s}
     iqr = _iqr(pct)
     return Timing(pct.get(50, s["avg"]) / 1e3, (_IQR_SIGMAS * s["std"] if iqr is None else iqr) / 1e3, int(s["count"]))
 
