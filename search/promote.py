@@ -251,7 +251,9 @@ def promote(r: Request) -> Promotion:
         test_accuracy=point.values["test_accuracy"], predicted_latency_ms=point.values["latency_ms"],
         size_kb=point.values["size_kb"], files=tuple(files), phone=on_phone,
         ranked_by="predicted" if r.trial is not None else r.rank_by)
-    model = Path(str(promotion.file("onnx").path))  # the version's model, which mlflow.pyfunc loads (ONNX holds all)
+    onnx_path = promotion.file("onnx").path
+    assert onnx_path is not None, "ONNX holds every precision"
+    model = Path(onnx_path)  # the version's model, which mlflow.pyfunc loads
     example = parity.inputs(data.test, data.mean, data.std, 0, 2, shape)
     checks = {f"parity.{file.backend}": checked for file, checked in shipped if checked is not None}
     parity_tags = {tag: value for prefix, c in checks.items() for tag, value in c.as_tags(prefix).items()}
@@ -291,8 +293,9 @@ def _ship(module: backends.Backend, net, shape, x_test, labels, point: pareto.Po
 
     gate(checked, point, r, what, (module.GATE, getattr(r, module.GATE)), where)
     timing = runners.time_file(module.NAME, path, r.threads)
+    host = (None, None) if timing is None else (timing.median_ms, timing.iqr_ms)
     return File(module.NAME, str(path), path.stat().st_size / 1024, checked.accuracy, checked.agreement,
-                checked.max_logit_diff, timing.median_ms if timing else None), checked
+                checked.max_logit_diff, *host), checked
 
 
 def gate(checked: parity.Parity, point: pareto.Point, r: Request, what: str, least: tuple[str, float],

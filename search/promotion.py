@@ -19,6 +19,7 @@ class File:
     agreement: float | None = None  # top-1 agreement with what the trial's network computes, percent
     max_logit_diff: float | None = None
     host_latency_ms: float | None = None  # timed on this CPU by the local runner of its format; None: none here
+    host_latency_iqr_ms: float | None = None
     refused: str | None = None  # why the trial's precisions cannot be this format
 
 

@@ -163,12 +163,14 @@ class Tracker:
             if file.path is None:
                 version_tags[f"file.{file.backend}"] = f"none: {file.refused}"
                 continue
-            if Path(file.path) != Path(path):
+            if Path(file.path) == Path(path):  # the version's model
+                version_tags[f"file.{file.backend}"] = f"runs:/{run_id}/model"
+            else:
                 self.client.log_artifact(run_id, file.path, file.backend)
-            version_tags[f"file.{file.backend}"] = (f"runs:/{run_id}/model" if Path(file.path) == Path(path)
-                                                    else f"runs:/{run_id}/{file.backend}/{Path(file.path).name}")
+                version_tags[f"file.{file.backend}"] = f"runs:/{run_id}/{file.backend}/{Path(file.path).name}"
             version_tags |= {f"{file.backend}.{k}": f"{getattr(file, k):.4f}" for k in
-                             ("test_accuracy", "agreement", "kb", "host_latency_ms") if getattr(file, k) is not None}
+                             ("test_accuracy", "agreement", "kb", "host_latency_ms", "host_latency_iqr_ms")
+                             if getattr(file, k) is not None}
         if promotion.phone:  # measured on a phone
             version_tags |= {f"phone.{k}": v if isinstance(v, str) else f"{v:.4f}"
                              for k, v in asdict(promotion.phone).items() if v is not None}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, cast
+from typing import cast
 
 import torch
 from torch import nn
@@ -47,7 +47,8 @@ class QuantizedInput(nn.Module):
 def layer_modules(net: nn.Module) -> dict[str, nn.Module]:
     """Layer name -> its conv or linear module: from `net.units()` where the network has it (a unit may wrap one
     conv with its batch norm), else every conv and linear module by its module path."""
-    units = cast(Callable[[], dict[str, nn.Module]], net.units)() if callable(getattr(net, "units", None)) else None
+    units_of = getattr(net, "units", None)
+    units = units_of() if callable(units_of) else None
     if units is None:
         return {name: m for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     out: dict[str, nn.Module] = {}

@@ -275,6 +275,7 @@ def test_promoted_knee_loads_by_alias_and_predicts(study, knee):
     version = MlflowClient(uri(study)).get_model_version_by_alias(STUDY, "candidate")
     assert version.tags["trial"] == str(knee.trial) and version.tags["target"] == "snapdragon665"
     assert float(version.tags["onnx.host_latency_ms"]) > 0 and "latency.proxy" in version.tags
+    assert float(version.tags["onnx.host_latency_iqr_ms"]) >= 0 and float(version.tags["litert.host_latency_ms"]) > 0
     assert float(version.tags["parity.onnx.agreement"]) == onnx_file.agreement
     assert version.tags["file.onnx"] == f"runs:/{version.run_id}/model"
     assert version.tags["file.litert"] == f"runs:/{version.run_id}/litert/trial-{knee.trial}.tflite"

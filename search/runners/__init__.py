@@ -6,7 +6,6 @@ module is imported only when asked for) and honours `Runner`.
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,7 +53,7 @@ def time_file(backend: str, path: Path, threads: int) -> Timing | None:
     for kind in LOCAL:
         runner = get(kind)
         if runner.backend == backend:
-            return sys.modules[runner.__module__].time_model(path, threads=threads)  # loaded with the runner
+            return runner(threads=threads).time(path)
     return None
 
 

@@ -143,6 +143,11 @@ class HostRunner:
         """A call that runs the file once (its session or interpreter kept open for the whole measurement)."""
         return runnable(path, self.threads, seed=self.seed)
 
+    def time(self, path: Path, min_runs: int = 30, min_seconds: float = 0.5) -> Timing:
+        """One file alone, as `time_model` times it: warm-up, then the median of at least `min_runs` runs and
+        `min_seconds`."""
+        return timed(self._open(Path(path)), self.warmup, min_runs, min_seconds)
+
     def order(self, keys: Sequence[str], pass_: int = 0) -> list[str]:
         """A pass's measuring order: the keys sorted, then shuffled by `seed` and the pass (the same keys give
         the same orders; each pass another one)."""
