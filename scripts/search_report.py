@@ -230,6 +230,7 @@ def main() -> None:
     parser.add_argument("--mark", default=MARK, help="the README section to write (results:MARK)")
     parser.add_argument("overrides", nargs="*", help="extra overrides for the study (default: none)")
     args = parser.parse_args()
+    args.folder = args.folder.resolve()  # the study runs with the folder as its working directory
     if not args.no_run:
         if (args.folder / STUDY).exists():
             raise SystemExit(f"{args.folder / STUDY} exists: remove {args.folder} to measure from scratch")
